@@ -1,0 +1,273 @@
+#include "args.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum kind { K_INT, K_DOUBLE, K_SEED, K_STR, K_FLAG, K_SIZE, K_SPECIAL } kind;
+
+typedef struct opt {
+    const char *name;   /* without the leading dashes */
+    const char *arg;    /* metavariable, NULL for flags */
+    int cmds;
+    kind k;
+    const char *help;
+} opt;
+
+static const opt opts[] = {
+    {"base", "PATH", CMD_RUN, K_SPECIAL, "pre-trained model: a .safetensors file or a Hugging Face directory"},
+    {"task", "PATH", CMD_STEP, K_SPECIAL, "the fine-tuned model to merge in this step"},
+    {"prev", "PATH", CMD_STEP, K_SPECIAL,
+     "the merged model of the previous step (omit for the first step); the method, its "
+     "hyper-parameters and the step count are read from its metadata"},
+    {"out", "PATH", CMD_RUN, K_SPECIAL,
+     "output: PATH.safetensors is written as one file, any other PATH as a Hugging Face "
+     "directory (with the base's config and tokenizer files copied)"},
+    {"save-steps", "DIR", CMD_MERGE, K_SPECIAL,
+     "also keep the model after every step as DIR/stepNN[.safetensors]"},
+    {"method", "NAME", CMD_RUN, K_SPECIAL,
+     "nufilt, wa, ta, ties, magmax, opcm, wudi, isoc or tsvm (`nufilt methods`) [nufilt]"},
+    {"null-rank", "N", CMD_RUN, K_INT, "nufilt: r_p, rank of the null-space filter [128]"},
+    {"task-rank", "N", CMD_RUN, K_INT, "nufilt: r_v, rank of the task projection in the objective [8]"},
+    {"lora-rank", "N", CMD_RUN, K_INT, "nufilt: r_l, rank of the adapter; 0 = filter only [64]"},
+    {"lr", "X", CMD_RUN, K_DOUBLE, "Adam learning rate [nufilt 1e-3, wudi 1e-5]"},
+    {"iters", "N", CMD_RUN, K_INT, "Adam iterations per matrix (nufilt, wudi) [50]"},
+    {"seed", "N", CMD_RUN, K_SEED, "seed of the adapter's random initialisation (nufilt) [0]"},
+    {"compat", "MODE", CMD_RUN, K_SPECIAL,
+     "nufilt: paper (M(1) = task 1, rank-deficient prev handled) or reference (reproduce the "
+     "published code, first-step artefact included) [paper]"},
+    {"rank-tol", "X", CMD_RUN, K_DOUBLE,
+     "nufilt, paper mode: drop singular vectors below X times the largest [1e-6]"},
+    {"preset", "NAME", CMD_RUN | CMD_INSPECT, K_STR,
+     "tensors nufilt treats: auto, clip (attn, fc1), t5 (SelfAttention, EncDecAttention, "
+     "DenseReluDense), llama (self_attn, mlp), all-linear (2-D *.weight but embeddings and "
+     "lm_head) [auto: from the tensor names]"},
+    {"layers", "REGEX", CMD_RUN | CMD_INSPECT, K_STR,
+     "treat the 2-D tensors whose name matches this POSIX extended regex (overrides --preset)"},
+    {"scale", "X", CMD_RUN, K_DOUBLE,
+     "lambda of ta [0.3], ties [0.3], magmax [0.5], isoc [1], tsvm [1]"},
+    {"keep", "X", CMD_RUN, K_DOUBLE, "ties: fraction of entries kept by the trim [0.2]"},
+    {"alpha", "X", CMD_RUN, K_DOUBLE, "opcm: share of the spectrum projected out [0.5]"},
+    {"opcm-zero-diag", NULL, CMD_RUN, K_SPECIAL,
+     "opcm: also remove the diagonal of the projected task vector (--no-opcm-zero-diag) [off]"},
+    {"dtype", "TYPE", CMD_RUN, K_SPECIAL,
+     "output dtype of float tensors: keep, f32, f16 or bf16 (round to nearest even) [keep: "
+     "each tensor's dtype in the base]"},
+    {"out-shard-size", "SIZE", CMD_RUN, K_SIZE,
+     "directory output: start a new shard past SIZE (e.g. 2GB, 500MB) [the base's layout]"},
+    {"force", NULL, CMD_RUN, K_FLAG, "replace an existing output"},
+    {"allow-nonfinite", NULL, CMD_RUN, K_FLAG, "merge task models that hold NaN or Inf"},
+    {"device", "LIST", CMD_RUN, K_STR,
+     "compute devices: auto, cpu, opencl:N, vulkan:N or a comma list (`nufilt devices`) "
+     "[auto: real GPUs, else the CPU]"},
+    {"svd", "MODE", CMD_RUN, K_SPECIAL,
+     "exact (LAPACK gesdd) or randomized (range finder, 10 extra columns, 2 power "
+     "iterations) [exact]"},
+    {"threads", "N", CMD_RUN, K_INT, "worker threads [all cores]"},
+    {"report", "FILE", CMD_RUN, K_STR,
+     "write a JSON report: per treated tensor the ranks used, the energy the filter removed, "
+     "the adapter's objective before and after, the time"},
+    {"quiet", NULL, CMD_RUN, K_FLAG, "print nothing but errors"},
+    {"progress", NULL, CMD_RUN, K_SPECIAL,
+     "progress bar on standard error (--no-progress) [on when standard error is a terminal]"},
+    {"help", NULL, CMD_RUN | CMD_INSPECT, K_FLAG, "this help"},
+};
+
+void cli_print_options(int cmd)
+{
+    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
+        const opt *p = &opts[i];
+        if (!(p->cmds & cmd))
+            continue;
+        char head[64];
+        snprintf(head, sizeof head, "--%s%s%s", p->name, p->arg ? " " : "", p->arg ? p->arg : "");
+        printf("  %-24s", head);
+        /* wrap the help text at 100 columns */
+        const char *h = p->help;
+        int col = 26, first = 1;
+        if (strlen(head) > 22) {
+            printf("\n%26s", "");
+        }
+        while (*h) {
+            const char *sp = h;
+            while (*sp && *sp != ' ')
+                sp++;
+            int w = (int)(sp - h);
+            if (!first && col + 1 + w > 100) {
+                printf("\n%26s", "");
+                col = 26;
+                first = 1;
+            }
+            printf("%s%.*s", first ? "" : " ", w, h);
+            col += w + (first ? 0 : 1);
+            first = 0;
+            h = *sp ? sp + 1 : sp;
+        }
+        printf("\n");
+    }
+}
+
+static int bad(const char *name, const char *val, const char *why)
+{
+    fprintf(stderr, "nufilt: --%s %s: %s\n", name, val ? val : "", why);
+    return 2;
+}
+
+static int parse_int(const char *name, const char *v, int lo, int hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end || errno || x < lo || x > hi) {
+        char why[80];
+        snprintf(why, sizeof why, "expected an integer from %d to %d", lo, hi);
+        return bad(name, v, why);
+    }
+    *out = (int)x;
+    return 0;
+}
+
+static int parse_double(const char *name, const char *v, double *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (end == v || *end || errno || !isfinite(x))
+        return bad(name, v, "expected a number");
+    *out = x;
+    return 0;
+}
+
+int cli_parse(int cmd, int argc, char **argv, int first, cli *c)
+{
+    memset(c, 0, sizeof *c);
+    nf_options_init(&c->o);
+    c->progress = -1;
+    c->positional = calloc((size_t)argc + 1, sizeof *c->positional);
+    if (!c->positional)
+        return 2;
+    int only_positional = 0;
+    for (int i = first; i < argc; i++) {
+        const char *a = argv[i];
+        if (only_positional || a[0] != '-' || a[1] == '\0') {
+            c->positional[c->npositional++] = a;
+            continue;
+        }
+        if (strcmp(a, "--") == 0) {
+            only_positional = 1;
+            continue;
+        }
+        if (strcmp(a, "-h") == 0) {
+            c->help = 1;
+            continue;
+        }
+        if (a[1] != '-') {
+            fprintf(stderr, "nufilt: unknown option %s (options are long: --name)\n", a);
+            return 2;
+        }
+        char name[64];
+        const char *val = NULL;
+        const char *eq = strchr(a + 2, '=');
+        size_t nl = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+        if (nl >= sizeof name) {
+            fprintf(stderr, "nufilt: unknown option %s\n", a);
+            return 2;
+        }
+        memcpy(name, a + 2, nl);
+        name[nl] = '\0';
+        if (eq)
+            val = eq + 1;
+        int negated = 0;
+        const opt *p = NULL;
+        for (size_t k = 0; k < sizeof opts / sizeof opts[0] && !p; k++)
+            if (strcmp(opts[k].name, name) == 0)
+                p = &opts[k];
+        if (!p && strncmp(name, "no-", 3) == 0) {
+            for (size_t k = 0; k < sizeof opts / sizeof opts[0] && !p; k++)
+                if (strcmp(opts[k].name, name + 3) == 0 && !opts[k].arg)
+                    p = &opts[k];
+            negated = p != NULL;
+        }
+        if (!p || !(p->cmds & cmd)) {
+            fprintf(stderr, "nufilt: unknown option --%s for this command (see --help)\n", name);
+            return 2;
+        }
+        if (p->arg && !val) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "nufilt: --%s needs a value (%s)\n", name, p->arg);
+                return 2;
+            }
+            val = argv[++i];
+        } else if (!p->arg && val) {
+            fprintf(stderr, "nufilt: --%s takes no value\n", name);
+            return 2;
+        }
+        nf_options *o = &c->o;
+        int rc = 0;
+        if (!strcmp(name, "base")) c->base = val;
+        else if (!strcmp(name, "task")) c->task = val;
+        else if (!strcmp(name, "prev")) c->prev = val;
+        else if (!strcmp(name, "out")) c->out = val;
+        else if (!strcmp(name, "save-steps")) c->save_steps = val;
+        else if (!strcmp(name, "method")) {
+            o->method = nf_method_from_name(val);
+            if (o->method < 0)
+                rc = bad(name, val, "unknown method (see `nufilt methods`)");
+        } else if (!strcmp(name, "null-rank")) rc = parse_int(name, val, 0, 65536, &o->null_rank);
+        else if (!strcmp(name, "task-rank")) rc = parse_int(name, val, 0, 65536, &o->task_rank);
+        else if (!strcmp(name, "lora-rank")) rc = parse_int(name, val, 0, 65536, &o->lora_rank);
+        else if (!strcmp(name, "lr")) rc = parse_double(name, val, &o->lr);
+        else if (!strcmp(name, "iters")) rc = parse_int(name, val, 0, 1000000, &o->iters);
+        else if (!strcmp(name, "seed")) {
+            char *end;
+            errno = 0;
+            long long s = strtoll(val, &end, 10);
+            if (end == val || *end || errno || s < 0)
+                rc = bad(name, val, "expected an integer from 0 to 2^63-1");
+            o->seed = s;
+        } else if (!strcmp(name, "compat")) {
+            if (!strcmp(val, "paper")) o->compat = NF_COMPAT_PAPER;
+            else if (!strcmp(val, "reference")) o->compat = NF_COMPAT_REFERENCE;
+            else rc = bad(name, val, "expected paper or reference");
+        } else if (!strcmp(name, "rank-tol")) rc = parse_double(name, val, &o->rank_tol);
+        else if (!strcmp(name, "preset")) o->preset = val;
+        else if (!strcmp(name, "layers")) o->layers = val;
+        else if (!strcmp(name, "scale")) rc = parse_double(name, val, &o->scale);
+        else if (!strcmp(name, "keep")) rc = parse_double(name, val, &o->keep);
+        else if (!strcmp(name, "alpha")) rc = parse_double(name, val, &o->alpha);
+        else if (!strcmp(name, "opcm-zero-diag")) o->opcm_zero_diag = !negated;
+        else if (!strcmp(name, "dtype")) {
+            if (!strcmp(val, "keep")) o->out_dtype = NF_DTYPE_INVALID;
+            else if (!strcmp(val, "f32") || !strcmp(val, "F32")) o->out_dtype = NF_F32;
+            else if (!strcmp(val, "f16") || !strcmp(val, "F16")) o->out_dtype = NF_F16;
+            else if (!strcmp(val, "bf16") || !strcmp(val, "BF16")) o->out_dtype = NF_BF16;
+            else rc = bad(name, val, "expected keep, f32, f16 or bf16");
+        } else if (!strcmp(name, "out-shard-size")) {
+            if (nf_parse_size(val, &o->out_shard_size) || o->out_shard_size == 0)
+                rc = bad(name, val, "expected a size such as 2GB, 500MB or 1GiB");
+        } else if (!strcmp(name, "force")) o->force = !negated;
+        else if (!strcmp(name, "allow-nonfinite")) o->allow_nonfinite = !negated;
+        else if (!strcmp(name, "device")) o->device = val;
+        else if (!strcmp(name, "svd")) {
+            if (!strcmp(val, "exact")) o->svd = NF_SVD_EXACT;
+            else if (!strcmp(val, "randomized")) o->svd = NF_SVD_RANDOMIZED;
+            else rc = bad(name, val, "expected exact or randomized");
+        } else if (!strcmp(name, "threads")) rc = parse_int(name, val, 1, 4096, &o->threads);
+        else if (!strcmp(name, "report")) o->report_path = val;
+        else if (!strcmp(name, "quiet")) c->quiet = !negated;
+        else if (!strcmp(name, "progress")) c->progress = !negated;
+        else if (!strcmp(name, "help")) c->help = 1;
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+void cli_free(cli *c)
+{
+    free(c->positional);
+    c->positional = NULL;
+}

@@ -1,0 +1,30 @@
+/* Command-line options of the nufilt program: one table drives parsing and --help. */
+#ifndef NFH_ARGS_H
+#define NFH_ARGS_H
+
+#include "nufilt.h"
+
+enum {
+    CMD_STEP = 1 << 0,
+    CMD_MERGE = 1 << 1,
+    CMD_INSPECT = 1 << 2,
+    CMD_RUN = CMD_STEP | CMD_MERGE,
+};
+
+typedef struct cli {
+    nf_options o;
+    const char *base, *task, *prev, *out, *save_steps;
+    const char **positional;
+    int npositional;
+    int quiet;
+    int progress;   /* -1 auto (a terminal), 0 off, 1 on */
+    int help;
+} cli;
+
+/* Parses argv[first..] for a command (CMD_*). Returns 0, or prints a message and returns 2. */
+int cli_parse(int cmd, int argc, char **argv, int first, cli *c);
+void cli_free(cli *c);
+/* Prints the options of a command, with their defaults. */
+void cli_print_options(int cmd);
+
+#endif

@@ -1,0 +1,242 @@
+/* The subcommands: step, merge, inspect, methods, devices. */
+#include "commands.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "progress.h"
+
+static int fail(const nf_error *e)
+{
+    fprintf(stderr, "nufilt: error: %s\n", e->msg[0] ? e->msg : nf_status_message(e->code));
+    return e->code == NF_E_ARG ? 2 : 1;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void setup_progress(cli *c, progress *pr)
+{
+    memset(pr, 0, sizeof *pr);
+    int on = c->progress >= 0 ? c->progress : isatty(2);
+    if (c->quiet && c->progress != 1)
+        on = 0;
+    if (on) {
+        c->o.progress = progress_cb;
+        c->o.progress_user = pr;
+    }
+}
+
+int cmd_step(cli *c)
+{
+    if (!c->base || !c->task || !c->out) {
+        fprintf(stderr, "nufilt step: --base, --task and --out are required (see nufilt help "
+                        "step)\n");
+        return 2;
+    }
+    if (c->npositional) {
+        fprintf(stderr, "nufilt step: unexpected argument \"%s\" (merge takes task lists)\n",
+                c->positional[0]);
+        return 2;
+    }
+    progress pr;
+    setup_progress(c, &pr);
+    nf_error err = {0};
+    double t0 = now();
+    int rc = nf_step(c->base, c->task, c->prev, c->out, &c->o, &err);
+    progress_done(&pr);
+    if (rc)
+        return fail(&err);
+    if (!c->quiet)
+        fprintf(stderr, "nufilt: wrote %s (%.1f s)\n", c->out, now() - t0);
+    return 0;
+}
+
+int cmd_merge(cli *c)
+{
+    if (!c->base || !c->out || c->npositional == 0) {
+        fprintf(stderr, "nufilt merge: --base, --out and at least one task model are required "
+                        "(see nufilt help merge)\n");
+        return 2;
+    }
+    if (c->task || c->prev) {
+        fprintf(stderr, "nufilt merge: --task and --prev belong to `nufilt step`; list the task "
+                        "models after the options\n");
+        return 2;
+    }
+    progress pr;
+    setup_progress(c, &pr);
+    nf_error err = {0};
+    double t0 = now();
+    int rc = nf_merge(c->base, c->positional, c->npositional, c->out, c->save_steps, &c->o,
+                      &err);
+    progress_done(&pr);
+    if (rc)
+        return fail(&err);
+    if (!c->quiet)
+        fprintf(stderr, "nufilt: merged %d task%s into %s (%.1f s)\n", c->npositional,
+                c->npositional == 1 ? "" : "s", c->out, now() - t0);
+    return 0;
+}
+
+static void human(double b, char *buf, size_t n)
+{
+    const char *u[] = {"B", "kB", "MB", "GB", "TB"};
+    int i = 0;
+    while (b >= 1000 && i < 4) {
+        b /= 1000;
+        i++;
+    }
+    snprintf(buf, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+}
+
+int cmd_inspect(cli *c)
+{
+    if (c->npositional != 1) {
+        fprintf(stderr, "nufilt inspect: give one model path\n");
+        return 2;
+    }
+    const char *path = c->positional[0];
+    nf_model *m = NULL;
+    nf_error err = {0};
+    if (nf_model_open(path, &m, &err))
+        return fail(&err);
+    size_t n = nf_model_tensor_count(m);
+    uint64_t bytes = 0;
+    nf_tensor_info ti;
+    for (size_t i = 0; i < n; i++) {
+        nf_model_tensor_info(m, i, &ti);
+        bytes += ti.nbytes;
+    }
+    const char *preset = NULL;
+    if (!c->o.layers && nf_preset_resolve(m, c->o.preset, &preset, &err)) {
+        nf_model_close(m);
+        return fail(&err);
+    }
+    char hb[32];
+    human((double)bytes, hb, sizeof hb);
+    printf("%s\n  %zu tensors, %s in %zu file%s\n", path, n, hb, nf_model_shard_count(m),
+           nf_model_shard_count(m) == 1 ? "" : "s");
+    /* treated tensors */
+    size_t treated = 0;
+    int width = 10;
+    for (size_t i = 0; i < n; i++) {
+        nf_model_tensor_info(m, i, &ti);
+        int w = (int)strlen(ti.name);
+        if (w > width)
+            width = w;
+    }
+    if (width > 80)
+        width = 80;
+    unsigned char *tr = calloc(n ? n : 1, 1);
+    for (size_t i = 0; tr && i < n; i++) {
+        int t = nf_tensor_treated(m, i, c->o.layers ? NULL : preset, c->o.layers, &err);
+        if (t < 0) {
+            free(tr);
+            nf_model_close(m);
+            return fail(&err);
+        }
+        tr[i] = (unsigned char)t;
+        treated += (size_t)t;
+    }
+    if (c->o.layers)
+        printf("  selection --layers '%s': %zu tensors treated by nufilt\n", c->o.layers, treated);
+    else
+        printf("  preset %s%s: %zu tensors treated by nufilt\n", preset,
+               c->o.preset && strcmp(c->o.preset, "auto") ? "" : " (auto)", treated);
+    /* merge history */
+    const char *meth = nf_model_metadata_get(m, "nufilt.method");
+    if (meth) {
+        printf("\nmerge state (written by nufilt %s):\n",
+               nf_model_metadata_get(m, "nufilt.version") ? nf_model_metadata_get(m, "nufilt.version")
+                                                          : "?");
+        const char *keys[] = {"nufilt.method", "nufilt.step",  "nufilt.params",
+                              "nufilt.state",  "nufilt.base",  "nufilt.tasks"};
+        for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+            const char *v = nf_model_metadata_get(m, keys[k]);
+            if (v)
+                printf("  %-8s %s\n", keys[k] + 7, v);
+        }
+    } else {
+        printf("\nno merge history (not written by nufilt)\n");
+    }
+    size_t nmeta = nf_model_metadata_count(m);
+    int other = 0;
+    for (size_t i = 0; i < nmeta; i++) {
+        const char *k, *v;
+        nf_model_metadata_at(m, i, &k, &v);
+        if (strncmp(k, "nufilt.", 7) == 0)
+            continue;
+        if (!other++)
+            printf("\nmetadata:\n");
+        printf("  %s = %.200s\n", k, v);
+    }
+    printf("\n  %-*s  %-5s  %-18s %s\n", width, "tensor", "dtype", "shape", "nufilt");
+    for (size_t i = 0; i < n; i++) {
+        nf_model_tensor_info(m, i, &ti);
+        char shape[96];
+        size_t o = 0;
+        o += (size_t)snprintf(shape + o, sizeof shape - o, "[");
+        for (int d = 0; d < ti.ndim && o < sizeof shape; d++)
+            o += (size_t)snprintf(shape + o, sizeof shape - o, "%s%" PRId64, d ? ", " : "",
+                                  ti.shape[d]);
+        if (o < sizeof shape)
+            snprintf(shape + o, sizeof shape - o, "]");
+        printf("  %-*s  %-5s  %-18s %s\n", width, ti.name, nf_dtype_name(ti.dtype), shape,
+               tr && tr[i] ? "treated" : "-");
+    }
+    free(tr);
+    nf_model_close(m);
+    return 0;
+}
+
+int cmd_methods(void)
+{
+    printf("Methods (--method NAME). Each step sees only the base, the previous merged model and\n"
+           "the new task model; the state a method needs travels in the merged file.\n\n");
+    for (int i = 0; i < NF_METHOD_COUNT; i++) {
+        const nf_method_info *m = nf_method_get(i);
+        printf("%-8s %s%s\n", m->name, m->summary,
+               m->implemented ? "" : "  [not yet available in this build]");
+        printf("%-8s options: %s\n", "", m->options);
+        printf("%-8s from: %s\n\n", "", m->paper);
+    }
+    return 0;
+}
+
+int cmd_devices(void)
+{
+    nf_device_info info[64];
+    int n = 0;
+    nf_error err = {0};
+    if (nf_devices_list(info, 64, &n, &err))
+        return fail(&err);
+    printf("%-10s %-15s %-10s %s\n", "device", "type", "memory", "name / driver");
+    for (int i = 0; i < n && i < 64; i++) {
+        char dev[48], mem[32];
+        snprintf(dev, sizeof dev, "%.16s:%d", info[i].api, info[i].index);
+        human((double)info[i].memory, mem, sizeof mem);
+        printf("%-10s %-15s %-10s %s\n", dev, nf_device_type_name(info[i].type), mem,
+               info[i].name);
+        printf("%-10s %-15s %-10s driver %s\n", "", "", "", info[i].driver);
+    }
+    for (int b = 0;; b++) {
+        const char *api, *why;
+        int avail;
+        if (nf_backend_status(b, &api, &avail, &why))
+            break;
+        if (!avail)
+            printf("%-10s unavailable: %s\n", api, why);
+    }
+    printf("\n--device auto picks the real GPUs above, or the CPU when there is none; software\n"
+           "devices (PoCL, lavapipe) run only when named, e.g. --device opencl:0.\n");
+    return 0;
+}

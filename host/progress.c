@@ -1,0 +1,84 @@
+#include "progress.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void hms(double s, char *buf, size_t n)
+{
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+    else
+        snprintf(buf, n, "%02ld:%02ld", t / 60, t % 60);
+}
+
+static void human(double b, char *buf, size_t n)
+{
+    const char *u[] = {"B", "kB", "MB", "GB", "TB"};
+    int i = 0;
+    while (b >= 1000 && i < 4) {
+        b /= 1000;
+        i++;
+    }
+    snprintf(buf, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
+}
+
+void progress_cb(void *user, const nf_progress *p)
+{
+    progress *pr = user;
+    double t = now();
+    int last = p->tensors_done == p->tensors_total;
+    if (!last && t - pr->last_draw < 0.1)
+        return;
+    pr->last_draw = t;
+    if (!pr->width) {
+        struct winsize ws;
+        pr->width = ioctl(2, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 40 ? ws.ws_col : 80;
+    }
+    double frac = p->tensors_total ? (double)p->tensors_done / (double)p->tensors_total : 1.0;
+    if (p->bytes_total && p->npasses == 1)
+        frac = (double)p->bytes_done / (double)p->bytes_total;
+    char el[32], rem[32], bd[32], bt[32];
+    hms(p->elapsed_s, el, sizeof el);
+    if (frac > 0.02)
+        hms(p->elapsed_s * (1.0 - frac) / frac, rem, sizeof rem);
+    else
+        snprintf(rem, sizeof rem, "--:--");
+    human((double)p->bytes_done, bd, sizeof bd);
+    human((double)p->bytes_total * (p->npasses > 0 ? p->npasses : 1), bt, sizeof bt);
+    char left[64], right[160];
+    snprintf(left, sizeof left, "step %d/%d ", p->step, p->nsteps);
+    snprintf(right, sizeof right, " %zu/%zu tensors  %s/%s  %s elapsed  %s left",
+             p->tensors_done, p->tensors_total, bd, bt, el, rem);
+    int barw = pr->width - (int)strlen(left) - (int)strlen(right) - 3;
+    if (barw < 10)
+        barw = 10;
+    if (barw > 40)
+        barw = 40;
+    int fill = (int)(frac * barw + 0.5);
+    char bar[64];
+    for (int i = 0; i < barw; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[barw] = '\0';
+    fprintf(stderr, "\r%s[%s]%s\033[K", left, bar, right);
+    fflush(stderr);
+    pr->drawn = 1;
+}
+
+void progress_done(progress *pr)
+{
+    if (pr->drawn) {
+        fputc('\n', stderr);
+        pr->drawn = 0;
+    }
+}

@@ -1,0 +1,178 @@
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <time.h>
+
+void nf_sb_free(nf_sb *b)
+{
+    free(b->s);
+    b->s = NULL;
+    b->len = b->cap = 0;
+}
+
+static int sb_reserve(nf_sb *b, size_t extra)
+{
+    if (b->oom)
+        return 0;
+    if (b->len + extra + 1 <= b->cap)
+        return 1;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra + 1) {
+        if (cap > SIZE_MAX / 2) {
+            b->oom = 1;
+            return 0;
+        }
+        cap *= 2;
+    }
+    char *s = realloc(b->s, cap);
+    if (!s) {
+        b->oom = 1;
+        return 0;
+    }
+    b->s = s;
+    b->cap = cap;
+    return 1;
+}
+
+void nf_sb_putn(nf_sb *b, const char *s, size_t n)
+{
+    if (!sb_reserve(b, n))
+        return;
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+}
+
+void nf_sb_puts(nf_sb *b, const char *s) { nf_sb_putn(b, s, strlen(s)); }
+
+void nf_sb_printf(nf_sb *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || !sb_reserve(b, (size_t)n))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->s + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+void nf_sb_json_str(nf_sb *b, const char *s, size_t n)
+{
+    nf_sb_putn(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        switch (c) {
+        case '"': nf_sb_putn(b, "\\\"", 2); break;
+        case '\\': nf_sb_putn(b, "\\\\", 2); break;
+        case '\n': nf_sb_putn(b, "\\n", 2); break;
+        case '\r': nf_sb_putn(b, "\\r", 2); break;
+        case '\t': nf_sb_putn(b, "\\t", 2); break;
+        default:
+            if (c < 0x20)
+                nf_sb_printf(b, "\\u%04x", c);
+            else
+                nf_sb_putn(b, (const char *)&s[i], 1);
+        }
+    }
+    nf_sb_putn(b, "\"", 1);
+}
+
+void nf_sb_json_num(nf_sb *b, double v)
+{
+    if (v != v || v > 1.7976931348623157e308 || v < -1.7976931348623157e308)
+        nf_sb_puts(b, "null");
+    else
+        nf_sb_printf(b, "%.17g", v);
+}
+
+double nf_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+char *nf_strndup(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+char *nf_strdup(const char *s) { return nf_strndup(s, strlen(s)); }
+
+char *nf_path_join(const char *dir, const char *name)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    int slash = a > 0 && dir[a - 1] != '/';
+    char *p = malloc(a + b + 2);
+    if (!p)
+        return NULL;
+    memcpy(p, dir, a);
+    if (slash)
+        p[a++] = '/';
+    memcpy(p + a, name, b + 1);
+    return p;
+}
+
+char *nf_path_stem(const char *path)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    size_t start = n;
+    while (start > 0 && path[start - 1] != '/')
+        start--;
+    size_t len = n - start;
+    const char *ext = ".safetensors";
+    size_t el = strlen(ext);
+    if (len > el && memcmp(path + n - el, ext, el) == 0)
+        len -= el;
+    return nf_strndup(path + start, len);
+}
+
+int nf_is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int nf_exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+void nf_remove_tree(const char *path)
+{
+    if (!nf_is_dir(path)) {
+        unlink(path);
+        return;
+    }
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            char *p = nf_path_join(path, e->d_name);
+            if (p) {
+                unlink(p);
+                free(p);
+            }
+        }
+        closedir(d);
+    }
+    rmdir(path);
+}

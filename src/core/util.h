@@ -1,0 +1,51 @@
+/* Small shared helpers: a growable string, checked arithmetic, time. Internal. */
+#ifndef NF_UTIL_H
+#define NF_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Growable NUL-terminated string. On allocation failure it sets oom and stops growing. */
+typedef struct nf_sb {
+    char *s;
+    size_t len, cap;
+    int oom;
+} nf_sb;
+
+void nf_sb_free(nf_sb *b);
+void nf_sb_putn(nf_sb *b, const char *s, size_t n);
+void nf_sb_puts(nf_sb *b, const char *s);
+void nf_sb_printf(nf_sb *b, const char *fmt, ...)
+#ifdef __GNUC__
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* Appends s (n bytes) as a JSON string literal, quotes included. */
+void nf_sb_json_str(nf_sb *b, const char *s, size_t n);
+/* Appends a double so that it reads back bit for bit ("%.17g"; non-finite as null). */
+void nf_sb_json_num(nf_sb *b, double v);
+
+/* Checked arithmetic: return 0 on overflow. */
+static inline int nf_mul_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_mul_overflow(a, b, out);
+}
+static inline int nf_add_u64(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_add_overflow(a, b, out);
+}
+
+double nf_now(void); /* monotonic seconds */
+
+char *nf_strdup(const char *s);
+char *nf_strndup(const char *s, size_t n);
+char *nf_path_join(const char *dir, const char *name);
+/* Last path component without a trailing ".safetensors" (for task names). */
+char *nf_path_stem(const char *path);
+int nf_is_dir(const char *path);
+int nf_exists(const char *path);
+/* Removes a file, or a directory and the plain files in it (our own outputs only). */
+void nf_remove_tree(const char *path);
+
+#endif

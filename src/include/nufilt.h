@@ -1,0 +1,219 @@
+/*
+ * nufilt: data-free continual model merging.
+ *
+ * The public interface of libnufilt. Everything exported starts with nf_ / NF_.
+ * Every fallible call returns a status (0 = NF_OK, negative = error, see nufilt_status.h)
+ * and fills an nf_error with a message naming the file, the tensor and the problem.
+ */
+#ifndef NUFILT_H
+#define NUFILT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nufilt_status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(NF_BUILDING_LIBRARY) && defined(__GNUC__)
+#define NF_API __attribute__((visibility("default")))
+#else
+#define NF_API
+#endif
+
+#define NF_VERSION_STRING "0.1.0"
+#define NF_MAX_DIMS 8
+
+/* ---- errors ---------------------------------------------------------------------------- */
+
+typedef struct nf_error {
+    int code;        /* NF_OK or the first error's status */
+    char msg[1024];  /* what went wrong, naming the file and tensor where it applies */
+} nf_error;
+
+NF_API const char *nf_status_name(int code);
+NF_API const char *nf_status_message(int code);
+NF_API void nf_error_clear(nf_error *err);
+/* Records the first error only (later ones are usually its consequences); returns code. */
+NF_API int nf_error_set(nf_error *err, int code, const char *fmt, ...)
+#ifdef __GNUC__
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+NF_API const char *nf_version(void);
+
+/* Parses sizes like "2GB", "500MB", "1.5GiB" or "1000000" (bytes; SI and binary units). */
+NF_API int nf_parse_size(const char *s, uint64_t *out);
+
+/* ---- dtypes ---------------------------------------------------------------------------- */
+
+typedef enum nf_dtype {
+    NF_DTYPE_INVALID = 0,
+    NF_F64, NF_F32, NF_F16, NF_BF16,
+    NF_I64, NF_I32, NF_I16, NF_I8,
+    NF_U64, NF_U32, NF_U16, NF_U8,
+    NF_BOOL, NF_F8_E4M3, NF_F8_E5M2,
+    NF_DTYPE_COUNT
+} nf_dtype;
+
+NF_API const char *nf_dtype_name(nf_dtype dt);       /* safetensors spelling: "F32", "BF16" */
+NF_API size_t nf_dtype_size(nf_dtype dt);            /* bytes per element, 0 if invalid */
+NF_API nf_dtype nf_dtype_from_name(const char *name, size_t len); /* NF_DTYPE_INVALID if unknown */
+NF_API int nf_dtype_is_float(nf_dtype dt);           /* F64, F32, F16, BF16: merged in float32 */
+
+/* ---- checkpoints ----------------------------------------------------------------------- */
+
+typedef struct nf_model nf_model;
+
+typedef struct nf_tensor_info {
+    const char *name;     /* borrowed from the model */
+    nf_dtype dtype;
+    int ndim;
+    int64_t shape[NF_MAX_DIMS];
+    uint64_t numel;
+    uint64_t nbytes;
+    int shard;            /* index of the file holding it (0 for single files) */
+} nf_tensor_info;
+
+/* Opens a .safetensors file or a Hugging Face model directory (model.safetensors, or shards
+ * plus model.safetensors.index.json). Every header is validated before any data is touched. */
+NF_API int nf_model_open(const char *path, nf_model **out, nf_error *err);
+NF_API void nf_model_close(nf_model *m);
+NF_API size_t nf_model_tensor_count(const nf_model *m);
+NF_API int nf_model_tensor_info(const nf_model *m, size_t i, nf_tensor_info *out);
+NF_API long nf_model_find(const nf_model *m, const char *name); /* index, or -1 */
+NF_API size_t nf_model_shard_count(const nf_model *m);
+NF_API const char *nf_model_shard_path(const nf_model *m, size_t i);
+NF_API size_t nf_model_metadata_count(const nf_model *m);
+NF_API int nf_model_metadata_at(const nf_model *m, size_t i, const char **key, const char **value);
+NF_API const char *nf_model_metadata_get(const nf_model *m, const char *key); /* NULL if absent */
+
+/* ---- tensor selection ------------------------------------------------------------------ */
+
+/* Resolves a preset ("auto", "clip", "t5", "llama", "all-linear") for a model: "auto" picks
+ * from the tensor names. *resolved is a static string. */
+NF_API int nf_preset_resolve(const nf_model *m, const char *preset, const char **resolved,
+                             nf_error *err);
+/* 1 if the tensor would get the NUFILT update under this preset or regex (regex wins). */
+NF_API int nf_tensor_treated(const nf_model *m, size_t i, const char *preset, const char *layers,
+                             nf_error *err);
+
+/* ---- methods --------------------------------------------------------------------------- */
+
+typedef enum nf_method_id {
+    NF_METHOD_NUFILT = 0, NF_METHOD_WA, NF_METHOD_TA, NF_METHOD_TIES, NF_METHOD_MAGMAX,
+    NF_METHOD_OPCM, NF_METHOD_WUDI, NF_METHOD_ISOC, NF_METHOD_TSVM,
+    NF_METHOD_COUNT
+} nf_method_id;
+
+typedef struct nf_method_info {
+    const char *name;     /* "nufilt", "wa", ... */
+    const char *summary;  /* one line */
+    const char *options;  /* the options it reads, with defaults */
+    const char *paper;    /* where it comes from */
+    int implemented;      /* 0 while a method is listed but not yet available */
+} nf_method_info;
+
+NF_API const nf_method_info *nf_method_get(int id);
+NF_API int nf_method_from_name(const char *name); /* id, or -1 */
+
+/* ---- options --------------------------------------------------------------------------- */
+
+enum { NF_COMPAT_UNSET = 0, NF_COMPAT_PAPER = 1, NF_COMPAT_REFERENCE = 2 };
+enum { NF_SVD_EXACT = 0, NF_SVD_RANDOMIZED = 1 };
+
+typedef struct nf_progress {
+    int step, nsteps;             /* 1-based continual step, and how many in this run */
+    int pass, npasses;            /* pass over the tensors within the step */
+    size_t tensors_done, tensors_total;
+    uint64_t bytes_done, bytes_total;
+    double elapsed_s;             /* since the step started */
+    const char *tensor;           /* the tensor just finished, or NULL */
+} nf_progress;
+
+typedef void (*nf_progress_fn)(void *user, const nf_progress *p);
+
+/* Hyper-parameters left unset (-1, NAN or NULL) take their value from the previous merged
+ * model's metadata, or the method's default at the first step. A value that is set and
+ * disagrees with the previous merged model is refused (NF_E_STATE). */
+typedef struct nf_options {
+    int method;              /* nf_method_id, -1 = from previous model or nufilt */
+    int null_rank;           /* r_p */
+    int task_rank;           /* r_v */
+    int lora_rank;           /* r_l */
+    double lr;
+    int iters;
+    int64_t seed;            /* -1 = unset; seeds are 0 .. 2^63-1 */
+    int compat;              /* NF_COMPAT_* */
+    double rank_tol;
+    const char *preset;      /* NULL = auto */
+    const char *layers;      /* POSIX extended regex; overrides preset */
+    double scale;            /* lambda for ta, ties, magmax, isoc, tsvm */
+    double keep;             /* TIES kept fraction */
+    double alpha;            /* OPCM */
+    int opcm_zero_diag;      /* -1 unset, 0 or 1 */
+
+    /* not part of the merge recipe: may change from step to step */
+    nf_dtype out_dtype;      /* NF_DTYPE_INVALID = keep each tensor's base dtype */
+    uint64_t out_shard_size; /* 0 = like the base */
+    int force;               /* replace an existing output */
+    int allow_nonfinite;     /* accept NaN/Inf in task models */
+    int threads;             /* 0 = all cores */
+    const char *device;      /* "auto", "cpu", "opencl:0", "vulkan:0,cpu", ... NULL = auto */
+    int svd;                 /* NF_SVD_* */
+    uint64_t max_memory;     /* cap on tensors in flight, bytes; 0 = none */
+    const char *report_path; /* JSON report, NULL = none */
+    const char *task_name;   /* name recorded for the task; NULL = from its path */
+    nf_progress_fn progress;
+    void *progress_user;
+} nf_options;
+
+NF_API void nf_options_init(nf_options *o);
+
+/* One continual step: out = merge(base, prev, task). prev NULL means the first step. */
+NF_API int nf_step(const char *base, const char *task, const char *prev, const char *out,
+                   const nf_options *opts, nf_error *err);
+
+/* The whole stream in order; identical, bit for bit, to the chain of nf_step calls.
+ * save_steps_dir (may be NULL) receives every intermediate model as stepNN[.safetensors]. */
+NF_API int nf_merge(const char *base, const char *const *tasks, int ntasks, const char *out,
+                    const char *save_steps_dir, const nf_options *opts, nf_error *err);
+
+/* Removes the temporary outputs of every merge in progress in this process. Safe to call from
+ * a SIGINT/SIGTERM handler, so that an interrupted run leaves nothing behind. */
+NF_API void nf_cleanup_temporaries(void);
+
+/* ---- devices --------------------------------------------------------------------------- */
+
+typedef enum nf_device_type {
+    NF_DEVICE_CPU = 0,          /* the native CPU backend (OpenBLAS + LAPACKE) */
+    NF_DEVICE_DISCRETE_GPU,
+    NF_DEVICE_INTEGRATED_GPU,
+    NF_DEVICE_SOFTWARE,         /* PoCL, lavapipe, other CPU implementations of GPU APIs */
+    NF_DEVICE_OTHER
+} nf_device_type;
+
+typedef struct nf_device_info {
+    char api[16];               /* "cpu", "opencl", "vulkan" */
+    int index;                  /* within its API: opencl:0, vulkan:1, ... */
+    char name[256];
+    nf_device_type type;
+    uint64_t memory;            /* bytes of device memory (0 if unknown) */
+    char driver[128];
+} nf_device_info;
+
+NF_API const char *nf_device_type_name(nf_device_type t);
+/* Fills up to max entries; *count receives how many devices exist. Backends whose driver is
+ * missing are silently absent; why is available from nf_backend_status. */
+NF_API int nf_devices_list(nf_device_info *out, int max, int *count, nf_error *err);
+/* For each compiled-in API, a line saying whether its driver loaded and why not. */
+NF_API int nf_backend_status(int i, const char **api, int *available, const char **why);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

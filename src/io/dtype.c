@@ -1,0 +1,171 @@
+#include "dtype.h"
+
+#include <math.h>
+#include <string.h>
+
+static const struct {
+    const char *name;
+    size_t size;
+} dtypes[NF_DTYPE_COUNT] = {
+    [NF_DTYPE_INVALID] = {"INVALID", 0},
+    [NF_F64] = {"F64", 8}, [NF_F32] = {"F32", 4}, [NF_F16] = {"F16", 2},
+    [NF_BF16] = {"BF16", 2}, [NF_I64] = {"I64", 8}, [NF_I32] = {"I32", 4},
+    [NF_I16] = {"I16", 2}, [NF_I8] = {"I8", 1}, [NF_U64] = {"U64", 8},
+    [NF_U32] = {"U32", 4}, [NF_U16] = {"U16", 2}, [NF_U8] = {"U8", 1},
+    [NF_BOOL] = {"BOOL", 1}, [NF_F8_E4M3] = {"F8_E4M3", 1}, [NF_F8_E5M2] = {"F8_E5M2", 1},
+};
+
+const char *nf_dtype_name(nf_dtype dt)
+{
+    return (unsigned)dt < NF_DTYPE_COUNT ? dtypes[dt].name : "INVALID";
+}
+
+size_t nf_dtype_size(nf_dtype dt) { return (unsigned)dt < NF_DTYPE_COUNT ? dtypes[dt].size : 0; }
+
+nf_dtype nf_dtype_from_name(const char *name, size_t len)
+{
+    for (int i = 1; i < NF_DTYPE_COUNT; i++)
+        if (strlen(dtypes[i].name) == len && memcmp(dtypes[i].name, name, len) == 0)
+            return (nf_dtype)i;
+    return NF_DTYPE_INVALID;
+}
+
+int nf_dtype_is_float(nf_dtype dt)
+{
+    return dt == NF_F64 || dt == NF_F32 || dt == NF_F16 || dt == NF_BF16;
+}
+
+static inline uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static inline float bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+float nf_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1F;
+    uint32_t man = h & 0x3FF;
+    if (exp == 0) {
+        if (man == 0)
+            return bits_f32(sign);
+        /* subnormal: value = man * 2^-24, exact in float32 */
+        float v = (float)man * 0x1p-24f;
+        return sign ? -v : v;
+    }
+    if (exp == 31)
+        return bits_f32(sign | 0x7F800000u | (man << 13));
+    return bits_f32(sign | ((exp + 112) << 23) | (man << 13));
+}
+
+uint16_t nf_f32_to_f16(float f)
+{
+    uint32_t x = f32_bits(f);
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000);
+    uint32_t ax = x & 0x7FFFFFFFu;
+    if (ax >= 0x7F800000u) /* inf or nan */
+        return (uint16_t)(sign | 0x7C00 | (ax > 0x7F800000u ? 0x200 | ((ax >> 13) & 0x3FF) : 0));
+    if (ax >= 0x477FF000u) /* rounds to >= 65520: overflow */
+        return (uint16_t)(sign | 0x7C00);
+    if (ax < 0x38800000u) {
+        /* result is subnormal or zero: value / 2^-24 rounded to nearest even */
+        float a = bits_f32(ax);
+        float scaled = a * 0x1p24f; /* exact: a < 2^-14 so scaled < 2^10 */
+        float r = nearbyintf(scaled); /* default rounding mode: nearest even */
+        return (uint16_t)(sign | (uint16_t)r);
+    }
+    /* normal: rebias exponent, round mantissa 23 -> 10 bits to nearest even */
+    uint32_t m = ax - 0x38000000u; /* exponent rebias 127 -> 15 */
+    uint32_t round = 0xFFFu + ((m >> 13) & 1u);
+    m += round;
+    return (uint16_t)(sign | (m >> 13));
+}
+
+float nf_bf16_to_f32(uint16_t h) { return bits_f32((uint32_t)h << 16); }
+
+uint16_t nf_f32_to_bf16(float f)
+{
+    uint32_t x = f32_bits(f);
+    if ((x & 0x7FFFFFFFu) > 0x7F800000u)
+        return (uint16_t)((x >> 16) | 0x40); /* quiet NaN, sign and payload top kept */
+    uint32_t round = 0x7FFFu + ((x >> 16) & 1u);
+    return (uint16_t)((x + round) >> 16);
+}
+
+size_t nf_to_f32(const void *src, nf_dtype dt, float *dst, size_t n)
+{
+    const unsigned char *s = src;
+    size_t bad = 0;
+    switch (dt) {
+    case NF_F32:
+        memcpy(dst, s, n * 4);
+        for (size_t i = 0; i < n; i++)
+            bad += !isfinite(dst[i]);
+        break;
+    case NF_F64:
+        for (size_t i = 0; i < n; i++) {
+            double d;
+            memcpy(&d, s + 8 * i, 8);
+            dst[i] = (float)d;
+            bad += !isfinite(d);
+        }
+        break;
+    case NF_F16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            dst[i] = nf_f16_to_f32(h);
+            bad += (h & 0x7C00) == 0x7C00;
+        }
+        break;
+    case NF_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            dst[i] = bits_f32((uint32_t)h << 16);
+            bad += (h & 0x7F80) == 0x7F80;
+        }
+        break;
+    default:
+        break;
+    }
+    return bad;
+}
+
+void nf_from_f32(const float *src, nf_dtype dt, void *dst, size_t n)
+{
+    unsigned char *d = dst;
+    switch (dt) {
+    case NF_F32:
+        memcpy(d, src, n * 4);
+        break;
+    case NF_F64:
+        for (size_t i = 0; i < n; i++) {
+            double v = src[i];
+            memcpy(d + 8 * i, &v, 8);
+        }
+        break;
+    case NF_F16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h = nf_f32_to_f16(src[i]);
+            memcpy(d + 2 * i, &h, 2);
+        }
+        break;
+    case NF_BF16:
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h = nf_f32_to_bf16(src[i]);
+            memcpy(d + 2 * i, &h, 2);
+        }
+        break;
+    default:
+        break;
+    }
+}

@@ -1,0 +1,679 @@
+/* Opening checkpoints: single safetensors files and Hugging Face directories (one file, or
+ * shards plus model.safetensors.index.json). Every length is bounded and every offset checked
+ * before any tensor data is touched. */
+#include "model.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../core/util.h"
+#include "json.h"
+
+#define INDEX_NAME "model.safetensors.index.json"
+#define SINGLE_NAME "model.safetensors"
+
+static int map_file(const char *path, nf_shard *sh, nf_error *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return nf_error_set(err, NF_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return nf_error_set(err, NF_E_IO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return nf_error_set(err, NF_E_IO, "%s: not a regular file", path);
+    }
+    if (st.st_size < 8) {
+        close(fd);
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: truncated file: %lld bytes, too short for a safetensors header",
+                            path, (long long)st.st_size);
+    }
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED)
+        return nf_error_set(err, NF_E_IO, "%s: cannot map: %s", path, strerror(errno));
+    sh->map = p;
+    sh->size = (size_t)st.st_size;
+    return NF_OK;
+}
+
+void nf_model_close(nf_model *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->nshards; i++) {
+        if (m->shards[i].map)
+            munmap(m->shards[i].map, m->shards[i].size);
+        free(m->shards[i].path);
+    }
+    free(m->shards);
+    for (size_t i = 0; i < m->ntensors; i++)
+        free(m->tensors[i].name);
+    free(m->tensors);
+    free(m->by_name);
+    for (size_t i = 0; i < m->nmeta; i++) {
+        free(m->meta[i].key);
+        free(m->meta[i].value);
+    }
+    free(m->meta);
+    free(m->path);
+    free(m);
+}
+
+static int cmp_begin(const void *a, const void *b)
+{
+    const nf_tensor *x = a, *y = b;
+    if (x->shard != y->shard)
+        return x->shard < y->shard ? -1 : 1;
+    if (x->begin != y->begin)
+        return x->begin < y->begin ? -1 : 1;
+    return x->nbytes < y->nbytes ? -1 : x->nbytes > y->nbytes;
+}
+
+typedef struct name_idx {
+    const char *name;
+    size_t idx;
+} name_idx;
+
+static int cmp_name_idx(const void *a, const void *b)
+{
+    return strcmp(((const name_idx *)a)->name, ((const name_idx *)b)->name);
+}
+
+/* Validates one file's header and appends its tensors. */
+int nf_st_parse(nf_model *m, int s, nf_error *err)
+{
+    nf_shard *sh = &m->shards[s];
+    const char *path = sh->path;
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | sh->map[i];
+    uint64_t avail = sh->size - 8;
+    if (hlen == 0)
+        return nf_error_set(err, NF_E_FORMAT, "%s: bad header: header length is 0", path);
+    if (hlen > NF_MAX_HEADER_BYTES)
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: bad header: header length %llu exceeds the 100 MB limit", path,
+                            (unsigned long long)hlen);
+    if (hlen > avail)
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: truncated file: header length %llu runs past the end of the "
+                            "file (%llu bytes after the length field)",
+                            path, (unsigned long long)hlen, (unsigned long long)avail);
+    const char *text = (const char *)sh->map + 8;
+    if (text[0] != '{')
+        return nf_error_set(err, NF_E_FORMAT, "%s: bad header: not a JSON object", path);
+    char jerr[256];
+    nf_json *root = nf_json_parse(text, (size_t)hlen, jerr, sizeof jerr);
+    if (!root)
+        return nf_error_set(err, NF_E_FORMAT, "%s: bad header: invalid JSON: %s", path, jerr);
+    int rc = NF_OK;
+    if (root->type != NF_JSON_OBJECT) {
+        rc = nf_error_set(err, NF_E_FORMAT, "%s: bad header: not a JSON object", path);
+        goto done;
+    }
+    uint64_t data_size = avail - hlen;
+    size_t first = m->ntensors;
+    size_t count = 0;
+    for (size_t i = 0; i < root->n; i++)
+        count += strcmp(root->items[i].key, "__metadata__") != 0;
+    nf_tensor *nt = realloc(m->tensors, (m->ntensors + count + 1) * sizeof *nt);
+    if (!nt) {
+        rc = nf_error_set(err, NF_E_NOMEM, "%s: out of memory reading the header", path);
+        goto done;
+    }
+    m->tensors = nt;
+    for (size_t i = 0; i < root->n; i++) {
+        const nf_json *e = &root->items[i];
+        if (strcmp(e->key, "__metadata__") == 0) {
+            if (e->type != NF_JSON_OBJECT) {
+                rc = nf_error_set(err, NF_E_FORMAT,
+                                  "%s: bad header: __metadata__ is not an object", path);
+                goto done;
+            }
+            for (size_t k = 0; k < e->n; k++) {
+                if (e->items[k].type != NF_JSON_STRING || e->items[k].has_nul) {
+                    rc = nf_error_set(err, NF_E_FORMAT,
+                                      "%s: bad header: __metadata__ value of \"%.100s\" is not "
+                                      "a string",
+                                      path, e->items[k].key);
+                    goto done;
+                }
+            }
+            if (s == 0) {
+                m->meta = calloc(e->n ? e->n : 1, sizeof *m->meta);
+                if (!m->meta) {
+                    rc = nf_error_set(err, NF_E_NOMEM, "%s: out of memory", path);
+                    goto done;
+                }
+                for (size_t k = 0; k < e->n; k++) {
+                    m->meta[k].key = nf_strdup(e->items[k].key);
+                    m->meta[k].value = nf_strdup(e->items[k].str);
+                    m->nmeta++;
+                    if (!m->meta[k].key || !m->meta[k].value) {
+                        rc = nf_error_set(err, NF_E_NOMEM, "%s: out of memory", path);
+                        goto done;
+                    }
+                }
+            }
+            continue;
+        }
+        const char *name = e->key;
+        if (e->keylen == 0) {
+            rc = nf_error_set(err, NF_E_FORMAT, "%s: bad header: empty tensor name", path);
+            goto done;
+        }
+        if (e->type != NF_JSON_OBJECT) {
+            rc = nf_error_set(err, NF_E_FORMAT,
+                              "%s: bad header: entry for tensor \"%.200s\" is not an object",
+                              path, name);
+            goto done;
+        }
+        const nf_json *jd = NULL, *js = NULL, *jo = NULL;
+        for (size_t k = 0; k < e->n; k++) {
+            const char *key = e->items[k].key;
+            if (strcmp(key, "dtype") == 0) jd = &e->items[k];
+            else if (strcmp(key, "shape") == 0) js = &e->items[k];
+            else if (strcmp(key, "data_offsets") == 0) jo = &e->items[k];
+            else {
+                rc = nf_error_set(err, NF_E_FORMAT,
+                                  "%s: tensor \"%.200s\": unknown header field \"%.60s\"", path,
+                                  name, key);
+                goto done;
+            }
+        }
+        if (!jd || !js || !jo) {
+            rc = nf_error_set(err, NF_E_FORMAT, "%s: tensor \"%.200s\": missing %s", path, name,
+                              !jd ? "dtype" : !js ? "shape" : "data_offsets");
+            goto done;
+        }
+        nf_tensor *t = &m->tensors[m->ntensors];
+        memset(t, 0, sizeof *t);
+        t->shard = s;
+        if (jd->type != NF_JSON_STRING ||
+            (t->dtype = nf_dtype_from_name(jd->str, jd->len)) == NF_DTYPE_INVALID) {
+            rc = nf_error_set(err, NF_E_FORMAT, "%s: tensor \"%.200s\": unknown dtype \"%.40s\"",
+                              path, name, jd->type == NF_JSON_STRING ? jd->str : "(not a string)");
+            goto done;
+        }
+        if (js->type != NF_JSON_ARRAY) {
+            rc = nf_error_set(err, NF_E_FORMAT, "%s: tensor \"%.200s\": shape is not an array",
+                              path, name);
+            goto done;
+        }
+        if (js->n > NF_MAX_DIMS) {
+            rc = nf_error_set(err, NF_E_FORMAT,
+                              "%s: tensor \"%.200s\": %zu dimensions (at most %d supported)",
+                              path, name, js->n, NF_MAX_DIMS);
+            goto done;
+        }
+        t->ndim = (int)js->n;
+        uint64_t numel = 1;
+        for (size_t d = 0; d < js->n; d++) {
+            const nf_json *x = &js->items[d];
+            if (x->type != NF_JSON_NUMBER || !x->is_int || x->ival < 0) {
+                rc = nf_error_set(err, NF_E_FORMAT,
+                                  "%s: tensor \"%.200s\": shape entry %zu is not a "
+                                  "non-negative integer",
+                                  path, name, d);
+                goto done;
+            }
+            t->shape[d] = x->ival;
+            if (!nf_mul_u64(numel, (uint64_t)x->ival, &numel)) {
+                rc = nf_error_set(err, NF_E_FORMAT,
+                                  "%s: tensor \"%.200s\": shape overflows (element count does "
+                                  "not fit 64 bits)",
+                                  path, name);
+                goto done;
+            }
+        }
+        t->numel = numel;
+        if (!nf_mul_u64(numel, nf_dtype_size(t->dtype), &t->nbytes)) {
+            rc = nf_error_set(err, NF_E_FORMAT,
+                              "%s: tensor \"%.200s\": byte size overflows 64 bits", path, name);
+            goto done;
+        }
+        if (jo->type != NF_JSON_ARRAY || jo->n != 2 || jo->items[0].type != NF_JSON_NUMBER ||
+            jo->items[1].type != NF_JSON_NUMBER || !jo->items[0].is_int ||
+            !jo->items[1].is_int || jo->items[0].ival < 0 || jo->items[1].ival < 0) {
+            rc = nf_error_set(err, NF_E_FORMAT,
+                              "%s: tensor \"%.200s\": data_offsets is not a pair of "
+                              "non-negative integers",
+                              path, name);
+            goto done;
+        }
+        uint64_t b = (uint64_t)jo->items[0].ival, en = (uint64_t)jo->items[1].ival;
+        if (b > en) {
+            rc = nf_error_set(err, NF_E_FORMAT,
+                              "%s: tensor \"%.200s\": data_offsets [%llu, %llu] are reversed",
+                              path, name, (unsigned long long)b, (unsigned long long)en);
+            goto done;
+        }
+        if (en > data_size) {
+            rc = nf_error_set(err, NF_E_FORMAT,
+                              "%s: tensor \"%.200s\": data_offsets end %llu is past the end of "
+                              "the data (%llu bytes): truncated file?",
+                              path, name, (unsigned long long)en,
+                              (unsigned long long)data_size);
+            goto done;
+        }
+        if (en - b != t->nbytes) {
+            rc = nf_error_set(err, NF_E_FORMAT,
+                              "%s: tensor \"%.200s\": %llu bytes in data_offsets but shape x "
+                              "dtype size needs %llu",
+                              path, name, (unsigned long long)(en - b),
+                              (unsigned long long)t->nbytes);
+            goto done;
+        }
+        t->begin = 8 + hlen + b;
+        t->data = sh->map + t->begin;
+        t->name = nf_strndup(e->key, e->keylen);
+        if (!t->name) {
+            rc = nf_error_set(err, NF_E_NOMEM, "%s: out of memory", path);
+            goto done;
+        }
+        m->ntensors++;
+    }
+    /* contiguity: sorted by offset, no gaps, no overlaps, nothing after the last tensor */
+    qsort(m->tensors + first, m->ntensors - first, sizeof *m->tensors, cmp_begin);
+    uint64_t pos = 8 + hlen;
+    for (size_t i = first; i < m->ntensors; i++) {
+        const nf_tensor *t = &m->tensors[i];
+        if (t->begin < pos) {
+            rc = nf_error_set(err, NF_E_FORMAT,
+                              "%s: tensor \"%.200s\": data overlaps the previous tensor", path,
+                              t->name);
+            goto done;
+        }
+        if (t->begin > pos) {
+            rc = nf_error_set(err, NF_E_FORMAT,
+                              "%s: tensor \"%.200s\": gap of %llu bytes before its data", path,
+                              t->name, (unsigned long long)(t->begin - pos));
+            goto done;
+        }
+        pos = t->begin + t->nbytes;
+    }
+    if (pos != sh->size) {
+        rc = nf_error_set(err, NF_E_FORMAT,
+                          "%s: %llu trailing bytes after the last tensor's data", path,
+                          (unsigned long long)(sh->size - pos));
+        goto done;
+    }
+done:
+    nf_json_free(root);
+    return rc;
+}
+
+static int add_shard(nf_model *m, const char *path, nf_error *err)
+{
+    nf_shard *ns = realloc(m->shards, (m->nshards + 1) * sizeof *ns);
+    if (!ns)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    m->shards = ns;
+    nf_shard *sh = &m->shards[m->nshards];
+    memset(sh, 0, sizeof *sh);
+    sh->path = nf_strdup(path);
+    m->nshards++;
+    if (!sh->path)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    int rc = map_file(path, sh, err);
+    if (rc)
+        return rc;
+    return nf_st_parse(m, (int)(m->nshards - 1), err);
+}
+
+static int read_small_file(const char *path, char **out, size_t *len, nf_error *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return nf_error_set(err, NF_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return nf_error_set(err, NF_E_IO, "%s: not a readable regular file", path);
+    }
+    if (st.st_size > (off_t)NF_MAX_HEADER_BYTES) {
+        close(fd);
+        return nf_error_set(err, NF_E_FORMAT, "%s: index file larger than 100 MB", path);
+    }
+    char *buf = malloc((size_t)st.st_size + 1);
+    if (!buf) {
+        close(fd);
+        return nf_error_set(err, NF_E_NOMEM, "%s: out of memory", path);
+    }
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            free(buf);
+            close(fd);
+            return nf_error_set(err, NF_E_IO, "%s: read failed", path);
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[got] = '\0';
+    *out = buf;
+    *len = got;
+    return NF_OK;
+}
+
+/* A shard name from an index must be a plain file name inside the model directory. */
+static int safe_shard_name(const char *s, size_t len)
+{
+    if (len == 0 || len > 255 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (s[i] == '/' || s[i] == '\0')
+            return 0;
+    return 1;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int open_indexed(nf_model *m, const char *dir, const char *index_path, nf_json **index,
+                        nf_error *err)
+{
+    char *text = NULL;
+    size_t len = 0;
+    int rc = read_small_file(index_path, &text, &len, err);
+    if (rc)
+        return rc;
+    char jerr[256];
+    nf_json *root = nf_json_parse(text, len, jerr, sizeof jerr);
+    free(text);
+    if (!root)
+        return nf_error_set(err, NF_E_FORMAT, "%s: invalid JSON: %s", index_path, jerr);
+    char **files = NULL;
+    size_t nfiles = 0;
+    const nf_json *wm = nf_json_get(root, "weight_map");
+    if (root->type != NF_JSON_OBJECT || !wm || wm->type != NF_JSON_OBJECT) {
+        rc = nf_error_set(err, NF_E_FORMAT, "%s: no \"weight_map\" object", index_path);
+        goto done;
+    }
+    if (wm->n == 0) {
+        rc = nf_error_set(err, NF_E_FORMAT, "%s: \"weight_map\" is empty", index_path);
+        goto done;
+    }
+    files = calloc(wm->n, sizeof *files);
+    if (!files) {
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < wm->n; i++) {
+        const nf_json *v = &wm->items[i];
+        if (v->type != NF_JSON_STRING || !safe_shard_name(v->str, v->len) || v->has_nul) {
+            rc = nf_error_set(err, NF_E_FORMAT,
+                              "%s: tensor \"%.200s\" maps to an invalid shard name (must be a "
+                              "file name inside the model directory)",
+                              index_path, v->key);
+            goto done;
+        }
+        files[nfiles++] = v->str;
+    }
+    qsort(files, nfiles, sizeof *files, cmp_str);
+    size_t uniq = 0;
+    for (size_t i = 0; i < nfiles; i++)
+        if (uniq == 0 || strcmp(files[uniq - 1], files[i]) != 0)
+            files[uniq++] = files[i];
+    for (size_t i = 0; i < uniq; i++) {
+        char *p = nf_path_join(dir, files[i]);
+        if (!p) {
+            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+            goto done;
+        }
+        if (!nf_exists(p)) {
+            rc = nf_error_set(err, NF_E_IO, "%s: names shard %s, which is missing", index_path,
+                              p);
+            free(p);
+            goto done;
+        }
+        rc = add_shard(m, p, err);
+        free(p);
+        if (rc)
+            goto done;
+    }
+done:
+    free(files);
+    if (rc == NF_OK)
+        *index = root;
+    else
+        nf_json_free(root);
+    return rc;
+}
+
+/* Every tensor the index names is in the shard it names, and every tensor of every shard is
+ * named by the index. Needs m->by_name. */
+static int check_index(nf_model *m, const char *index_path, const nf_json *root, nf_error *err)
+{
+    const nf_json *wm = nf_json_get(root, "weight_map");
+    for (size_t i = 0; i < wm->n; i++) {
+        const nf_json *v = &wm->items[i];
+        const nf_tensor *t = nf_model_tensor(m, v->key);
+        const char *sname = t ? strrchr(m->shards[t->shard].path, '/') + 1 : NULL;
+        if (!t || strcmp(sname, v->str) != 0)
+            return nf_error_set(err, NF_E_FORMAT,
+                                "%s: tensor \"%.200s\" is listed for shard %s, which does not "
+                                "contain it",
+                                index_path, v->key, v->str);
+    }
+    if (m->ntensors != wm->n) {
+        name_idx *keys = malloc(wm->n * sizeof *keys);
+        if (!keys)
+            return nf_error_set(err, NF_E_NOMEM, "out of memory");
+        for (size_t i = 0; i < wm->n; i++)
+            keys[i] = (name_idx){wm->items[i].key, i};
+        qsort(keys, wm->n, sizeof *keys, cmp_name_idx);
+        for (size_t t = 0; t < m->ntensors; t++) {
+            name_idx k = {m->tensors[t].name, 0};
+            if (!bsearch(&k, keys, wm->n, sizeof *keys, cmp_name_idx)) {
+                int rc = nf_error_set(err, NF_E_FORMAT, "%s: tensor \"%.200s\" is not listed in %s",
+                                      m->shards[m->tensors[t].shard].path, m->tensors[t].name,
+                                      index_path);
+                free(keys);
+                return rc;
+            }
+        }
+        free(keys);
+    }
+    return NF_OK;
+}
+
+int nf_model_open(const char *path, nf_model **out, nf_error *err)
+{
+    *out = NULL;
+    nf_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    m->path = nf_strdup(path);
+    int rc = NF_OK;
+    nf_json *index = NULL;
+    char *index_path = NULL;
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        rc = nf_error_set(err, NF_E_IO, "%s: cannot open: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        m->is_dir = 1;
+        char *idx = nf_path_join(path, INDEX_NAME);
+        char *single = nf_path_join(path, SINGLE_NAME);
+        if (!idx || !single) {
+            free(idx);
+            free(single);
+            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+            goto fail;
+        }
+        if (nf_exists(idx)) {
+            m->indexed = 1;
+            index_path = nf_strdup(idx);
+            rc = open_indexed(m, path, idx, &index, err);
+        } else if (nf_exists(single)) {
+            rc = add_shard(m, single, err);
+        } else {
+            rc = nf_error_set(err, NF_E_IO,
+                              "%s: unreadable model directory: no %s or %s in it", path,
+                              SINGLE_NAME, INDEX_NAME);
+        }
+        free(idx);
+        free(single);
+        if (rc)
+            goto fail;
+    } else {
+        rc = add_shard(m, path, err);
+        if (rc)
+            goto fail;
+    }
+    if (m->ntensors == 0) {
+        rc = nf_error_set(err, NF_E_FORMAT, "%s: the checkpoint holds no tensors", path);
+        goto fail;
+    }
+    m->by_name = malloc(m->ntensors * sizeof *m->by_name);
+    name_idx *ni = malloc(m->ntensors * sizeof *ni);
+    if (!m->by_name || !ni) {
+        free(ni);
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < m->ntensors; i++)
+        ni[i] = (name_idx){m->tensors[i].name, i};
+    qsort(ni, m->ntensors, sizeof *ni, cmp_name_idx);
+    for (size_t i = 0; i < m->ntensors; i++)
+        m->by_name[i] = ni[i].idx;
+    free(ni);
+    for (size_t i = 1; i < m->ntensors; i++) {
+        const nf_tensor *a = &m->tensors[m->by_name[i - 1]], *b = &m->tensors[m->by_name[i]];
+        if (strcmp(a->name, b->name) == 0) {
+            rc = nf_error_set(err, NF_E_FORMAT, "%s: tensor \"%.200s\" appears in %s and %s",
+                              path, a->name, m->shards[a->shard].path, m->shards[b->shard].path);
+            goto fail;
+        }
+    }
+    if (index && (rc = check_index(m, index_path, index, err)) != NF_OK)
+        goto fail;
+    nf_json_free(index);
+    free(index_path);
+    *out = m;
+    return NF_OK;
+fail:
+    nf_json_free(index);
+    free(index_path);
+    nf_model_close(m);
+    return rc;
+}
+
+const nf_tensor *nf_model_tensor(const nf_model *m, const char *name)
+{
+    size_t lo = 0, hi = m->ntensors;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(m->tensors[m->by_name[mid]].name, name);
+        if (c == 0)
+            return &m->tensors[m->by_name[mid]];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+long nf_model_find(const nf_model *m, const char *name)
+{
+    const nf_tensor *t = nf_model_tensor(m, name);
+    return t ? (long)(t - m->tensors) : -1;
+}
+
+uint64_t nf_model_total_bytes(const nf_model *m)
+{
+    uint64_t s = 0;
+    for (size_t i = 0; i < m->ntensors; i++)
+        s += m->tensors[i].nbytes;
+    return s;
+}
+
+size_t nf_model_tensor_count(const nf_model *m) { return m ? m->ntensors : 0; }
+
+int nf_model_tensor_info(const nf_model *m, size_t i, nf_tensor_info *out)
+{
+    if (!m || i >= m->ntensors)
+        return NF_E_ARG;
+    const nf_tensor *t = &m->tensors[i];
+    memset(out, 0, sizeof *out);
+    out->name = t->name;
+    out->dtype = t->dtype;
+    out->ndim = t->ndim;
+    memcpy(out->shape, t->shape, sizeof out->shape);
+    out->numel = t->numel;
+    out->nbytes = t->nbytes;
+    out->shard = t->shard;
+    return NF_OK;
+}
+
+size_t nf_model_shard_count(const nf_model *m) { return m ? m->nshards : 0; }
+
+const char *nf_model_shard_path(const nf_model *m, size_t i)
+{
+    return m && i < m->nshards ? m->shards[i].path : NULL;
+}
+
+size_t nf_model_metadata_count(const nf_model *m) { return m ? m->nmeta : 0; }
+
+int nf_model_metadata_at(const nf_model *m, size_t i, const char **key, const char **value)
+{
+    if (!m || i >= m->nmeta)
+        return NF_E_ARG;
+    *key = m->meta[i].key;
+    *value = m->meta[i].value;
+    return NF_OK;
+}
+
+const char *nf_model_metadata_get(const nf_model *m, const char *key)
+{
+    for (size_t i = 0; m && i < m->nmeta; i++)
+        if (strcmp(m->meta[i].key, key) == 0)
+            return m->meta[i].value;
+    return NULL;
+}
+
+uint64_t nf_model_fingerprint(const nf_model *m)
+{
+    uint64_t h = 0xCBF29CE484222325ull;
+#define MIX(ptr, len)                                              \
+    do {                                                           \
+        const unsigned char *p_ = (const unsigned char *)(ptr);    \
+        for (size_t i_ = 0; i_ < (size_t)(len); i_++) {            \
+            h ^= p_[i_];                                           \
+            h *= 0x100000001B3ull;                                 \
+        }                                                          \
+    } while (0)
+    for (size_t k = 0; k < m->ntensors; k++) {
+        const nf_tensor *t = &m->tensors[m->by_name[k]];
+        MIX(t->name, strlen(t->name) + 1);
+        MIX(nf_dtype_name(t->dtype), strlen(nf_dtype_name(t->dtype)));
+        for (int d = 0; d < t->ndim; d++)
+            MIX(&t->shape[d], sizeof t->shape[d]);
+        size_t head = t->nbytes < 64 ? (size_t)t->nbytes : 64;
+        MIX(t->data, head);
+        if (t->nbytes > 64)
+            MIX(t->data + t->nbytes - 64, 64);
+    }
+#undef MIX
+    return h;
+}

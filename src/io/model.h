@@ -1,0 +1,57 @@
+/* Opened checkpoints: memory-mapped safetensors files, validated, addressed by tensor. */
+#ifndef NF_MODEL_H
+#define NF_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "nufilt.h"
+
+#define NF_MAX_HEADER_BYTES (100u * 1024u * 1024u)
+
+typedef struct nf_tensor {
+    char *name;
+    nf_dtype dtype;
+    int ndim;
+    int64_t shape[NF_MAX_DIMS];
+    uint64_t numel, nbytes;
+    int shard;
+    uint64_t begin;                 /* offset of the data within its file */
+    const unsigned char *data;      /* borrowed from the mapping */
+} nf_tensor;
+
+typedef struct nf_shard {
+    char *path;
+    unsigned char *map;
+    size_t size;
+} nf_shard;
+
+typedef struct nf_kv {
+    char *key, *value;
+} nf_kv;
+
+struct nf_model {
+    char *path;            /* as given */
+    int is_dir;
+    int indexed;           /* directory with model.safetensors.index.json */
+    nf_shard *shards;
+    size_t nshards;
+    nf_tensor *tensors;    /* in file order: shard, then offset */
+    size_t ntensors;
+    size_t *by_name;       /* indices sorted by name */
+    nf_kv *meta;           /* __metadata__ of the first file */
+    size_t nmeta;
+};
+
+/* Parses and validates one safetensors image; tensors are appended to m (shard index s). */
+int nf_st_parse(nf_model *m, int s, nf_error *err);
+const nf_tensor *nf_model_tensor(const nf_model *m, const char *name);
+/* Sum of tensor bytes. */
+uint64_t nf_model_total_bytes(const nf_model *m);
+
+/* A cheap identity of a model's content: names, dtypes, shapes and the first and last bytes
+ * of every tensor, hashed. Distinguishes different bases of one architecture without reading
+ * them whole. */
+uint64_t nf_model_fingerprint(const nf_model *m);
+
+#endif

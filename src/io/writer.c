@@ -1,0 +1,796 @@
+#include "writer.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../core/util.h"
+#include "dtype.h"
+
+#define HEADER_RESERVE 4096 /* room for metadata that changes before commit */
+#define CHUNK_ELEMS (1u << 18)
+
+typedef struct out_file {
+    char *final_name;    /* name inside the destination directory (dir mode) */
+    char *tmp_path;      /* where it is being written */
+    int fd;
+    uint64_t hdr_len;    /* reserved header length (multiple of 8) */
+    uint64_t data_size;
+    size_t *members;     /* tensor indices in data order */
+    size_t nmembers;
+} out_file;
+
+struct nf_writer {
+    nf_writer_args a;
+    char *out;
+    char *tmp_dir;       /* dir mode: temporary directory, renamed to out at commit */
+    out_file *files;
+    size_t nfiles;
+    int *file_of;        /* tensor -> file */
+    uint64_t *offset_of; /* tensor -> byte offset of its data within its file */
+    nf_kv *meta;
+    size_t nmeta;
+    int registered;
+};
+
+/* Temporary paths to remove if the process is interrupted: a fixed table so that a signal
+ * handler can walk it without locks or allocation. */
+#define MAX_TMP 64
+static char tmp_paths[MAX_TMP][PATH_MAX];
+static volatile sig_atomic_t tmp_is_dir[MAX_TMP];
+static volatile sig_atomic_t tmp_used[MAX_TMP];
+static pthread_mutex_t tmp_lock = PTHREAD_MUTEX_INITIALIZER;
+
+int nf_tmp_register(const char *path, int is_dir)
+{
+    pthread_mutex_lock(&tmp_lock);
+    int slot = -1;
+    for (int i = 0; i < MAX_TMP && slot < 0; i++)
+        if (!tmp_used[i])
+            slot = i;
+    if (slot >= 0 && strlen(path) < PATH_MAX) {
+        strcpy(tmp_paths[slot], path);
+        tmp_is_dir[slot] = is_dir;
+        tmp_used[slot] = 1;
+    }
+    pthread_mutex_unlock(&tmp_lock);
+    return slot;
+}
+
+void nf_tmp_unregister(const char *path)
+{
+    pthread_mutex_lock(&tmp_lock);
+    for (int i = 0; i < MAX_TMP; i++)
+        if (tmp_used[i] && strcmp(tmp_paths[i], path) == 0)
+            tmp_used[i] = 0;
+    pthread_mutex_unlock(&tmp_lock);
+}
+
+static void remove_tree_files(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        char *p = nf_path_join(dir, e->d_name);
+        if (p) {
+            unlink(p);
+            free(p);
+        }
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+void nf_cleanup_temporaries(void) { nf_writer_cleanup_signal(); }
+
+void nf_writer_cleanup_signal(void)
+{
+    for (int i = 0; i < MAX_TMP; i++) {
+        if (!tmp_used[i])
+            continue;
+        if (tmp_is_dir[i]) {
+            /* readdir is not formally async-signal-safe; the directory holds few files */
+            int fd = open(tmp_paths[i], O_RDONLY | O_DIRECTORY);
+            if (fd >= 0) {
+                DIR *d = fdopendir(fd);
+                if (d) {
+                    struct dirent *e;
+                    while ((e = readdir(d)) != NULL)
+                        if (e->d_name[0] != '.')
+                            unlinkat(fd, e->d_name, 0);
+                    closedir(d);
+                }
+            }
+            rmdir(tmp_paths[i]);
+        } else {
+            unlink(tmp_paths[i]);
+        }
+        tmp_used[i] = 0;
+    }
+}
+
+int nf_parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0)
+        return NF_E_ARG;
+    while (*end == ' ')
+        end++;
+    double mul = 1;
+    if (*end) {
+        char u[8] = {0};
+        size_t n = strlen(end);
+        if (n >= sizeof u)
+            return NF_E_ARG;
+        for (size_t i = 0; i < n; i++)
+            u[i] = (char)(end[i] >= 'a' && end[i] <= 'z' ? end[i] - 32 : end[i]);
+        if (!strcmp(u, "B")) mul = 1;
+        else if (!strcmp(u, "K") || !strcmp(u, "KB")) mul = 1e3;
+        else if (!strcmp(u, "M") || !strcmp(u, "MB")) mul = 1e6;
+        else if (!strcmp(u, "G") || !strcmp(u, "GB")) mul = 1e9;
+        else if (!strcmp(u, "T") || !strcmp(u, "TB")) mul = 1e12;
+        else if (!strcmp(u, "KIB")) mul = 1024.0;
+        else if (!strcmp(u, "MIB")) mul = 1024.0 * 1024;
+        else if (!strcmp(u, "GIB")) mul = 1024.0 * 1024 * 1024;
+        else if (!strcmp(u, "TIB")) mul = 1024.0 * 1024 * 1024 * 1024;
+        else return NF_E_ARG;
+    }
+    double b = v * mul;
+    if (b >= 1.8e19)
+        return NF_E_ARG;
+    *out = (uint64_t)b;
+    return NF_OK;
+}
+
+static int cmp_member(const void *pa, const void *pb, void *ctx)
+{
+    const nf_writer *w = ctx;
+    size_t a = *(const size_t *)pa, b = *(const size_t *)pb;
+    size_t sa = nf_dtype_size(w->a.tensors[a].dtype), sb = nf_dtype_size(w->a.tensors[b].dtype);
+    if (sa != sb)
+        return sa > sb ? -1 : 1; /* larger elements first keeps every tensor aligned */
+    return a < b ? -1 : a > b;
+}
+
+/* The header text for file f with the current metadata, padded with spaces to pad_to bytes
+ * (0 = to a multiple of 8). */
+static int header_text(const nf_writer *w, const out_file *f, uint64_t pad_to, nf_sb *sb)
+{
+    nf_sb_puts(sb, "{");
+    int first = 1;
+    if (w->nmeta) {
+        nf_sb_puts(sb, "\"__metadata__\":{");
+        for (size_t i = 0; i < w->nmeta; i++) {
+            if (i)
+                nf_sb_puts(sb, ",");
+            nf_sb_json_str(sb, w->meta[i].key, strlen(w->meta[i].key));
+            nf_sb_puts(sb, ":");
+            nf_sb_json_str(sb, w->meta[i].value, strlen(w->meta[i].value));
+        }
+        nf_sb_puts(sb, "}");
+        first = 0;
+    }
+    uint64_t pos = 0;
+    for (size_t k = 0; k < f->nmembers; k++) {
+        const nf_out_spec *t = &w->a.tensors[f->members[k]];
+        if (!first)
+            nf_sb_puts(sb, ",");
+        first = 0;
+        nf_sb_json_str(sb, t->name, strlen(t->name));
+        nf_sb_printf(sb, ":{\"dtype\":\"%s\",\"shape\":[", nf_dtype_name(t->dtype));
+        for (int d = 0; d < t->ndim; d++)
+            nf_sb_printf(sb, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+        nf_sb_printf(sb, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)pos,
+                     (unsigned long long)(pos + t->nbytes));
+        pos += t->nbytes;
+    }
+    nf_sb_puts(sb, "}");
+    if (sb->oom)
+        return NF_E_NOMEM;
+    uint64_t target = pad_to ? pad_to : (sb->len + 7) / 8 * 8;
+    if (sb->len > target)
+        return NF_E_LIMIT;
+    while (sb->len < target && !sb->oom)
+        nf_sb_putn(sb, " ", 1);
+    return sb->oom ? NF_E_NOMEM : NF_OK;
+}
+
+static int write_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+    const char *p = buf;
+    while (len) {
+        ssize_t r = pwrite(fd, p, len, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0) {
+            errno = EIO;
+            return -1;
+        }
+        p += r;
+        len -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return 0;
+}
+
+static int write_header(nf_writer *w, out_file *f, uint64_t pad_to, nf_error *err)
+{
+    nf_sb sb = {0};
+    int rc = header_text(w, f, pad_to, &sb);
+    if (rc == NF_E_LIMIT) {
+        nf_sb_free(&sb);
+        return nf_error_set(err, NF_E_INTERNAL, "%s: metadata grew past the reserved header",
+                            w->out);
+    }
+    if (rc) {
+        nf_sb_free(&sb);
+        return nf_error_set(err, rc, "%s: out of memory building the header", w->out);
+    }
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++)
+        len8[i] = (unsigned char)((uint64_t)sb.len >> (8 * i));
+    if (write_all(f->fd, len8, 8, 0) || write_all(f->fd, sb.s, sb.len, 8)) {
+        int e = errno;
+        nf_sb_free(&sb);
+        return nf_error_set(err, NF_E_IO, "%s: write failed: %s", w->out, strerror(e));
+    }
+    f->hdr_len = sb.len;
+    nf_sb_free(&sb);
+    return NF_OK;
+}
+
+static int set_meta(nf_writer *w, const nf_kv *meta, size_t nmeta)
+{
+    for (size_t i = 0; i < w->nmeta; i++) {
+        free(w->meta[i].key);
+        free(w->meta[i].value);
+    }
+    free(w->meta);
+    w->meta = NULL;
+    w->nmeta = 0;
+    if (!nmeta)
+        return NF_OK;
+    w->meta = calloc(nmeta, sizeof *w->meta);
+    if (!w->meta)
+        return NF_E_NOMEM;
+    for (size_t i = 0; i < nmeta; i++) {
+        w->meta[i].key = nf_strdup(meta[i].key);
+        w->meta[i].value = nf_strdup(meta[i].value);
+        w->nmeta++;
+        if (!w->meta[i].key || !w->meta[i].value)
+            return NF_E_NOMEM;
+    }
+    return NF_OK;
+}
+
+static char *dir_of(const char *path)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    while (n > 0 && path[n - 1] != '/')
+        n--;
+    if (n == 0)
+        return nf_strdup(".");
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    return nf_strndup(path, n);
+}
+
+static char *tmp_template(const char *out)
+{
+    char *dir = dir_of(out);
+    char *stem = NULL;
+    {
+        size_t n = strlen(out);
+        while (n > 1 && out[n - 1] == '/')
+            n--;
+        size_t s = n;
+        while (s > 0 && out[s - 1] != '/')
+            s--;
+        stem = nf_strndup(out + s, n - s);
+    }
+    char *res = NULL;
+    if (dir && stem) {
+        nf_sb sb = {0};
+        nf_sb_printf(&sb, "%s/.%s.nufilt-XXXXXX", dir, stem);
+        res = sb.oom ? NULL : sb.s;
+        if (!res)
+            nf_sb_free(&sb);
+    }
+    free(dir);
+    free(stem);
+    return res;
+}
+
+static int is_weight_file(const char *name)
+{
+    static const char *const ext[] = {".safetensors", ".safetensors.index.json", ".bin",
+                                      ".bin.index.json", ".pt", ".pth", ".ckpt", ".h5",
+                                      ".msgpack", ".gguf", ".onnx", ".ot", ".npz", NULL};
+    size_t n = strlen(name);
+    for (int i = 0; ext[i]; i++) {
+        size_t e = strlen(ext[i]);
+        if (n >= e && strcmp(name + n - e, ext[i]) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int copy_file(const char *src, const char *dst, nf_error *err)
+{
+    int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return nf_error_set(err, NF_E_IO, "%s: cannot open: %s", src, strerror(errno));
+    int o = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (o < 0) {
+        int e = errno;
+        close(in);
+        return nf_error_set(err, NF_E_IO, "%s: cannot create: %s", dst, strerror(e));
+    }
+    char buf[1 << 16];
+    uint64_t off = 0;
+    for (;;) {
+        ssize_t r = read(in, buf, sizeof buf);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            int e = errno;
+            close(in);
+            close(o);
+            return nf_error_set(err, NF_E_IO, "%s: read failed: %s", src, strerror(e));
+        }
+        if (r == 0)
+            break;
+        if (write_all(o, buf, (size_t)r, off)) {
+            int e = errno;
+            close(in);
+            close(o);
+            return nf_error_set(err, NF_E_IO, "%s: write failed: %s", dst, strerror(e));
+        }
+        off += (uint64_t)r;
+    }
+    close(in);
+    if (fsync(o) != 0 || close(o) != 0)
+        return nf_error_set(err, NF_E_IO, "%s: write failed: %s", dst, strerror(errno));
+    return NF_OK;
+}
+
+static int copy_extras(nf_writer *w, nf_error *err)
+{
+    DIR *d = opendir(w->a.copy_from_dir);
+    if (!d)
+        return nf_error_set(err, NF_E_IO, "%s: cannot list: %s", w->a.copy_from_dir,
+                            strerror(errno));
+    int rc = NF_OK;
+    struct dirent *e;
+    while (rc == NF_OK && (e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.' || is_weight_file(e->d_name))
+            continue;
+        char *src = nf_path_join(w->a.copy_from_dir, e->d_name);
+        char *dst = nf_path_join(w->tmp_dir, e->d_name);
+        struct stat st;
+        if (!src || !dst)
+            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+        else if (stat(src, &st) == 0 && S_ISREG(st.st_mode))
+            rc = copy_file(src, dst, err);
+        free(src);
+        free(dst);
+    }
+    closedir(d);
+    return rc;
+}
+
+void nf_writer_abort(nf_writer *w)
+{
+    if (!w)
+        return;
+    for (size_t i = 0; i < w->nfiles; i++) {
+        out_file *f = &w->files[i];
+        if (f->fd >= 0)
+            close(f->fd);
+        if (f->tmp_path && !w->tmp_dir) {
+            unlink(f->tmp_path);
+            nf_tmp_unregister(f->tmp_path);
+        }
+        free(f->tmp_path);
+        free(f->final_name);
+        free(f->members);
+    }
+    if (w->tmp_dir) {
+        remove_tree_files(w->tmp_dir);
+        nf_tmp_unregister(w->tmp_dir);
+        free(w->tmp_dir);
+    }
+    free(w->files);
+    free(w->file_of);
+    free(w->offset_of);
+    set_meta(w, NULL, 0);
+    free(w->out);
+    free(w);
+}
+
+int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
+{
+    *out = NULL;
+    if (nf_exists(a->out) && !a->force)
+        return nf_error_set(err, NF_E_EXISTS, "%s: output exists (use --force to replace it)",
+                            a->out);
+    if (nf_exists(a->out) && a->as_dir != nf_is_dir(a->out))
+        return nf_error_set(err, NF_E_EXISTS, "%s: exists and is %s; refusing to replace it",
+                            a->out, nf_is_dir(a->out) ? "a directory" : "not a directory");
+    if (!a->as_dir && a->shard_size)
+        return nf_error_set(err, NF_E_ARG,
+                            "%s: --out-shard-size needs a directory output (a path not ending "
+                            "in .safetensors)",
+                            a->out);
+    nf_writer *w = calloc(1, sizeof *w);
+    if (!w)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    w->a = *a;
+    w->out = nf_strdup(a->out);
+    w->file_of = calloc(a->ntensors ? a->ntensors : 1, sizeof *w->file_of);
+    w->offset_of = calloc(a->ntensors ? a->ntensors : 1, sizeof *w->offset_of);
+    int rc = NF_OK;
+    if (!w->out || !w->file_of || !w->offset_of || set_meta(w, a->meta, a->nmeta)) {
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    /* shard assignment in the given order */
+    size_t nfiles = 1;
+    {
+        uint64_t cur = 0;
+        size_t in_cur = 0;
+        for (size_t i = 0; i < a->ntensors; i++) {
+            if (a->shard_size && in_cur > 0 && cur + a->tensors[i].nbytes > a->shard_size) {
+                nfiles++;
+                cur = 0;
+                in_cur = 0;
+            }
+            w->file_of[i] = (int)(nfiles - 1);
+            cur += a->tensors[i].nbytes;
+            in_cur++;
+        }
+    }
+    w->files = calloc(nfiles, sizeof *w->files);
+    if (!w->files) {
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    w->nfiles = nfiles;
+    for (size_t f = 0; f < nfiles; f++)
+        w->files[f].fd = -1;
+    for (size_t i = 0; i < a->ntensors; i++)
+        w->files[w->file_of[i]].nmembers++;
+    for (size_t f = 0; f < nfiles; f++) {
+        w->files[f].members = calloc(w->files[f].nmembers + 1, sizeof(size_t));
+        if (!w->files[f].members) {
+            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+            goto fail;
+        }
+        w->files[f].nmembers = 0;
+    }
+    for (size_t i = 0; i < a->ntensors; i++) {
+        out_file *f = &w->files[w->file_of[i]];
+        f->members[f->nmembers++] = i;
+    }
+    for (size_t f = 0; f < nfiles; f++) {
+        out_file *of = &w->files[f];
+        qsort_r(of->members, of->nmembers, sizeof(size_t), cmp_member, w);
+        uint64_t pos = 0;
+        for (size_t k = 0; k < of->nmembers; k++) {
+            w->offset_of[of->members[k]] = pos;
+            pos += a->tensors[of->members[k]].nbytes;
+        }
+        of->data_size = pos;
+    }
+    /* temporary files */
+    char *tmpl = tmp_template(a->out);
+    if (!tmpl) {
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    if (a->as_dir) {
+        if (!mkdtemp(tmpl)) {
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot create a temporary directory beside it: %s",
+                              a->out, strerror(errno));
+            free(tmpl);
+            goto fail;
+        }
+        w->tmp_dir = tmpl;
+        nf_tmp_register(tmpl, 1);
+        for (size_t f = 0; f < nfiles; f++) {
+            nf_sb sb = {0};
+            if (nfiles == 1)
+                nf_sb_puts(&sb, "model.safetensors");
+            else
+                nf_sb_printf(&sb, "model-%05zu-of-%05zu.safetensors", f + 1, nfiles);
+            w->files[f].final_name = sb.s;
+            w->files[f].tmp_path = nf_path_join(tmpl, sb.s ? sb.s : "");
+            if (sb.oom || !w->files[f].tmp_path) {
+                rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+                goto fail;
+            }
+            w->files[f].fd = open(w->files[f].tmp_path,
+                                  O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+            if (w->files[f].fd < 0) {
+                rc = nf_error_set(err, NF_E_IO, "%s: cannot create: %s", w->files[f].tmp_path,
+                                  strerror(errno));
+                goto fail;
+            }
+        }
+    } else {
+        int fd = mkstemp(tmpl);
+        if (fd < 0) {
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot create a temporary file beside it: %s",
+                              a->out, strerror(errno));
+            free(tmpl);
+            goto fail;
+        }
+        fchmod(fd, 0644);
+        w->files[0].fd = fd;
+        w->files[0].tmp_path = tmpl;
+        nf_tmp_register(tmpl, 0);
+    }
+    /* headers with room for the metadata to change, then the file sizes */
+    for (size_t f = 0; f < nfiles; f++) {
+        nf_sb sb = {0};
+        int hr = header_text(w, &w->files[f], 0, &sb);
+        uint64_t reserve = (sb.len + HEADER_RESERVE + 7) / 8 * 8;
+        nf_sb_free(&sb);
+        if (hr) {
+            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+            goto fail;
+        }
+        if ((rc = write_header(w, &w->files[f], reserve, err)) != NF_OK)
+            goto fail;
+        uint64_t total = 8 + w->files[f].hdr_len + w->files[f].data_size;
+        if (ftruncate(w->files[f].fd, (off_t)total) != 0) {
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot size the output: %s", a->out,
+                              strerror(errno));
+            goto fail;
+        }
+    }
+    *out = w;
+    return NF_OK;
+fail:
+    nf_writer_abort(w);
+    return rc;
+}
+
+int nf_writer_put(nf_writer *w, size_t i, uint64_t off, const void *bytes, size_t len,
+                  nf_error *err)
+{
+    if (i >= w->a.ntensors || off + len > w->a.tensors[i].nbytes)
+        return nf_error_set(err, NF_E_INTERNAL, "writer: tensor %zu write out of range", i);
+    out_file *f = &w->files[w->file_of[i]];
+    if (write_all(f->fd, bytes, len, 8 + f->hdr_len + w->offset_of[i] + off))
+        return nf_error_set(err, NF_E_IO, "%s: write failed for tensor \"%s\": %s", w->out,
+                            w->a.tensors[i].name, strerror(errno));
+    return NF_OK;
+}
+
+int nf_writer_put_f32(nf_writer *w, size_t i, const float *vals, nf_error *err)
+{
+    const nf_out_spec *t = &w->a.tensors[i];
+    size_t es = nf_dtype_size(t->dtype);
+    if (!nf_dtype_is_float(t->dtype))
+        return nf_error_set(err, NF_E_INTERNAL, "writer: tensor \"%s\" is not a float tensor",
+                            t->name);
+    uint64_t n = t->nbytes / es;
+    if (t->dtype == NF_F32)
+        return nf_writer_put(w, i, 0, vals, (size_t)t->nbytes, err);
+    unsigned char *buf = malloc((size_t)CHUNK_ELEMS * es);
+    if (!buf)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    int rc = NF_OK;
+    for (uint64_t s = 0; s < n && rc == NF_OK; s += CHUNK_ELEMS) {
+        size_t c = (size_t)(n - s < CHUNK_ELEMS ? n - s : CHUNK_ELEMS);
+        nf_from_f32(vals + s, t->dtype, buf, c);
+        rc = nf_writer_put(w, i, s * es, buf, c * es, err);
+    }
+    free(buf);
+    return rc;
+}
+
+int nf_writer_set_meta(nf_writer *w, const nf_kv *meta, size_t nmeta, nf_error *err)
+{
+    if (set_meta(w, meta, nmeta))
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    return NF_OK;
+}
+
+static int write_index(nf_writer *w, nf_error *err)
+{
+    nf_sb sb = {0};
+    uint64_t total = 0;
+    for (size_t i = 0; i < w->a.ntensors; i++)
+        total += w->a.tensors[i].nbytes;
+    nf_sb_printf(&sb, "{\n  \"metadata\": {\n    \"total_size\": %llu", (unsigned long long)total);
+    for (size_t i = 0; i < w->nmeta; i++) {
+        nf_sb_puts(&sb, ",\n    ");
+        nf_sb_json_str(&sb, w->meta[i].key, strlen(w->meta[i].key));
+        nf_sb_puts(&sb, ": ");
+        nf_sb_json_str(&sb, w->meta[i].value, strlen(w->meta[i].value));
+    }
+    nf_sb_puts(&sb, "\n  },\n  \"weight_map\": {");
+    for (size_t i = 0; i < w->a.ntensors; i++) {
+        nf_sb_puts(&sb, i ? ",\n    " : "\n    ");
+        nf_sb_json_str(&sb, w->a.tensors[i].name, strlen(w->a.tensors[i].name));
+        nf_sb_puts(&sb, ": ");
+        const char *fn = w->files[w->file_of[i]].final_name;
+        nf_sb_json_str(&sb, fn, strlen(fn));
+    }
+    nf_sb_puts(&sb, "\n  }\n}\n");
+    if (sb.oom) {
+        nf_sb_free(&sb);
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    }
+    char *p = nf_path_join(w->tmp_dir, "model.safetensors.index.json");
+    int rc = NF_OK;
+    int fd = p ? open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644) : -1;
+    if (fd < 0 || write_all(fd, sb.s, sb.len, 0) || fsync(fd))
+        rc = nf_error_set(err, NF_E_IO, "%s: cannot write the index: %s", w->out,
+                          strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    free(p);
+    nf_sb_free(&sb);
+    return rc;
+}
+
+static void fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+int nf_writer_commit(nf_writer *w, nf_error *err)
+{
+    int rc = NF_OK;
+    for (size_t f = 0; f < w->nfiles && rc == NF_OK; f++) {
+        out_file *of = &w->files[f];
+        if ((rc = write_header(w, of, of->hdr_len, err)) != NF_OK)
+            break;
+        if (fsync(of->fd) != 0)
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot flush the output: %s", w->out,
+                              strerror(errno));
+        if (close(of->fd) != 0 && rc == NF_OK)
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot close the output: %s", w->out,
+                              strerror(errno));
+        of->fd = -1;
+    }
+    if (rc == NF_OK && w->a.as_dir && w->nfiles > 1)
+        rc = write_index(w, err);
+    if (rc == NF_OK && w->a.as_dir && w->a.copy_from_dir)
+        rc = copy_extras(w, err);
+    if (rc != NF_OK) {
+        nf_writer_abort(w);
+        return rc;
+    }
+    const char *src = w->a.as_dir ? w->tmp_dir : w->files[0].tmp_path;
+    char *parent = dir_of(w->out);
+    if (w->a.as_dir)
+        fsync_dir(w->tmp_dir);
+    int exists = nf_exists(w->out);
+    if (!exists || !w->a.force) {
+        if (renameat2(AT_FDCWD, src, AT_FDCWD, w->out, RENAME_NOREPLACE) != 0) {
+            int e = errno;
+            rc = e == EEXIST
+                     ? nf_error_set(err, NF_E_EXISTS,
+                                    "%s: output appeared while merging (use --force to replace it)",
+                                    w->out)
+                     : nf_error_set(err, NF_E_IO, "%s: cannot move the output into place: %s",
+                                    w->out, strerror(e));
+        }
+    } else if (!w->a.as_dir) {
+        if (rename(src, w->out) != 0)
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot move the output into place: %s", w->out,
+                              strerror(errno));
+    } else {
+        /* swap the directories atomically, then remove the old one under the temporary name */
+        if (renameat2(AT_FDCWD, src, AT_FDCWD, w->out, RENAME_EXCHANGE) != 0) {
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot move the output into place: %s", w->out,
+                              strerror(errno));
+        } else {
+            remove_tree_files(src);
+        }
+    }
+    if (rc != NF_OK) {
+        free(parent);
+        nf_writer_abort(w);
+        return rc;
+    }
+    fsync_dir(parent);
+    free(parent);
+    /* committed: nothing left to clean up */
+    if (w->a.as_dir) {
+        nf_tmp_unregister(w->tmp_dir);
+        free(w->tmp_dir);
+        w->tmp_dir = NULL;
+    }
+    for (size_t f = 0; f < w->nfiles; f++) {
+        if (!w->a.as_dir)
+            nf_tmp_unregister(w->files[f].tmp_path);
+        free(w->files[f].tmp_path);
+        w->files[f].tmp_path = NULL;
+    }
+    nf_writer_abort(w); /* frees; no paths remain to remove */
+    return NF_OK;
+}
+
+static int link_or_copy_file(const char *src, const char *dst, nf_error *err)
+{
+    if (link(src, dst) == 0)
+        return NF_OK;
+    return copy_file(src, dst, err);
+}
+
+int nf_link_or_copy(const char *src, const char *dst, nf_error *err)
+{
+    char *tmpl = tmp_template(dst);
+    if (!tmpl)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    int rc = NF_OK;
+    if (!nf_is_dir(src)) {
+        int fd = mkstemp(tmpl);
+        if (fd < 0) {
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot create: %s", dst, strerror(errno));
+            free(tmpl);
+            return rc;
+        }
+        close(fd);
+        unlink(tmpl);
+        rc = link_or_copy_file(src, tmpl, err);
+    } else {
+        if (!mkdtemp(tmpl)) {
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot create: %s", dst, strerror(errno));
+            free(tmpl);
+            return rc;
+        }
+        DIR *d = opendir(src);
+        if (!d)
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot list: %s", src, strerror(errno));
+        struct dirent *e;
+        while (rc == NF_OK && d && (e = readdir(d)) != NULL) {
+            if (e->d_name[0] == '.')
+                continue;
+            char *a = nf_path_join(src, e->d_name), *b = nf_path_join(tmpl, e->d_name);
+            rc = a && b ? link_or_copy_file(a, b, err) : nf_error_set(err, NF_E_NOMEM, "out of memory");
+            free(a);
+            free(b);
+        }
+        if (d)
+            closedir(d);
+    }
+    if (rc == NF_OK) {
+        if (nf_exists(dst))
+            nf_remove_tree(dst);
+        if (rename(tmpl, dst) != 0)
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot move into place: %s", dst,
+                              strerror(errno));
+    }
+    if (rc != NF_OK)
+        nf_remove_tree(tmpl);
+    free(tmpl);
+    return rc;
+}

@@ -1,0 +1,459 @@
+#include "la.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/util.h"
+#include "../io/dtype.h"
+#include "rng.h"
+
+void nf_la_init(nf_la *la, nf_device *dev, nf_error *err)
+{
+    memset(la, 0, sizeof *la);
+    la->dev = dev;
+    la->be = nf_device_backend(dev);
+    la->err = err;
+    la->host = la->be->host_ptr != NULL;
+}
+
+int nf_la_alloc(nf_la *la, int rows, int cols, nf_mat *out)
+{
+    memset(out, 0, sizeof *out);
+    if (rows < 0 || cols < 0)
+        return nf_error_set(la->err, NF_E_INTERNAL, "negative matrix size");
+    size_t n = (size_t)rows * (size_t)cols;
+    int rc = la->be->alloc(la->dev, n ? n : 1, &out->buf, la->err);
+    if (rc)
+        return rc;
+    out->rows = rows;
+    out->cols = cols;
+    out->ld = cols > 0 ? cols : 1;
+    return NF_OK;
+}
+
+void nf_la_free(nf_la *la, nf_mat *m)
+{
+    if (m && m->buf) {
+        la->be->free(la->dev, m->buf);
+        memset(m, 0, sizeof *m);
+    }
+}
+
+nf_mat nf_la_sub(const nf_mat *m, int r0, int c0, int rows, int cols)
+{
+    nf_mat s = *m;
+    s.off = m->off + (size_t)r0 * (size_t)m->ld + (size_t)c0;
+    s.rows = rows;
+    s.cols = cols;
+    return s;
+}
+
+float *nf_la_host(nf_la *la, const nf_mat *m)
+{
+    if (!la->host || !m->buf)
+        return NULL;
+    return la->be->host_ptr(la->dev, m->buf) + m->off;
+}
+
+static size_t span(const nf_mat *m)
+{
+    if (m->rows == 0 || m->cols == 0)
+        return 0;
+    return (size_t)(m->rows - 1) * (size_t)m->ld + (size_t)m->cols;
+}
+
+int nf_la_upload(nf_la *la, nf_mat *m, const float *src)
+{
+    if (m->ld == m->cols || m->rows <= 1)
+        return la->be->upload(la->dev, m->buf, m->off * 4, src,
+                              (size_t)m->rows * (size_t)m->cols * 4, la->err);
+    for (int r = 0; r < m->rows; r++) {
+        int rc = la->be->upload(la->dev, m->buf, (m->off + (size_t)r * m->ld) * 4,
+                                src + (size_t)r * m->cols, (size_t)m->cols * 4, la->err);
+        if (rc)
+            return rc;
+    }
+    return NF_OK;
+}
+
+int nf_la_download(nf_la *la, const nf_mat *m, float *dst)
+{
+    if (m->ld == m->cols || m->rows <= 1)
+        return la->be->download(la->dev, m->buf, m->off * 4, dst,
+                                (size_t)m->rows * (size_t)m->cols * 4, la->err);
+    for (int r = 0; r < m->rows; r++) {
+        int rc = la->be->download(la->dev, m->buf, (m->off + (size_t)r * m->ld) * 4,
+                                  dst + (size_t)r * m->cols, (size_t)m->cols * 4, la->err);
+        if (rc)
+            return rc;
+    }
+    return NF_OK;
+}
+
+int nf_la_upload_convert(nf_la *la, nf_mat *m, const void *src, nf_dtype dt)
+{
+    size_t n = (size_t)m->rows * (size_t)m->cols;
+    if (dt == NF_F32)
+        return nf_la_upload(la, m, src);
+    if (la->be->convert && m->ld == m->cols) {
+        /* raw bytes go to a scratch buffer on the device, converted there */
+        size_t bytes = n * nf_dtype_size(dt);
+        nf_buffer *raw = NULL;
+        int rc = la->be->alloc(la->dev, (bytes + 3) / 4 + 1, &raw, la->err);
+        if (rc)
+            return rc;
+        rc = la->be->upload(la->dev, raw, 0, src, bytes, la->err);
+        if (rc == NF_OK) {
+            nf_convert_op op = {n, dt, raw, 0, m->buf, m->off};
+            rc = la->be->convert(la->dev, &op, la->err);
+        }
+        if (rc == NF_E_UNSUPPORTED) {
+            nf_error_clear(la->err);
+            rc = NF_E_UNSUPPORTED;
+        }
+        la->be->finish(la->dev, NULL);
+        la->be->free(la->dev, raw);
+        if (rc != NF_E_UNSUPPORTED)
+            return rc;
+    }
+    float *tmp = malloc((n ? n : 1) * sizeof *tmp);
+    if (!tmp)
+        return nf_error_set(la->err, NF_E_NOMEM, "out of memory");
+    nf_to_f32(src, dt, tmp, n);
+    int rc = nf_la_upload(la, m, tmp);
+    free(tmp);
+    return rc;
+}
+
+/* ---- fallback plumbing: host copies of device views ---- */
+
+typedef struct host_copy {
+    float *p;    /* host memory holding the view's span */
+    size_t n;
+} host_copy;
+
+static int fetch(nf_la *la, const nf_mat *m, host_copy *h)
+{
+    h->n = span(m);
+    h->p = malloc((h->n ? h->n : 1) * sizeof *h->p);
+    if (!h->p)
+        return nf_error_set(la->err, NF_E_NOMEM, "out of memory");
+    if (h->n == 0)
+        return NF_OK;
+    return la->be->download(la->dev, m->buf, m->off * 4, h->p, h->n * 4, la->err);
+}
+
+static int store(nf_la *la, nf_mat *m, const host_copy *h)
+{
+    if (h->n == 0)
+        return NF_OK;
+    return la->be->upload(la->dev, m->buf, m->off * 4, h->p, h->n * 4, la->err);
+}
+
+/* Calls a device slot; returns 1 when the slot ran (rc holds its status), 0 when the
+ * caller must fall back to the CPU kernels. */
+#define TRY_SLOT(slot, ...)                                                    \
+    do {                                                                       \
+        if (la->be->slot) {                                                    \
+            int rc_ = la->be->slot(la->dev, __VA_ARGS__, la->err);             \
+            if (rc_ != NF_E_UNSUPPORTED)                                       \
+                return rc_;                                                    \
+            nf_error_clear(la->err);                                           \
+        }                                                                      \
+        la->stats.fallbacks++;                                                 \
+    } while (0)
+
+int nf_la_gemm(nf_la *la, int ta, int tb, float alpha, const nf_mat *a, const nf_mat *b,
+               float beta, nf_mat *c)
+{
+    int m = c->rows, n = c->cols;
+    int k = ta ? a->rows : a->cols;
+    int am = ta ? a->cols : a->rows, bk = tb ? b->cols : b->rows, bn = tb ? b->rows : b->cols;
+    if (am != m || bk != k || bn != n)
+        return nf_error_set(la->err, NF_E_INTERNAL,
+                            "gemm shape mismatch: op(A) %dx%d, op(B) %dx%d, C %dx%d", am, k, bk,
+                            bn, m, n);
+    la->stats.flops += 2.0 * m * n * k;
+    nf_gemm_op op = {ta, tb, m, n, k, alpha, beta, *a, *b, *c};
+    TRY_SLOT(gemm, &op);
+    host_copy ha = {0}, hb = {0}, hc = {0};
+    int rc = fetch(la, a, &ha);
+    if (!rc)
+        rc = fetch(la, b, &hb);
+    if (!rc)
+        rc = fetch(la, c, &hc);
+    if (!rc) {
+        nf_cpu_gemm(ta, tb, m, n, k, alpha, ha.p, a->ld, hb.p, b->ld, beta, hc.p, c->ld);
+        rc = store(la, c, &hc);
+    }
+    free(ha.p);
+    free(hb.p);
+    free(hc.p);
+    return rc;
+}
+
+static int check_contig(nf_la *la, const nf_mat *m)
+{
+    if (m->rows > 1 && m->ld != m->cols)
+        return nf_error_set(la->err, NF_E_INTERNAL, "element-wise op on a strided view");
+    return NF_OK;
+}
+
+int nf_la_axpby(nf_la *la, float alpha, const nf_mat *x, float beta, nf_mat *y)
+{
+    size_t n = (size_t)y->rows * (size_t)y->cols;
+    if (check_contig(la, y) || (x && check_contig(la, x)))
+        return la->err->code;
+    if (x && (size_t)x->rows * (size_t)x->cols != n)
+        return nf_error_set(la->err, NF_E_INTERNAL, "axpby size mismatch");
+    nf_axpby_op op = {n, alpha, beta, x ? x->buf : NULL, x ? x->off : 0, y->buf, y->off};
+    TRY_SLOT(axpby, &op);
+    host_copy hx = {0}, hy = {0};
+    int rc = x ? fetch(la, x, &hx) : NF_OK;
+    if (!rc)
+        rc = fetch(la, y, &hy);
+    if (!rc) {
+        nf_cpu_axpby(n, alpha, x ? hx.p : NULL, beta, hy.p);
+        rc = store(la, y, &hy);
+    }
+    free(hx.p);
+    free(hy.p);
+    return rc;
+}
+
+int nf_la_copy(nf_la *la, const nf_mat *x, nf_mat *y) { return nf_la_axpby(la, 1.0f, x, 0.0f, y); }
+
+int nf_la_fill(nf_la *la, nf_mat *y, float v) { return nf_la_axpby(la, v, NULL, 0.0f, y); }
+
+int nf_la_dot(nf_la *la, const nf_mat *x, const nf_mat *y, double *out)
+{
+    size_t n = (size_t)x->rows * (size_t)x->cols;
+    if (check_contig(la, x) || (y && check_contig(la, y)))
+        return la->err->code;
+    nf_dot_op op = {n, x->buf, x->off, y ? y->buf : NULL, y ? y->off : 0};
+    TRY_SLOT(dot, &op, out);
+    host_copy hx = {0}, hy = {0};
+    int rc = fetch(la, x, &hx);
+    if (!rc && y)
+        rc = fetch(la, y, &hy);
+    if (!rc)
+        *out = nf_cpu_dot(n, hx.p, y ? hy.p : NULL);
+    free(hx.p);
+    free(hy.p);
+    return rc;
+}
+
+int nf_la_adam(nf_la *la, nf_mat *x, const nf_mat *g, nf_mat *m, nf_mat *v, double lr,
+               double b1, double b2, double eps, int s)
+{
+    size_t n = (size_t)x->rows * (size_t)x->cols;
+    double bc1 = 1.0 - pow(b1, s);
+    double step_size = lr / bc1;
+    double bc2_sqrt = sqrt(1.0 - pow(b2, s));
+    nf_adam_op op = {n, x->buf, m->buf, v->buf, g->buf, x->off, m->off, v->off, g->off,
+                     (float)b1, (float)b2, (float)eps, step_size, bc2_sqrt};
+    TRY_SLOT(adam, &op);
+    host_copy hx = {0}, hg = {0}, hm = {0}, hv = {0};
+    int rc = fetch(la, x, &hx);
+    if (!rc)
+        rc = fetch(la, g, &hg);
+    if (!rc)
+        rc = fetch(la, m, &hm);
+    if (!rc)
+        rc = fetch(la, v, &hv);
+    if (!rc) {
+        nf_cpu_adam(n, hx.p, hg.p, hm.p, hv.p, (float)b1, (float)b2, (float)eps, step_size,
+                    bc2_sqrt);
+        rc = store(la, x, &hx);
+        if (!rc)
+            rc = store(la, m, &hm);
+        if (!rc)
+            rc = store(la, v, &hv);
+    }
+    free(hx.p);
+    free(hg.p);
+    free(hm.p);
+    free(hv.p);
+    return rc;
+}
+
+int nf_la_qr(nf_la *la, nf_mat *a)
+{
+    nf_qr_op op = {*a};
+    TRY_SLOT(qr, &op);
+    host_copy h = {0};
+    int rc = fetch(la, a, &h);
+    if (!rc)
+        rc = nf_cpu_qr(a->rows, a->cols, h.p, a->ld, la->err);
+    if (!rc)
+        rc = store(la, a, &h);
+    free(h.p);
+    return rc;
+}
+
+/* Exact thin SVD of a host copy; returns vt (k x n) and s (k) in host memory. */
+static int svd_host(nf_la *la, const nf_mat *x, float **vt_out, float **s_out)
+{
+    int m = x->rows, n = x->cols, k = m < n ? m : n;
+    size_t na = (size_t)m * (size_t)n, nv = (size_t)k * (size_t)n;
+    float *a = malloc((na ? na : 1) * sizeof *a);
+    float *vt = malloc((nv ? nv : 1) * sizeof *vt);
+    float *s = malloc((k ? (size_t)k : 1) * sizeof *s);
+    int rc = (!a || !vt || !s) ? nf_error_set(la->err, NF_E_NOMEM, "out of memory in SVD")
+                               : nf_la_download(la, x, a);
+    if (!rc)
+        rc = nf_cpu_svd(m, n, a, n, s, vt, n, NULL, 0, la->err);
+    free(a);
+    if (rc) {
+        free(vt);
+        free(s);
+        return rc;
+    }
+    *vt_out = vt;
+    *s_out = s;
+    return NF_OK;
+}
+
+static int keep_count(const float *s, int k, int want, double tol)
+{
+    if (want > k)
+        want = k;
+    if (tol < 0)
+        return want;
+    if (k == 0 || !(s[0] > 0.0f))
+        return 0;
+    int r = 0;
+    double cut = tol * (double)s[0];
+    while (r < want && s[r] > 0.0f && (double)s[r] >= cut)
+        r++;
+    return r;
+}
+
+/* Randomized range finder on X^T: the top right singular vectors of X span the range of
+ * X^T X, approached by Z = (X^T X)^q X^T G with re-orthonormalisation between products. */
+static int svd_randomized(nf_la *la, const nf_mat *x, const nf_svd_args *a, nf_mat *vt_out,
+                          int *rank, float *s_out)
+{
+    int m = x->rows, n = x->cols, k = m < n ? m : n;
+    int want = a->rank < k ? a->rank : k;
+    int l = want + (a->oversample > 0 ? a->oversample : 10);
+    if (l > k)
+        l = k;
+    int q = a->power_iters >= 0 ? a->power_iters : 2;
+    nf_mat g = {0}, z = {0}, y = {0}, b = {0};
+    float *hb = NULL, *hs = NULL, *hw = NULL, *hq = NULL;
+    int rc = nf_la_alloc(la, m, l, &g);
+    if (!rc) rc = nf_la_alloc(la, n, l, &z);
+    if (!rc) rc = nf_la_alloc(la, m, l, &y);
+    if (rc)
+        goto out;
+    {
+        /* Gaussian test matrix from the counter-based generator: same on every device */
+        float *hg = malloc((size_t)m * l * sizeof *hg);
+        if (!hg) {
+            rc = nf_error_set(la->err, NF_E_NOMEM, "out of memory");
+            goto out;
+        }
+        nf_rng_normal(a->seed, 1.0, hg, (size_t)m * l);
+        rc = nf_la_upload(la, &g, hg);
+        free(hg);
+        if (rc)
+            goto out;
+    }
+    rc = nf_la_gemm(la, 1, 0, 1.0f, x, &g, 0.0f, &z); /* Z = X^T G (n x l) */
+    if (!rc) rc = nf_la_qr(la, &z);
+    for (int it = 0; it < q && !rc; it++) {
+        rc = nf_la_gemm(la, 0, 0, 1.0f, x, &z, 0.0f, &y); /* Y = X Z (m x l) */
+        if (!rc) rc = nf_la_qr(la, &y);
+        if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, x, &y, 0.0f, &z); /* Z = X^T Y */
+        if (!rc) rc = nf_la_qr(la, &z);
+    }
+    if (rc)
+        goto out;
+    /* B = X Z (m x l); B = U S W^T, so X ~ U S (Z W)^T and V = Z W */
+    rc = nf_la_gemm(la, 0, 0, 1.0f, x, &z, 0.0f, &y);
+    if (rc)
+        goto out;
+    {
+        int kb = m < l ? m : l;
+        hb = malloc((size_t)m * l * sizeof *hb);
+        hs = malloc((size_t)(kb ? kb : 1) * sizeof *hs);
+        hw = malloc((size_t)(kb ? kb : 1) * l * sizeof *hw);
+        if (!hb || !hs || !hw) {
+            rc = nf_error_set(la->err, NF_E_NOMEM, "out of memory");
+            goto out;
+        }
+        rc = nf_la_download(la, &y, hb);
+        if (!rc)
+            rc = nf_cpu_svd(m, l, hb, l, hs, hw, l, NULL, 0, la->err);
+        if (rc)
+            goto out;
+        int r = keep_count(hs, kb, want, a->rank_tol);
+        if (s_out)
+            memcpy(s_out, hs, (size_t)(want < kb ? want : kb) * sizeof *hs);
+        rc = nf_la_alloc(la, r, n, vt_out);
+        if (rc || r == 0) {
+            *rank = r;
+            goto out;
+        }
+        /* Vt = W_r^T Z^T: (r x l) times (l x n) */
+        nf_mat w = {0};
+        rc = nf_la_alloc(la, r, l, &w);
+        if (!rc)
+            rc = nf_la_upload(la, &w, hw);
+        if (!rc)
+            rc = nf_la_gemm(la, 0, 1, 1.0f, &w, &z, 0.0f, vt_out);
+        nf_la_free(la, &w);
+        *rank = r;
+    }
+out:
+    free(hb);
+    free(hs);
+    free(hw);
+    free(hq);
+    nf_la_free(la, &g);
+    nf_la_free(la, &z);
+    nf_la_free(la, &y);
+    nf_la_free(la, &b);
+    if (rc)
+        nf_la_free(la, vt_out);
+    return rc;
+}
+
+int nf_la_svd_right(nf_la *la, const nf_mat *x, const nf_svd_args *a, nf_mat *vt, int *rank,
+                    float *s)
+{
+    double t0 = nf_now();
+    memset(vt, 0, sizeof *vt);
+    *rank = 0;
+    int m = x->rows, n = x->cols, k = m < n ? m : n;
+    int rc;
+    if (a->rank <= 0 || k == 0) {
+        rc = nf_la_alloc(la, 0, n, vt);
+        goto done;
+    }
+    if (a->mode == NF_LA_SVD_RANDOMIZED && a->rank + (a->oversample > 0 ? a->oversample : 10) < k) {
+        rc = svd_randomized(la, x, a, vt, rank, s);
+        goto done;
+    }
+    float *hvt = NULL, *hs = NULL;
+    rc = svd_host(la, x, &hvt, &hs);
+    if (rc)
+        goto done;
+    int r = keep_count(hs, k, a->rank, a->rank_tol);
+    if (s)
+        memcpy(s, hs, (size_t)k * sizeof *hs);
+    rc = nf_la_alloc(la, r, n, vt);
+    if (!rc && r > 0)
+        rc = la->be->upload(la->dev, vt->buf, 0, hvt, (size_t)r * n * 4, la->err);
+    if (!rc)
+        *rank = r;
+    else
+        nf_la_free(la, vt);
+    free(hvt);
+    free(hs);
+done:
+    la->stats.svd_s += nf_now() - t0;
+    return rc;
+}

@@ -1,0 +1,77 @@
+/*
+ * Backend-neutral linear algebra: what the merge methods call. Each entry point runs the
+ * device's slot when it has one and the CPU kernel on host copies otherwise, so every method
+ * is written once and runs on every backend.
+ */
+#ifndef NF_LA_H
+#define NF_LA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../backend/backend.h"
+
+typedef struct nf_la_stats {
+    double svd_s;      /* wall time in SVDs (exact and randomized) */
+    double train_s;    /* wall time in iterative optimisation loops */
+    double flops;      /* GEMM flops issued */
+    unsigned fallbacks;/* operations that ran on the CPU for lack of a device slot */
+} nf_la_stats;
+
+typedef struct nf_la {
+    nf_device *dev;
+    const nf_backend *be;
+    int host;          /* buffers are host memory (host_ptr works) */
+    nf_error *err;
+    nf_la_stats stats;
+} nf_la;
+
+typedef nf_view nf_mat;
+
+void nf_la_init(nf_la *la, nf_device *dev, nf_error *err);
+
+int nf_la_alloc(nf_la *la, int rows, int cols, nf_mat *out);
+void nf_la_free(nf_la *la, nf_mat *m);
+/* A rows x cols view inside m starting at (r0, c0). */
+nf_mat nf_la_sub(const nf_mat *m, int r0, int c0, int rows, int cols);
+/* Host pointer to a matrix's first element when buffers are host memory, else NULL. */
+float *nf_la_host(nf_la *la, const nf_mat *m);
+/* Copies between a host array (rows x cols, contiguous) and a matrix view. */
+int nf_la_upload(nf_la *la, nf_mat *m, const float *src);
+int nf_la_download(nf_la *la, const nf_mat *m, float *dst);
+/* Uploads raw bytes of a float dtype and converts them to float32 on the device. */
+int nf_la_upload_convert(nf_la *la, nf_mat *m, const void *src, nf_dtype dt);
+
+/* C = alpha op(A) op(B) + beta C */
+int nf_la_gemm(nf_la *la, int ta, int tb, float alpha, const nf_mat *a, const nf_mat *b,
+               float beta, nf_mat *c);
+/* y = alpha x + beta y (contiguous matrices of equal size); x NULL: y = beta y + alpha */
+int nf_la_axpby(nf_la *la, float alpha, const nf_mat *x, float beta, nf_mat *y);
+int nf_la_copy(nf_la *la, const nf_mat *x, nf_mat *y);
+int nf_la_fill(nf_la *la, nf_mat *y, float v);
+/* sum of x .* y in double (y NULL: sum of squares) */
+int nf_la_dot(nf_la *la, const nf_mat *x, const nf_mat *y, double *out);
+/* One Adam step (PyTorch semantics) at step s >= 1 */
+int nf_la_adam(nf_la *la, nf_mat *x, const nf_mat *g, nf_mat *m, nf_mat *v, double lr,
+               double b1, double b2, double eps, int s);
+/* Thin QR in place: a (m x n, m >= n) becomes Q */
+int nf_la_qr(nf_la *la, nf_mat *a);
+
+enum { NF_LA_SVD_EXACT = 0, NF_LA_SVD_RANDOMIZED = 1 };
+
+typedef struct nf_svd_args {
+    int rank;            /* wanted number of right singular vectors (capped at min(m, n)) */
+    double rank_tol;     /* drop those with s < rank_tol * s_max (< 0: keep all, zeros too) */
+    int mode;            /* NF_LA_SVD_* */
+    int oversample;      /* randomized: extra columns (default 10) */
+    int power_iters;     /* randomized: power iterations (default 2) */
+    uint64_t seed;       /* randomized: key of the test matrix */
+} nf_svd_args;
+
+/* Top right singular vectors of x (m x n, not modified): allocates *vt (rank x n rows =
+ * vectors), sets *rank to how many were kept (possibly 0: then vt is empty), and, when s is
+ * not NULL, writes the first min(m, n) singular values (exact) or rank values (randomized). */
+int nf_la_svd_right(nf_la *la, const nf_mat *x, const nf_svd_args *a, nf_mat *vt, int *rank,
+                    float *s);
+
+#endif

@@ -1,0 +1,148 @@
+/* What a method does with one tensor's job: load inputs as float32, write the output, spill
+ * results it needs again in a later pass. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../io/dtype.h"
+#include "run.h"
+
+int nf_job_dims(const nf_job *job, int *rows, int *cols)
+{
+    const nf_tensor *t = job->base;
+    if (t->ndim == 2) {
+        if (t->shape[0] > 0x7fffffff || t->shape[1] > 0x7fffffff)
+            return nf_error_set(job->err, NF_E_UNSUPPORTED,
+                                "tensor \"%s\": dimensions beyond 2^31 are not supported",
+                                t->name);
+        *rows = (int)t->shape[0];
+        *cols = (int)t->shape[1];
+    } else {
+        if (t->numel > 0x7fffffff)
+            return nf_error_set(job->err, NF_E_UNSUPPORTED,
+                                "tensor \"%s\": more than 2^31 elements is not supported",
+                                t->name);
+        *rows = 1;
+        *cols = (int)t->numel;
+    }
+    return NF_OK;
+}
+
+int nf_job_load(nf_job *job, const nf_tensor *t, nf_mat *out)
+{
+    int rows = 0, cols = 0;
+    int rc = nf_job_dims(job, &rows, &cols);
+    if (rc)
+        return rc;
+    if ((rc = nf_la_alloc(job->la, rows, cols, out)))
+        return rc;
+    rc = nf_la_upload_convert(job->la, out, t->data, t->dtype);
+    if (rc)
+        nf_la_free(job->la, out);
+    return rc;
+}
+
+int nf_job_load_host(nf_job *job, const nf_tensor *t, float **out)
+{
+    float *p = malloc((t->numel ? t->numel : 1) * sizeof *p);
+    if (!p)
+        return nf_error_set(job->err, NF_E_NOMEM, "out of memory loading \"%s\"", t->name);
+    nf_to_f32(t->data, t->dtype, p, t->numel);
+    *out = p;
+    return NF_OK;
+}
+
+int nf_job_put_f32(nf_job *job, const float *vals)
+{
+    return nf_writer_put_f32(job->run->writer, job->idx, vals, job->err);
+}
+
+int nf_job_put_mat(nf_job *job, const nf_mat *m)
+{
+    float *h = nf_la_host(job->la, m);
+    if (h && (m->rows <= 1 || m->ld == m->cols))
+        return nf_job_put_f32(job, h);
+    size_t n = (size_t)m->rows * (size_t)m->cols;
+    float *tmp = malloc((n ? n : 1) * sizeof *tmp);
+    if (!tmp)
+        return nf_error_set(job->err, NF_E_NOMEM, "out of memory");
+    int rc = nf_la_download(job->la, m, tmp);
+    if (!rc)
+        rc = nf_job_put_f32(job, tmp);
+    free(tmp);
+    return rc;
+}
+
+#define COPY_CHUNK (1u << 18)
+
+int nf_job_put_base(nf_job *job)
+{
+    const nf_tensor *t = job->base;
+    const nf_out_spec *o = &job->run->out[job->idx];
+    if (o->dtype == t->dtype)
+        return nf_writer_put(job->run->writer, job->idx, 0, t->data, (size_t)t->nbytes,
+                             job->err);
+    /* another float dtype was asked for: convert in chunks */
+    size_t es_in = nf_dtype_size(t->dtype), es_out = nf_dtype_size(o->dtype);
+    float *f = malloc(COPY_CHUNK * sizeof *f);
+    unsigned char *b = malloc(COPY_CHUNK * es_out);
+    int rc = (!f || !b) ? nf_error_set(job->err, NF_E_NOMEM, "out of memory") : NF_OK;
+    for (uint64_t s = 0; s < t->numel && rc == NF_OK; s += COPY_CHUNK) {
+        size_t c = (size_t)(t->numel - s < COPY_CHUNK ? t->numel - s : COPY_CHUNK);
+        nf_to_f32(t->data + s * es_in, t->dtype, f, c);
+        nf_from_f32(f, o->dtype, b, c);
+        rc = nf_writer_put(job->run->writer, job->idx, s * es_out, b, c * es_out, job->err);
+    }
+    free(f);
+    free(b);
+    return rc;
+}
+
+static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+    const char *p = buf;
+    while (len) {
+        ssize_t r = pwrite(fd, p, len, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        p += r;
+        len -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return 0;
+}
+
+int nf_job_spill_write(nf_job *job, const float *vals)
+{
+    nf_run *run = job->run;
+    size_t bytes = (size_t)job->base->numel * sizeof(float);
+    if (run->spill_fd < 0 || !run->spill_off)
+        return nf_error_set(job->err, NF_E_INTERNAL, "no spill file for this method");
+    if (pwrite_all(run->spill_fd, vals, bytes, run->spill_off[job->idx]))
+        return nf_error_set(job->err, NF_E_IO, "%s: cannot write scratch data: %s",
+                            run->spill_path, strerror(errno));
+    return NF_OK;
+}
+
+int nf_job_spill_read(nf_job *job, float *vals)
+{
+    nf_run *run = job->run;
+    size_t len = (size_t)job->base->numel * sizeof(float);
+    char *p = (char *)vals;
+    uint64_t off = run->spill_off[job->idx];
+    while (len) {
+        ssize_t r = pread(run->spill_fd, p, len, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return nf_error_set(job->err, NF_E_IO, "%s: cannot read scratch data",
+                                run->spill_path);
+        p += r;
+        len -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return NF_OK;
+}

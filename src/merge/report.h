@@ -1,0 +1,23 @@
+/* The --report JSON: per treated tensor the ranks used, the energy the filter removed, the
+ * adapter's objective before and after training and the time; totals per step. Internal. */
+#ifndef NF_REPORT_H
+#define NF_REPORT_H
+
+#include "run.h"
+
+typedef struct nf_report nf_report;
+
+int nf_report_new(nf_report **out, nf_error *err);
+int nf_report_add_step(nf_report *r, const nf_run *run, const char *task, const char *out,
+                       const nf_la_stats *stats, double seconds, const nf_device_info *dev,
+                       nf_error *err);
+/* Writes the report atomically (temporary file, then rename). */
+int nf_report_write(nf_report *r, const char *path, nf_error *err);
+void nf_report_free(nf_report *r);
+
+/* One step as part of a longer run (step_in_run of nsteps, for progress), adding to report. */
+int nf_step_in_run(const char *base, const char *task, const char *prev, const char *out,
+                   const nf_options *o, int step_in_run, int nsteps, nf_report *report,
+                   nf_error *err);
+
+#endif

@@ -1,0 +1,127 @@
+/*
+ * One continual step in progress: the models, the resolved recipe, the output being written,
+ * and the per-tensor jobs the scheduler hands to a method. Internal.
+ */
+#ifndef NF_RUN_H
+#define NF_RUN_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../io/model.h"
+#include "../io/writer.h"
+#include "../linalg/la.h"
+
+/* The merge recipe: what must stay the same from step to step of a stream. */
+typedef struct nf_params {
+    int method;
+    int null_rank, task_rank, lora_rank;
+    double lr;
+    int iters;
+    uint64_t seed;
+    int compat;
+    double rank_tol;
+    char preset[32];      /* resolved preset name, or "" when layers is used */
+    char *layers;         /* regex, or NULL */
+    double scale, keep, alpha;
+    int opcm_zero_diag;
+} nf_params;
+
+/* State a method carries from step to step in the merged file's metadata. */
+typedef struct nf_state {
+    double lambda;        /* OPCM's current scale */
+    double norm_sum;      /* OPCM: sum of whole-model task-vector norms */
+    double norm_count;
+} nf_state;
+
+/* Per-tensor figures for the report. */
+typedef struct nf_tensor_report {
+    int treated;
+    int rank_null, rank_task, rank_lora;
+    double filter_removed;     /* 1 - |tau P|^2 / |tau|^2 */
+    double obj_before, obj_after;
+    int trained;
+    double seconds;
+} nf_tensor_report;
+
+typedef struct nf_run nf_run;
+
+typedef struct nf_job {
+    nf_run *run;
+    size_t idx;                /* tensor index (base order = output order) */
+    const nf_tensor *base, *task, *prev; /* prev is NULL at the first step */
+    int treated;
+    int pass;
+    nf_la *la;
+    nf_error *err;
+    nf_tensor_report *rep;
+} nf_job;
+
+typedef struct nf_method_ops {
+    nf_method_info info;
+    unsigned params;           /* NF_P_* bits of the recipe fields the method reads */
+    int npasses;               /* passes over all tensors; the last one writes the output */
+    int (*begin)(nf_run *run);                 /* optional */
+    int (*tensor)(nf_job *job);                /* every float tensor, every pass */
+    int (*after_pass)(nf_run *run, int pass);  /* optional: combine per-tensor partials */
+    int (*end)(nf_run *run);                   /* optional: new state for the metadata */
+    void (*cleanup)(nf_run *run);              /* optional */
+} nf_method_ops;
+
+enum {
+    NF_P_NULL_RANK = 1u << 0, NF_P_TASK_RANK = 1u << 1, NF_P_LORA_RANK = 1u << 2,
+    NF_P_LR = 1u << 3, NF_P_ITERS = 1u << 4, NF_P_SEED = 1u << 5, NF_P_COMPAT = 1u << 6,
+    NF_P_RANK_TOL = 1u << 7, NF_P_SELECT = 1u << 8, NF_P_SCALE = 1u << 9, NF_P_KEEP = 1u << 10,
+    NF_P_ALPHA = 1u << 11, NF_P_ZERO_DIAG = 1u << 12,
+};
+
+struct nf_run {
+    const nf_method_ops *method;
+    nf_params p;
+    const nf_options *opts;
+    int step;                  /* 1-based index of the task being merged */
+    int svd_mode;
+    nf_model *base, *task, *prev;
+    nf_state prev_state;       /* from prev's metadata (zeros at the first step) */
+    nf_state state;            /* written into the output */
+    size_t ntensors;
+    unsigned char *treated;    /* per tensor: selected by the preset or regex */
+    nf_out_spec *out;          /* output plan, base order */
+    nf_writer *writer;
+    nf_tensor_report *reports;
+    void *mstate;              /* method-private */
+    double *partial;           /* per-tensor partial results, npartial per tensor */
+    int npartial;
+    char *spill_path;          /* scratch file for methods that revisit results */
+    int spill_fd;
+    uint64_t *spill_off;
+    /* progress */
+    pthread_mutex_t lock;
+    size_t done;
+    uint64_t bytes_done, bytes_total;
+    double t_start;
+    int npasses;
+    int nsteps, step_in_run;
+};
+
+/* ---- helpers methods call ---- */
+
+/* Uploads tensor t of the job as float32 (rows x cols = its 2-D shape, or 1 x numel). */
+int nf_job_load(nf_job *job, const nf_tensor *t, nf_mat *out);
+/* Reads tensor t as float32 into host memory (malloc'd, numel elements). */
+int nf_job_load_host(nf_job *job, const nf_tensor *t, float **out);
+/* Final pass: the tensor's output values (float32, numel elements, host memory). */
+int nf_job_put_f32(nf_job *job, const float *vals);
+/* Final pass: the output from a device matrix. */
+int nf_job_put_mat(nf_job *job, const nf_mat *m);
+/* Final pass: the base's values, unchanged. */
+int nf_job_put_base(nf_job *job);
+/* Scratch storage for methods that need a result again in a later pass (float32). */
+int nf_job_spill_write(nf_job *job, const float *vals);
+int nf_job_spill_read(nf_job *job, float *vals);
+int nf_job_dims(const nf_job *job, int *rows, int *cols);
+
+const nf_method_ops *nf_method_ops_get(int id);
+
+#endif

@@ -1,0 +1,210 @@
+/*
+ * The host scheduler: runs one pass of a method over every tensor, several tensors in flight
+ * at once, one worker thread per slot, each bound to a device. Tensors stream from the
+ * memory-mapped inputs and go straight to the output file, so memory holds only the tensors
+ * in flight.
+ */
+#include "sched.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/util.h"
+#include "../io/dtype.h"
+
+typedef struct worker {
+    pthread_t thread;
+    nf_run *run;
+    nf_device *dev;
+    nf_la la;
+    nf_error err;
+    int pass;
+    const size_t *order;
+    atomic_size_t *next;
+    atomic_int *stop;
+    nf_la_stats stats;
+} worker;
+
+static int check_finite(nf_run *run, const nf_tensor *t, nf_error *err)
+{
+    float buf[1024];
+    size_t es = nf_dtype_size(t->dtype);
+    for (uint64_t s = 0; s < t->numel; s += 1024) {
+        size_t c = (size_t)(t->numel - s < 1024 ? t->numel - s : 1024);
+        if (nf_to_f32(t->data + s * es, t->dtype, buf, c)) {
+            size_t k = 0;
+            while (k < c && buf[k] - buf[k] == 0.0f)
+                k++;
+            return nf_error_set(err, NF_E_NONFINITE,
+                                "%s: tensor \"%s\" holds NaN or Inf (element %llu); refusing "
+                                "to merge it (--allow-nonfinite to proceed anyway)",
+                                run->task->path, t->name, (unsigned long long)(s + k));
+        }
+    }
+    return NF_OK;
+}
+
+static int do_job(worker *w, size_t i)
+{
+    nf_run *run = w->run;
+    const nf_tensor *bt = &run->base->tensors[i];
+    int last = w->pass == run->npasses - 1;
+    nf_job job = {
+        .run = run,
+        .idx = i,
+        .base = bt,
+        .task = nf_model_tensor(run->task, bt->name),
+        .prev = run->prev ? nf_model_tensor(run->prev, bt->name) : NULL,
+        .treated = run->treated[i],
+        .pass = w->pass,
+        .la = &w->la,
+        .err = &w->err,
+        .rep = &run->reports[i],
+    };
+    double t0 = nf_now();
+    int rc = NF_OK;
+    if (w->pass == 0 && !run->opts->allow_nonfinite && nf_dtype_is_float(job.task->dtype))
+        rc = check_finite(run, job.task, &w->err);
+    if (rc == NF_OK) {
+        if (!nf_dtype_is_float(bt->dtype))
+            rc = last ? nf_job_put_base(&job) : NF_OK; /* integer tensors stay at base */
+        else
+            rc = run->method->tensor(&job);
+    }
+    if (rc == NF_OK && w->err.code)
+        rc = w->err.code;
+    if (rc != NF_OK && w->err.code == NF_OK)
+        nf_error_set(&w->err, rc, "tensor \"%s\": %s", bt->name, nf_status_message(rc));
+    run->reports[i].seconds += nf_now() - t0;
+    return rc;
+}
+
+static void report_progress(nf_run *run, const nf_tensor *t)
+{
+    pthread_mutex_lock(&run->lock);
+    run->done++;
+    run->bytes_done += t->nbytes;
+    if (run->opts->progress) {
+        nf_progress p = {
+            .step = run->step_in_run,
+            .nsteps = run->nsteps,
+            .pass = 0,
+            .npasses = run->npasses,
+            .tensors_done = run->done,
+            .tensors_total = run->ntensors * (size_t)run->npasses,
+            .bytes_done = run->bytes_done,
+            .bytes_total = run->bytes_total,
+            .elapsed_s = nf_now() - run->t_start,
+            .tensor = t->name,
+        };
+        run->opts->progress(run->opts->progress_user, &p);
+    }
+    pthread_mutex_unlock(&run->lock);
+}
+
+static void *work(void *arg)
+{
+    worker *w = arg;
+    for (;;) {
+        if (atomic_load(w->stop))
+            break;
+        size_t k = atomic_fetch_add(w->next, 1);
+        if (k >= w->run->ntensors)
+            break;
+        size_t i = w->order[k];
+        if (do_job(w, i) != NF_OK) {
+            atomic_store(w->stop, 1);
+            break;
+        }
+        report_progress(w->run, &w->run->base->tensors[i]);
+    }
+    return NULL;
+}
+
+static size_t *cost_order(const nf_run *run)
+{
+    /* heavy tensors first, so the last ones to finish are small (better balance) */
+    size_t n = run->ntensors;
+    size_t *o = malloc((n ? n : 1) * sizeof *o);
+    if (!o)
+        return NULL;
+    size_t a = 0;
+    for (size_t i = 0; i < n; i++)
+        if (run->treated[i])
+            o[a++] = i;
+    for (size_t i = 0; i < n; i++)
+        if (!run->treated[i])
+            o[a++] = i;
+    /* stable insertion by size within the treated block */
+    size_t nt = 0;
+    while (nt < n && run->treated[o[nt]])
+        nt++;
+    for (size_t i = 1; i < nt; i++) {
+        size_t v = o[i], j = i;
+        while (j > 0 && run->base->tensors[o[j - 1]].numel < run->base->tensors[v].numel) {
+            o[j] = o[j - 1];
+            j--;
+        }
+        o[j] = v;
+    }
+    return o;
+}
+
+int nf_sched_pass(nf_run *run, int pass, nf_device **devs, int ndev, int cpu_workers,
+                  nf_la_stats *stats, nf_error *err)
+{
+    int nw = 0;
+    for (int d = 0; d < ndev; d++)
+        nw += nf_device_get_info(devs[d])->type == NF_DEVICE_CPU ? cpu_workers : 1;
+    if (nw < 1)
+        nw = 1;
+    worker *ws = calloc((size_t)nw, sizeof *ws);
+    size_t *order = cost_order(run);
+    if (!ws || !order) {
+        free(ws);
+        free(order);
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    }
+    atomic_size_t next = 0;
+    atomic_int stop = 0;
+    int k = 0;
+    for (int d = 0; d < ndev; d++) {
+        int c = nf_device_get_info(devs[d])->type == NF_DEVICE_CPU ? cpu_workers : 1;
+        for (int j = 0; j < c && k < nw; j++, k++) {
+            ws[k].run = run;
+            ws[k].dev = devs[d];
+            ws[k].pass = pass;
+            ws[k].order = order;
+            ws[k].next = &next;
+            ws[k].stop = &stop;
+            nf_la_init(&ws[k].la, devs[d], &ws[k].err);
+        }
+    }
+    if (nw == 1) {
+        work(&ws[0]);
+    } else {
+        int started = 0;
+        for (; started < nw; started++)
+            if (pthread_create(&ws[started].thread, NULL, work, &ws[started]) != 0)
+                break;
+        if (started == 0)
+            work(&ws[0]);
+        for (int i = 0; i < started; i++)
+            pthread_join(ws[i].thread, NULL);
+    }
+    int rc = NF_OK;
+    for (int i = 0; i < nw; i++) {
+        if (ws[i].err.code && rc == NF_OK) {
+            rc = ws[i].err.code;
+            nf_error_set(err, rc, "%s", ws[i].err.msg);
+        }
+        stats->svd_s += ws[i].la.stats.svd_s;
+        stats->train_s += ws[i].la.stats.train_s;
+        stats->flops += ws[i].la.stats.flops;
+        stats->fallbacks += ws[i].la.stats.fallbacks;
+    }
+    free(ws);
+    free(order);
+    return rc;
+}

@@ -1,0 +1,123 @@
+/* Which tensors a method treats: presets by tensor-name patterns, or a user regex. */
+#include <regex.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../io/model.h"
+#include "select.h"
+
+static const char *const clip_pat[] = {"attn", "fc1", NULL};
+static const char *const t5_pat[] = {"SelfAttention", "EncDecAttention", "DenseReluDense", NULL};
+static const char *const llama_pat[] = {"self_attn", "mlp", NULL};
+
+static int has_any(const char *name, const char *const *pat)
+{
+    for (int i = 0; pat[i]; i++)
+        if (strstr(name, pat[i]))
+            return 1;
+    return 0;
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+int nf_is_linear_weight(const char *name, int ndim)
+{
+    return ndim == 2 && (ends_with(name, ".weight") || strcmp(name, "weight") == 0) &&
+           !strstr(name, "embed") && !strstr(name, "lm_head");
+}
+
+int nf_preset_matches(const char *preset, const char *name, int ndim)
+{
+    if (ndim != 2)
+        return 0;
+    if (strcmp(preset, "clip") == 0)
+        return has_any(name, clip_pat);
+    if (strcmp(preset, "t5") == 0)
+        return has_any(name, t5_pat);
+    if (strcmp(preset, "llama") == 0)
+        return has_any(name, llama_pat);
+    if (strcmp(preset, "all-linear") == 0)
+        return nf_is_linear_weight(name, ndim);
+    return 0;
+}
+
+int nf_preset_resolve(const nf_model *m, const char *preset, const char **resolved, nf_error *err)
+{
+    static const char *const known[] = {"clip", "t5", "llama", "all-linear", NULL};
+    if (preset && strcmp(preset, "auto") != 0) {
+        for (int i = 0; known[i]; i++)
+            if (strcmp(preset, known[i]) == 0) {
+                *resolved = known[i];
+                return NF_OK;
+            }
+        return nf_error_set(err, NF_E_ARG,
+                            "--preset %s: unknown preset (auto, clip, t5, llama, all-linear)",
+                            preset);
+    }
+    int t5 = 0, fc1 = 0, attn = 0, selfattn = 0, mlp = 0;
+    for (size_t i = 0; i < m->ntensors; i++) {
+        const nf_tensor *t = &m->tensors[i];
+        if (t->ndim != 2)
+            continue;
+        t5 |= has_any(t->name, t5_pat);
+        fc1 |= strstr(t->name, "fc1") != NULL;
+        attn |= strstr(t->name, "attn") != NULL;
+        selfattn |= strstr(t->name, "self_attn") != NULL;
+        mlp |= strstr(t->name, "mlp") != NULL;
+    }
+    if (t5)
+        *resolved = "t5";
+    else if (fc1 && attn)
+        *resolved = "clip";
+    else if (selfattn && mlp)
+        *resolved = "llama";
+    else
+        *resolved = "all-linear";
+    return NF_OK;
+}
+
+int nf_select(const nf_model *m, const char *preset, const char *layers, unsigned char *treated,
+              nf_error *err)
+{
+    if (layers) {
+        regex_t re;
+        int rc = regcomp(&re, layers, REG_EXTENDED | REG_NOSUB);
+        if (rc != 0) {
+            char msg[200];
+            regerror(rc, &re, msg, sizeof msg);
+            return nf_error_set(err, NF_E_ARG, "--layers \"%s\": bad regular expression: %s",
+                                layers, msg);
+        }
+        for (size_t i = 0; i < m->ntensors; i++)
+            treated[i] = m->tensors[i].ndim == 2 && nf_dtype_is_float(m->tensors[i].dtype) &&
+                         regexec(&re, m->tensors[i].name, 0, NULL, 0) == 0;
+        regfree(&re);
+        return NF_OK;
+    }
+    const char *res;
+    int rc = nf_preset_resolve(m, preset, &res, err);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < m->ntensors; i++)
+        treated[i] = nf_dtype_is_float(m->tensors[i].dtype) &&
+                     nf_preset_matches(res, m->tensors[i].name, m->tensors[i].ndim);
+    return NF_OK;
+}
+
+int nf_tensor_treated(const nf_model *m, size_t i, const char *preset, const char *layers,
+                      nf_error *err)
+{
+    if (!m || i >= m->ntensors)
+        return nf_error_set(err, NF_E_ARG, "no tensor %zu", i);
+    unsigned char *t = calloc(m->ntensors, 1);
+    if (!t)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    int rc = nf_select(m, preset, layers, t, err);
+    int res = rc ? rc : t[i];
+    free(t);
+    return res;
+}

@@ -1,0 +1,530 @@
+/*
+ * One continual step, and a whole stream as a chain of steps: open and cross-check the models,
+ * resolve the recipe, plan the output, run the method's passes through the scheduler, record
+ * the recipe and state in the output's metadata, commit.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../backend/devices.h"
+#include "../core/util.h"
+#include "../io/json.h"
+#include "recipe.h"
+#include "report.h"
+#include "sched.h"
+#include "select.h"
+
+const char *nf_version(void) { return NF_VERSION_STRING; }
+
+static void shape_str(const nf_tensor *t, char *buf, size_t n)
+{
+    size_t o = 0;
+    o += (size_t)snprintf(buf + o, n - o, "[");
+    for (int d = 0; d < t->ndim && o < n; d++)
+        o += (size_t)snprintf(buf + o, n - o, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+    if (o < n)
+        snprintf(buf + o, n - o, "]");
+}
+
+static int same_shape(const nf_tensor *a, const nf_tensor *b)
+{
+    if (a->ndim != b->ndim)
+        return 0;
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d])
+            return 0;
+    return 1;
+}
+
+/* Another model must hold exactly the base's tensors, with the same shapes, and float tensors
+ * where the base has float ones (any float dtype), identical dtypes otherwise. */
+static int check_against_base(const nf_model *base, const nf_model *m, const char *role,
+                              nf_error *err)
+{
+    for (size_t i = 0; i < base->ntensors; i++) {
+        const nf_tensor *b = &base->tensors[i];
+        const nf_tensor *t = nf_model_tensor(m, b->name);
+        if (!t)
+            return nf_error_set(err, NF_E_MISMATCH,
+                                "%s (%s): tensor \"%s\" of the base model is missing", m->path,
+                                role, b->name);
+        if (!same_shape(b, t)) {
+            char sb[128], st[128];
+            shape_str(b, sb, sizeof sb);
+            shape_str(t, st, sizeof st);
+            return nf_error_set(err, NF_E_MISMATCH,
+                                "%s (%s): tensor \"%s\" has shape %s but the base (%s) has %s",
+                                m->path, role, b->name, st, base->path, sb);
+        }
+        int fb = nf_dtype_is_float(b->dtype), ft = nf_dtype_is_float(t->dtype);
+        if (fb != ft || (!fb && b->dtype != t->dtype))
+            return nf_error_set(err, NF_E_MISMATCH,
+                                "%s (%s): tensor \"%s\" has dtype %s but the base has %s",
+                                m->path, role, b->name, nf_dtype_name(t->dtype),
+                                nf_dtype_name(b->dtype));
+    }
+    if (m->ntensors != base->ntensors) {
+        for (size_t i = 0; i < m->ntensors; i++)
+            if (!nf_model_tensor(base, m->tensors[i].name))
+                return nf_error_set(err, NF_E_MISMATCH,
+                                    "%s (%s): tensor \"%s\" is not in the base model %s",
+                                    m->path, role, m->tensors[i].name, base->path);
+    }
+    return NF_OK;
+}
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+/* ---- metadata of the output ---- */
+
+typedef struct meta_list {
+    nf_kv *kv;
+    size_t n, cap;
+    int oom;
+} meta_list;
+
+static void meta_put(meta_list *l, const char *k, const char *v)
+{
+    if (l->oom)
+        return;
+    for (size_t i = 0; i < l->n; i++)
+        if (strcmp(l->kv[i].key, k) == 0) {
+            char *nv = nf_strdup(v);
+            if (!nv) {
+                l->oom = 1;
+                return;
+            }
+            free(l->kv[i].value);
+            l->kv[i].value = nv;
+            return;
+        }
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? l->cap * 2 : 16;
+        nf_kv *nk = realloc(l->kv, nc * sizeof *nk);
+        if (!nk) {
+            l->oom = 1;
+            return;
+        }
+        l->kv = nk;
+        l->cap = nc;
+    }
+    l->kv[l->n].key = nf_strdup(k);
+    l->kv[l->n].value = nf_strdup(v);
+    if (!l->kv[l->n].key || !l->kv[l->n].value)
+        l->oom = 1;
+    l->n++;
+}
+
+static void meta_free(meta_list *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->kv[i].key);
+        free(l->kv[i].value);
+    }
+    free(l->kv);
+    memset(l, 0, sizeof *l);
+}
+
+/* The task list recorded so far, with this task appended. */
+static char *tasks_json(const nf_model *prev, const char *name, const char *path)
+{
+    nf_sb sb = {0};
+    nf_sb_puts(&sb, "[");
+    const char *old = prev ? nf_model_metadata_get(prev, "nufilt.tasks") : NULL;
+    nf_json *j = old ? nf_json_parse(old, strlen(old), NULL, 0) : NULL;
+    size_t k = 0;
+    if (j && j->type == NF_JSON_ARRAY) {
+        for (size_t i = 0; i < j->n; i++) {
+            const nf_json *e = &j->items[i];
+            const nf_json *n = nf_json_get(e, "name"), *p = nf_json_get(e, "path");
+            if (!n || n->type != NF_JSON_STRING)
+                continue;
+            nf_sb_puts(&sb, k++ ? "," : "");
+            nf_sb_puts(&sb, "{\"name\":");
+            nf_sb_json_str(&sb, n->str, n->len);
+            if (p && p->type == NF_JSON_STRING) {
+                nf_sb_puts(&sb, ",\"path\":");
+                nf_sb_json_str(&sb, p->str, p->len);
+            }
+            nf_sb_puts(&sb, "}");
+        }
+    }
+    nf_json_free(j);
+    nf_sb_puts(&sb, k ? "," : "");
+    nf_sb_puts(&sb, "{\"name\":");
+    nf_sb_json_str(&sb, name, strlen(name));
+    nf_sb_puts(&sb, ",\"path\":");
+    nf_sb_json_str(&sb, path, strlen(path));
+    nf_sb_puts(&sb, "}]");
+    if (sb.oom) {
+        nf_sb_free(&sb);
+        return NULL;
+    }
+    return sb.s;
+}
+
+static int build_meta(nf_run *run, const char *task_path, meta_list *l)
+{
+    for (size_t i = 0; i < run->base->nmeta; i++)
+        if (strncmp(run->base->meta[i].key, "nufilt.", 7) != 0)
+            meta_put(l, run->base->meta[i].key, run->base->meta[i].value);
+    int has_format = 0;
+    for (size_t i = 0; i < l->n; i++)
+        has_format |= strcmp(l->kv[i].key, "format") == 0;
+    if (!has_format)
+        meta_put(l, "format", "pt"); /* transformers refuses files whose format is unknown */
+    char buf[64];
+    meta_put(l, "nufilt.version", NF_VERSION_STRING);
+    meta_put(l, "nufilt.method", run->method->info.name);
+    snprintf(buf, sizeof buf, "%d", run->step);
+    meta_put(l, "nufilt.step", buf);
+    char *pj = nf_params_json(&run->p);
+    char *sj = nf_state_json(&run->state);
+    snprintf(buf, sizeof buf, "%016llx", (unsigned long long)nf_model_fingerprint(run->base));
+    meta_put(l, "nufilt.base", buf);
+    char *name = run->opts->task_name ? nf_strdup(run->opts->task_name) : nf_path_stem(task_path);
+    char *tj = name ? tasks_json(run->prev, name, task_path) : NULL;
+    if (pj) meta_put(l, "nufilt.params", pj);
+    if (sj) meta_put(l, "nufilt.state", sj);
+    if (tj) meta_put(l, "nufilt.tasks", tj);
+    int ok = pj && sj && tj && !l->oom;
+    free(pj);
+    free(sj);
+    free(tj);
+    free(name);
+    return ok ? NF_OK : NF_E_NOMEM;
+}
+
+/* ---- the step ---- */
+
+static void run_free(nf_run *run)
+{
+    if (run->method && run->method->cleanup)
+        run->method->cleanup(run);
+    nf_writer_abort(run->writer);
+    nf_model_close(run->base);
+    nf_model_close(run->task);
+    nf_model_close(run->prev);
+    free(run->treated);
+    free(run->out);
+    free(run->reports);
+    free(run->partial);
+    free(run->spill_off);
+    if (run->spill_fd >= 0)
+        close(run->spill_fd);
+    free(run->spill_path);
+    nf_params_free(&run->p);
+    pthread_mutex_destroy(&run->lock);
+}
+
+static int cpu_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+int nf_step_in_run(const char *base, const char *task, const char *prev, const char *out,
+                   const nf_options *o, int step_in_run, int nsteps, nf_report *report,
+                   nf_error *err)
+{
+    nf_run run;
+    memset(&run, 0, sizeof run);
+    run.spill_fd = -1;
+    pthread_mutex_init(&run.lock, NULL);
+    run.opts = o;
+    run.step_in_run = step_in_run;
+    run.nsteps = nsteps;
+    run.svd_mode = o->svd == NF_SVD_RANDOMIZED ? NF_LA_SVD_RANDOMIZED : NF_LA_SVD_EXACT;
+    nf_device **devs = NULL;
+    int ndev = 0;
+    int rc = NF_OK;
+    double t0 = nf_now();
+
+    if (!base || !task || !out) {
+        rc = nf_error_set(err, NF_E_ARG, "a step needs --base, --task and --out");
+        goto done;
+    }
+    if (nf_exists(out) && !o->force) {
+        rc = nf_error_set(err, NF_E_EXISTS, "%s: output exists (use --force to replace it)", out);
+        goto done;
+    }
+    if ((rc = nf_model_open(base, &run.base, err)) || (rc = nf_model_open(task, &run.task, err)))
+        goto done;
+    if (prev && (rc = nf_model_open(prev, &run.prev, err)))
+        goto done;
+    if ((rc = check_against_base(run.base, run.task, "task", err)))
+        goto done;
+    if (run.prev) {
+        if ((rc = check_against_base(run.base, run.prev, "previous merge", err)))
+            goto done;
+        const char *fp = nf_model_metadata_get(run.prev, "nufilt.base");
+        char mine[32];
+        snprintf(mine, sizeof mine, "%016llx",
+                 (unsigned long long)nf_model_fingerprint(run.base));
+        if (fp && strcmp(fp, mine) != 0) {
+            rc = nf_error_set(err, NF_E_STATE,
+                              "%s was merged from another base model than %s (base fingerprint "
+                              "%s, this base %s)",
+                              prev, base, fp, mine);
+            goto done;
+        }
+    }
+    if ((rc = nf_recipe_resolve(o, run.base, run.prev, &run.p, &run.step, &run.prev_state, err)))
+        goto done;
+    run.method = nf_method_ops_get(run.p.method);
+    run.state = run.prev_state;
+    run.ntensors = run.base->ntensors;
+    run.treated = calloc(run.ntensors, 1);
+    run.out = calloc(run.ntensors, sizeof *run.out);
+    run.reports = calloc(run.ntensors, sizeof *run.reports);
+    if (!run.treated || !run.out || !run.reports) {
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+        goto done;
+    }
+    if (run.method->params & NF_P_SELECT) {
+        if ((rc = nf_select(run.base, run.p.layers ? NULL : run.p.preset, run.p.layers,
+                            run.treated, err)))
+            goto done;
+    } else {
+        for (size_t i = 0; i < run.ntensors; i++)
+            run.treated[i] = nf_dtype_is_float(run.base->tensors[i].dtype) &&
+                             nf_is_linear_weight(run.base->tensors[i].name,
+                                                 run.base->tensors[i].ndim);
+    }
+    /* output plan: base order, base dtypes unless --dtype */
+    for (size_t i = 0; i < run.ntensors; i++) {
+        const nf_tensor *t = &run.base->tensors[i];
+        nf_out_spec *s = &run.out[i];
+        s->name = t->name;
+        s->dtype = nf_dtype_is_float(t->dtype) && o->out_dtype != NF_DTYPE_INVALID ? o->out_dtype
+                                                                                  : t->dtype;
+        s->ndim = t->ndim;
+        memcpy(s->shape, t->shape, sizeof s->shape);
+        s->nbytes = t->numel * nf_dtype_size(s->dtype);
+        run.bytes_total += t->nbytes;
+    }
+    meta_list meta = {0};
+    if ((rc = build_meta(&run, task, &meta))) {
+        meta_free(&meta);
+        rc = nf_error_set(err, rc, "out of memory");
+        goto done;
+    }
+    int as_dir = !ends_with(out, ".safetensors");
+    uint64_t shard = o->out_shard_size;
+    if (as_dir && !shard && run.base->indexed) {
+        for (size_t s = 0; s < run.base->nshards; s++)
+            if (run.base->shards[s].size > shard)
+                shard = run.base->shards[s].size;
+    }
+    nf_writer_args wa = {
+        .out = out,
+        .as_dir = as_dir,
+        .tensors = run.out,
+        .ntensors = run.ntensors,
+        .meta = meta.kv,
+        .nmeta = meta.n,
+        .shard_size = as_dir ? shard : 0,
+        .copy_from_dir = as_dir && run.base->is_dir ? run.base->path : NULL,
+        .force = o->force,
+    };
+    if (!as_dir && o->out_shard_size) {
+        meta_free(&meta);
+        rc = nf_error_set(err, NF_E_ARG,
+                          "%s: --out-shard-size needs a directory output (a path not ending in "
+                          ".safetensors)",
+                          out);
+        goto done;
+    }
+    rc = nf_writer_open(&wa, &run.writer, err);
+    if (rc) {
+        meta_free(&meta);
+        goto done;
+    }
+
+    /* devices and threads */
+    if ((rc = nf_devices_open(o->device, &devs, &ndev, err))) {
+        meta_free(&meta);
+        goto done;
+    }
+    int threads = o->threads > 0 ? o->threads : cpu_count();
+    nf_cpu_set_threads(threads > 1 ? 1 : 1);
+
+    run.npasses = run.method->npasses;
+    run.t_start = nf_now();
+    nf_la_stats stats = {0};
+    if (run.method->begin && (rc = run.method->begin(&run))) {
+        if (err->code == NF_OK)
+            nf_error_set(err, rc, "%s", nf_status_message(rc));
+        meta_free(&meta);
+        goto done;
+    }
+    for (int pass = 0; pass < run.npasses && rc == NF_OK; pass++) {
+        rc = nf_sched_pass(&run, pass, devs, ndev, threads, &stats, err);
+        if (rc == NF_OK && run.method->after_pass)
+            rc = run.method->after_pass(&run, pass);
+    }
+    if (rc == NF_OK && run.method->end)
+        rc = run.method->end(&run);
+    if (rc != NF_OK) {
+        if (err->code == NF_OK)
+            nf_error_set(err, rc, "%s", nf_status_message(rc));
+        meta_free(&meta);
+        goto done;
+    }
+    /* the state the method arrived at goes into the metadata */
+    meta_free(&meta);
+    if ((rc = build_meta(&run, task, &meta)) ||
+        (rc = nf_writer_set_meta(run.writer, meta.kv, meta.n, err))) {
+        meta_free(&meta);
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+        goto done;
+    }
+    meta_free(&meta);
+    rc = nf_writer_commit(run.writer, err);
+    run.writer = NULL;
+    if (rc)
+        goto done;
+    if (report)
+        rc = nf_report_add_step(report, &run, task, out, &stats, nf_now() - t0,
+                                devs && ndev ? nf_device_get_info(devs[0]) : NULL, err);
+done:
+    nf_devices_close(devs, ndev);
+    run_free(&run);
+    return rc;
+}
+
+int nf_step(const char *base, const char *task, const char *prev, const char *out,
+            const nf_options *opts, nf_error *err)
+{
+    nf_options defaults;
+    if (!opts) {
+        nf_options_init(&defaults);
+        opts = &defaults;
+    }
+    nf_report *rep = NULL;
+    int rc = NF_OK;
+    if (opts->report_path && (rc = nf_report_new(&rep, err)))
+        return rc;
+    rc = nf_step_in_run(base, task, prev, out, opts, 1, 1, rep, err);
+    if (rc == NF_OK && rep)
+        rc = nf_report_write(rep, opts->report_path, err);
+    nf_report_free(rep);
+    return rc;
+}
+
+/* ---- a whole stream ---- */
+
+static char *step_path(const char *dir, int t, int as_dir)
+{
+    char name[64];
+    snprintf(name, sizeof name, as_dir ? "step%02d" : "step%02d.safetensors", t);
+    return nf_path_join(dir, name);
+}
+
+int nf_merge(const char *base, const char *const *tasks, int ntasks, const char *out,
+             const char *save_steps_dir, const nf_options *opts, nf_error *err)
+{
+    nf_options o;
+    if (opts)
+        o = *opts;
+    else
+        nf_options_init(&o);
+    if (ntasks < 1)
+        return nf_error_set(err, NF_E_ARG, "merge needs at least one task model");
+    if (nf_exists(out) && !o.force)
+        return nf_error_set(err, NF_E_EXISTS, "%s: output exists (use --force to replace it)",
+                            out);
+    int as_dir = !ends_with(out, ".safetensors");
+    int rc = NF_OK;
+    char *scratch = NULL;
+    if (save_steps_dir) {
+        if (!nf_is_dir(save_steps_dir) && mkdir(save_steps_dir, 0755) != 0)
+            return nf_error_set(err, NF_E_IO, "%s: cannot create: %s", save_steps_dir,
+                                strerror(errno));
+        for (int t = 1; t <= ntasks; t++) {
+            char *p = step_path(save_steps_dir, t, as_dir);
+            int ex = p && nf_exists(p);
+            if (ex && !o.force) {
+                rc = nf_error_set(err, NF_E_EXISTS,
+                                  "%s: exists (use --force to replace the saved steps)", p);
+                free(p);
+                return rc;
+            }
+            free(p);
+        }
+    } else if (ntasks > 1) {
+        /* intermediate models live in a scratch directory beside the output */
+        nf_sb sb = {0};
+        char *stem = nf_path_stem(out);
+        char *parent = nf_strdup(out);
+        if (!stem || !parent) {
+            free(stem);
+            free(parent);
+            return nf_error_set(err, NF_E_NOMEM, "out of memory");
+        }
+        char *slash = strrchr(parent, '/');
+        if (slash)
+            slash[slash == parent ? 1 : 0] = '\0';
+        nf_sb_printf(&sb, "%s/.%s.steps-XXXXXX", slash ? parent : ".", stem);
+        free(stem);
+        free(parent);
+        if (sb.oom || !mkdtemp(sb.s)) {
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot create a scratch directory beside it",
+                              out);
+            nf_sb_free(&sb);
+            return rc;
+        }
+        scratch = sb.s;
+        nf_tmp_register(scratch, 1);
+    }
+    nf_report *rep = NULL;
+    if (o.report_path && (rc = nf_report_new(&rep, err))) {
+        free(scratch);
+        return rc;
+    }
+    char *prev = NULL;
+    for (int t = 1; t <= ntasks && rc == NF_OK; t++) {
+        char *dst;
+        if (t == ntasks)
+            dst = nf_strdup(out);
+        else
+            dst = step_path(save_steps_dir ? save_steps_dir : scratch, t, as_dir);
+        if (!dst) {
+            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+            break;
+        }
+        nf_options so = o;
+        so.report_path = NULL;
+        so.task_name = NULL;
+        so.force = t == ntasks ? o.force : 1;
+        rc = nf_step_in_run(base, tasks[t - 1], prev, dst, &so, t, ntasks, rep, err);
+        if (rc == NF_OK && t == ntasks && save_steps_dir) {
+            char *sp = step_path(save_steps_dir, t, as_dir);
+            rc = sp ? nf_link_or_copy(dst, sp, err) : nf_error_set(err, NF_E_NOMEM, "out of memory");
+            free(sp);
+        }
+        if (prev && !save_steps_dir)
+            nf_remove_tree(prev);
+        free(prev);
+        prev = dst;
+    }
+    free(prev);
+    if (scratch) {
+        nf_remove_tree(scratch);
+        nf_tmp_unregister(scratch);
+        free(scratch);
+    }
+    if (rc == NF_OK && rep)
+        rc = nf_report_write(rep, o.report_path, err);
+    nf_report_free(rep);
+    return rc;
+}

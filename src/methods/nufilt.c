@@ -1,0 +1,271 @@
+/*
+ * NUFILT (Qiu et al., ICLR 2026): null-space filtering plus a projection-aware LoRA adapter,
+ * exactly as docs/method.md and the project's spec describe it. Per treated matrix
+ * (tau = W_task - W_base, prev = W_merged - W_base, both d_out x d_in):
+ *
+ *   V_p = top r_p right singular vectors of prev, V_t = top r_v of tau
+ *   tau P = tau - (tau V_p) V_p^T                         (P is never formed)
+ *   train A (r_l x d_in, N(0, 0.02) from the counter-based generator) and B (d_in x r_l, 0)
+ *   with Adam on  L = |(tau - M) V_t|^2 + |(prev - M) V_p|^2,  M = prev + tau P + tau B A
+ *   W_new = W_merged + tau P + (tau B) A
+ *
+ * With V = [V_t V_p] and the constant C = [(tau - prev - tau P) V_t, -tau P V_p], the residual
+ * is E = C - (tau B)(A V) and the closed-form gradients are
+ *   dL/dB = -2 tau^T (E (A V)^T),   dL/dA = -2 ((tau B)^T E) V^T,
+ * so an iteration costs two d_out x d_in x r_l products and a few small ones.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../core/util.h"
+#include "../linalg/rng.h"
+#include "../merge/run.h"
+
+#define LORA_STD 0.02
+#define ADAM_B1 0.9
+#define ADAM_B2 0.999
+#define ADAM_EPS 1e-8
+
+typedef struct mats {
+    nf_mat w0, tau, prev, taup, vt_t, vt_p, v, c, a, b, ma, va, mb, vb, ga, gb, t, av, e, h, te;
+} mats;
+
+static void free_all(nf_la *la, mats *x)
+{
+    nf_mat *all[] = {&x->w0, &x->tau, &x->prev, &x->taup, &x->vt_t, &x->vt_p, &x->v, &x->c,
+                     &x->a, &x->b, &x->ma, &x->va, &x->mb, &x->vb, &x->ga, &x->gb, &x->t,
+                     &x->av, &x->e, &x->h, &x->te};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        nf_la_free(la, all[i]);
+}
+
+/* E = C - T (A V), with T = tau B and AV = A V refreshed first; returns |E|^2 in *loss. */
+static int residual(nf_la *la, mats *x, double *loss)
+{
+    int rc = nf_la_gemm(la, 0, 0, 1.0f, &x->tau, &x->b, 0.0f, &x->t);
+    if (!rc) rc = nf_la_gemm(la, 0, 1, 1.0f, &x->a, &x->v, 0.0f, &x->av);
+    if (!rc) rc = nf_la_copy(la, &x->c, &x->e);
+    if (!rc) rc = nf_la_gemm(la, 0, 0, -1.0f, &x->t, &x->av, 1.0f, &x->e);
+    if (!rc && loss) rc = nf_la_dot(la, &x->e, NULL, loss);
+    return rc;
+}
+
+/* The adapter's training; on return x->t holds tau B for the final product. */
+static int train(nf_job *job, mats *x, int m, int n, int k, int r, nf_tensor_report *rep)
+{
+    nf_la *la = job->la;
+    const nf_params *p = &job->run->p;
+    double t0 = nf_now();
+    int rc = NF_OK;
+    if ((rc = nf_la_alloc(la, r, n, &x->a)) || (rc = nf_la_alloc(la, n, r, &x->b)) ||
+        (rc = nf_la_alloc(la, r, n, &x->ma)) || (rc = nf_la_alloc(la, r, n, &x->va)) ||
+        (rc = nf_la_alloc(la, n, r, &x->mb)) || (rc = nf_la_alloc(la, n, r, &x->vb)) ||
+        (rc = nf_la_alloc(la, r, n, &x->ga)) || (rc = nf_la_alloc(la, n, r, &x->gb)) ||
+        (rc = nf_la_alloc(la, m, r, &x->t)) || (rc = nf_la_alloc(la, r, k, &x->av)) ||
+        (rc = nf_la_alloc(la, m, k, &x->e)) || (rc = nf_la_alloc(la, m, r, &x->h)) ||
+        (rc = nf_la_alloc(la, r, k, &x->te)))
+        return rc;
+    {
+        float *ha = malloc((size_t)r * n * sizeof *ha);
+        if (!ha)
+            return nf_error_set(job->err, NF_E_NOMEM, "out of memory");
+        uint64_t key = nf_rng_key(p->seed, (uint64_t)job->run->step, job->base->name);
+        nf_rng_normal(key, LORA_STD, ha, (size_t)r * n);
+        rc = nf_la_upload(la, &x->a, ha);
+        free(ha);
+        if (rc)
+            return rc;
+    }
+    nf_mat *zero[] = {&x->b, &x->ma, &x->va, &x->mb, &x->vb};
+    for (size_t i = 0; i < 5 && !rc; i++)
+        rc = nf_la_fill(la, zero[i], 0.0f);
+    for (int s = 1; s <= p->iters && !rc; s++) {
+        double loss;
+        rc = residual(la, x, s == 1 ? &loss : NULL);
+        if (!rc && s == 1)
+            rep->obj_before = loss;
+        /* dL/dB = -2 tau^T (E (AV)^T) */
+        if (!rc) rc = nf_la_gemm(la, 0, 1, 1.0f, &x->e, &x->av, 0.0f, &x->h);
+        if (!rc) rc = nf_la_gemm(la, 1, 0, -2.0f, &x->tau, &x->h, 0.0f, &x->gb);
+        /* dL/dA = -2 (T^T E) V^T */
+        if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, &x->t, &x->e, 0.0f, &x->te);
+        if (!rc) rc = nf_la_gemm(la, 0, 0, -2.0f, &x->te, &x->v, 0.0f, &x->ga);
+        if (!rc) rc = nf_la_adam(la, &x->a, &x->ga, &x->ma, &x->va, p->lr, ADAM_B1, ADAM_B2,
+                                 ADAM_EPS, s);
+        if (!rc) rc = nf_la_adam(la, &x->b, &x->gb, &x->mb, &x->vb, p->lr, ADAM_B1, ADAM_B2,
+                                 ADAM_EPS, s);
+    }
+    double loss = 0;
+    if (!rc)
+        rc = residual(la, x, &loss);
+    if (!rc && p->iters == 0)
+        rep->obj_before = loss;
+    rep->obj_after = loss;
+    rep->trained = 1;
+    la->stats.train_s += nf_now() - t0;
+    return rc;
+}
+
+static int nufilt_tensor(nf_job *job)
+{
+    if (!job->treated)
+        return nf_job_put_base(job);
+    nf_run *run = job->run;
+    const nf_params *p = &run->p;
+    nf_la *la = job->la;
+    nf_tensor_report *rep = job->rep;
+    int m, n;
+    int rc = nf_job_dims(job, &m, &n);
+    if (rc)
+        return rc;
+    int kmax = m < n ? m : n;
+    int paper = p->compat != NF_COMPAT_REFERENCE;
+    int first = job->prev == NULL;
+    mats x;
+    memset(&x, 0, sizeof x);
+    rep->treated = 1;
+
+    /* tau = W_task - W_base; prev = W_merged - W_base */
+    if ((rc = nf_job_load(job, job->base, &x.w0)) || (rc = nf_job_load(job, job->task, &x.tau)))
+        goto out;
+    if ((rc = nf_la_axpby(la, -1.0f, &x.w0, 1.0f, &x.tau)))
+        goto out;
+    if (first && paper) {
+        /* the paper's first step: M(1) = theta_0 + tau_1 */
+        rc = nf_la_axpby(la, 1.0f, &x.tau, 1.0f, &x.w0);
+        if (!rc)
+            rc = nf_job_put_mat(job, &x.w0);
+        goto out;
+    }
+    if (!first) {
+        if ((rc = nf_job_load(job, job->prev, &x.prev)) ||
+            (rc = nf_la_axpby(la, -1.0f, &x.w0, 1.0f, &x.prev)))
+            goto out;
+    }
+    nf_la_free(la, &x.w0);
+
+    /* V_p and V_t */
+    double tol = paper ? p->rank_tol : -1.0;
+    int rp = p->null_rank < kmax ? p->null_rank : kmax;
+    int rv = p->task_rank < kmax ? p->task_rank : kmax;
+    uint64_t svd_seed = nf_rng_key(p->seed, (uint64_t)run->step, job->base->name) ^ 0x5356445ull;
+    if (first) {
+        /* --compat reference: the SVD of an all-zero prev gives the first r_p axes */
+        if ((rc = nf_la_alloc(la, rp, n, &x.vt_p)))
+            goto out;
+        float *hv = calloc((size_t)rp * n + 1, sizeof *hv);
+        if (!hv) {
+            rc = nf_error_set(job->err, NF_E_NOMEM, "out of memory");
+            goto out;
+        }
+        for (int i = 0; i < rp; i++)
+            hv[(size_t)i * n + i] = 1.0f;
+        rc = nf_la_upload(la, &x.vt_p, hv);
+        free(hv);
+        if (rc)
+            goto out;
+    } else {
+        nf_svd_args sa = {rp, tol, run->svd_mode, 10, 2, svd_seed};
+        if ((rc = nf_la_svd_right(la, &x.prev, &sa, &x.vt_p, &rp, NULL)))
+            goto out;
+    }
+    {
+        nf_svd_args sa = {rv, tol, run->svd_mode, 10, 2, svd_seed + 1};
+        if ((rc = nf_la_svd_right(la, &x.tau, &sa, &x.vt_t, &rv, NULL)))
+            goto out;
+    }
+    rep->rank_null = rp;
+    rep->rank_task = rv;
+
+    /* tau P = tau - (tau V_p) V_p^T */
+    if ((rc = nf_la_alloc(la, m, n, &x.taup)) || (rc = nf_la_copy(la, &x.tau, &x.taup)))
+        goto out;
+    if (rp > 0) {
+        nf_mat tv;
+        if ((rc = nf_la_alloc(la, m, rp, &tv)))
+            goto out;
+        rc = nf_la_gemm(la, 0, 1, 1.0f, &x.tau, &x.vt_p, 0.0f, &tv);
+        if (!rc)
+            rc = nf_la_gemm(la, 0, 0, -1.0f, &tv, &x.vt_p, 1.0f, &x.taup);
+        nf_la_free(la, &tv);
+        if (rc)
+            goto out;
+    }
+    {
+        double e_tau, e_taup;
+        if ((rc = nf_la_dot(la, &x.tau, NULL, &e_tau)) ||
+            (rc = nf_la_dot(la, &x.taup, NULL, &e_taup)))
+            goto out;
+        rep->filter_removed = e_tau > 0 ? 1.0 - e_taup / e_tau : 0.0;
+    }
+
+    int r = p->lora_rank, k = rv + rp;
+    rep->rank_lora = first ? 0 : r;
+    if (!first && r > 0 && k > 0) {
+        /* V^T = [V_t^T; V_p^T] (k x n), and C = [(tau - prev - tau P) V_t, -tau P V_p] */
+        if ((rc = nf_la_alloc(la, k, n, &x.v)) || (rc = nf_la_alloc(la, m, k, &x.c)))
+            goto out;
+        if (rv > 0) {
+            nf_mat dst = nf_la_sub(&x.v, 0, 0, rv, n);
+            if ((rc = nf_la_copy(la, &x.vt_t, &dst)))
+                goto out;
+        }
+        if (rp > 0) {
+            nf_mat dst = nf_la_sub(&x.v, rv, 0, rp, n);
+            if ((rc = nf_la_copy(la, &x.vt_p, &dst)))
+                goto out;
+        }
+        if ((rc = nf_la_gemm(la, 0, 1, -1.0f, &x.taup, &x.v, 0.0f, &x.c)))
+            goto out;
+        if (rv > 0) {
+            nf_mat ct = nf_la_sub(&x.c, 0, 0, m, rv);
+            if ((rc = nf_la_gemm(la, 0, 1, 1.0f, &x.tau, &x.vt_t, 1.0f, &ct)) ||
+                (rc = nf_la_gemm(la, 0, 1, -1.0f, &x.prev, &x.vt_t, 1.0f, &ct)))
+                goto out;
+        }
+        nf_la_free(la, &x.prev);
+        nf_la_free(la, &x.vt_t);
+        nf_la_free(la, &x.vt_p);
+        if ((rc = train(job, &x, m, n, k, r, rep)))
+            goto out;
+        /* the adapter's contribution: (tau B) A, added to tau P */
+        if ((rc = nf_la_gemm(la, 0, 0, 1.0f, &x.t, &x.a, 1.0f, &x.taup)))
+            goto out;
+    }
+    {
+        /* keep only tau P (now tau P + tau B A) for the last step */
+        nf_mat keep = x.taup;
+        memset(&x.taup, 0, sizeof x.taup);
+        free_all(la, &x);
+        x.taup = keep;
+    }
+
+    /* W_new = W_merged + tau P + tau B A; W_merged is the base at the first step */
+    {
+        nf_mat w;
+        if ((rc = nf_job_load(job, first ? job->base : job->prev, &w)))
+            goto out;
+        rc = nf_la_axpby(la, 1.0f, &x.taup, 1.0f, &w);
+        if (!rc)
+            rc = nf_job_put_mat(job, &w);
+        nf_la_free(la, &w);
+    }
+out:
+    free_all(la, &x);
+    return rc;
+}
+
+const nf_method_ops nf_method_nufilt = {
+    .info = {"nufilt",
+             "null-space filter of each new task vector plus a projection-aware LoRA adapter",
+             "--null-rank 128, --task-rank 8, --lora-rank 64, --lr 1e-3, --iters 50, --seed 0, "
+             "--compat paper, --rank-tol 1e-6, --preset auto / --layers",
+             "Qiu et al., Null-Space Filtering for Data-Free Continual Model Merging, ICLR 2026 "
+             "(arXiv 2509.21413)",
+             1},
+    .params = NF_P_NULL_RANK | NF_P_TASK_RANK | NF_P_LORA_RANK | NF_P_LR | NF_P_ITERS |
+              NF_P_SEED | NF_P_COMPAT | NF_P_RANK_TOL | NF_P_SELECT,
+    .npasses = 1,
+    .tensor = nufilt_tensor,
+};
