@@ -190,6 +190,8 @@ int cli_parse(int cmd, int argc, char **argv, int first, cli *c)
                 if (strcmp(opts[k].name, name + 3) == 0 && !opts[k].arg)
                     p = &opts[k];
             negated = p != NULL;
+            if (negated) /* dispatch below on the option's own name */
+                memmove(name, name + 3, strlen(name + 3) + 1);
         }
         if (!p || !(p->cmds & cmd)) {
             fprintf(stderr, "nufilt: unknown option --%s for this command (see --help)\n", name);

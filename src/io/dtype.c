@@ -115,7 +115,7 @@ size_t nf_to_f32(const void *src, nf_dtype dt, float *dst, size_t n)
             double d;
             memcpy(&d, s + 8 * i, 8);
             dst[i] = (float)d;
-            bad += !isfinite(d);
+            bad += !isfinite(dst[i]); /* NaN, Inf, or too large for float32 */
         }
         break;
     case NF_F16:

@@ -21,6 +21,7 @@
 #include "../core/util.h"
 #include "../linalg/rng.h"
 #include "../merge/run.h"
+#include "nufilt.h"
 
 #define LORA_STD 0.02
 #define ADAM_B1 0.9
@@ -40,15 +41,57 @@ static void free_all(nf_la *la, mats *x)
         nf_la_free(la, all[i]);
 }
 
-/* E = C - T (A V), with T = tau B and AV = A V refreshed first; returns |E|^2 in *loss. */
-static int residual(nf_la *la, mats *x, double *loss)
+int nf_nufilt_residual(nf_la *la, const nf_nufilt_ws *x, double *loss)
 {
-    int rc = nf_la_gemm(la, 0, 0, 1.0f, &x->tau, &x->b, 0.0f, &x->t);
-    if (!rc) rc = nf_la_gemm(la, 0, 1, 1.0f, &x->a, &x->v, 0.0f, &x->av);
-    if (!rc) rc = nf_la_copy(la, &x->c, &x->e);
-    if (!rc) rc = nf_la_gemm(la, 0, 0, -1.0f, &x->t, &x->av, 1.0f, &x->e);
-    if (!rc && loss) rc = nf_la_dot(la, &x->e, NULL, loss);
+    int rc = nf_la_gemm(la, 0, 0, 1.0f, x->tau, x->b, 0.0f, x->t);
+    if (!rc) rc = nf_la_gemm(la, 0, 1, 1.0f, x->a, x->v, 0.0f, x->av);
+    if (!rc) rc = nf_la_copy(la, x->c, x->e);
+    if (!rc) rc = nf_la_gemm(la, 0, 0, -1.0f, x->t, x->av, 1.0f, x->e);
+    if (!rc && loss) rc = nf_la_dot(la, x->e, NULL, loss);
     return rc;
+}
+
+int nf_nufilt_grad(nf_la *la, const nf_nufilt_ws *x, double *loss)
+{
+    int rc = nf_nufilt_residual(la, x, loss);
+    /* dL/dB = -2 tau^T (E (AV)^T) */
+    if (!rc) rc = nf_la_gemm(la, 0, 1, 1.0f, x->e, x->av, 0.0f, x->h);
+    if (!rc) rc = nf_la_gemm(la, 1, 0, -2.0f, x->tau, x->h, 0.0f, x->gb);
+    /* dL/dA = -2 (T^T E) V^T */
+    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, x->t, x->e, 0.0f, x->te);
+    if (!rc) rc = nf_la_gemm(la, 0, 0, -2.0f, x->te, x->v, 0.0f, x->ga);
+    return rc;
+}
+
+int nf_nufilt_constant(nf_la *la, const nf_mat *tau, const nf_mat *prev, const nf_mat *taup,
+                       const nf_mat *vt_t, const nf_mat *vt_p, nf_mat *v, nf_mat *c)
+{
+    int m = tau->rows, n = tau->cols, rv = vt_t->rows, rp = vt_p->rows, k = rv + rp;
+    int rc = nf_la_alloc(la, k, n, v);
+    if (!rc) rc = nf_la_alloc(la, m, k, c);
+    if (!rc && rv > 0) {
+        nf_mat dst = nf_la_sub(v, 0, 0, rv, n);
+        rc = nf_la_copy(la, vt_t, &dst);
+    }
+    if (!rc && rp > 0) {
+        nf_mat dst = nf_la_sub(v, rv, 0, rp, n);
+        rc = nf_la_copy(la, vt_p, &dst);
+    }
+    if (!rc) rc = nf_la_gemm(la, 0, 1, -1.0f, taup, v, 0.0f, c);
+    if (!rc && rv > 0) {
+        nf_mat ct = nf_la_sub(c, 0, 0, m, rv);
+        rc = nf_la_gemm(la, 0, 1, 1.0f, tau, vt_t, 1.0f, &ct);
+        if (!rc && prev)
+            rc = nf_la_gemm(la, 0, 1, -1.0f, prev, vt_t, 1.0f, &ct);
+    }
+    return rc;
+}
+
+static nf_nufilt_ws workspace(mats *x)
+{
+    nf_nufilt_ws w = {&x->tau, &x->c, &x->v, &x->a, &x->b, &x->t,
+                      &x->av, &x->e, &x->h, &x->te, &x->ga, &x->gb};
+    return w;
 }
 
 /* The adapter's training; on return x->t holds tau B for the final product. */
@@ -80,17 +123,12 @@ static int train(nf_job *job, mats *x, int m, int n, int k, int r, nf_tensor_rep
     nf_mat *zero[] = {&x->b, &x->ma, &x->va, &x->mb, &x->vb};
     for (size_t i = 0; i < 5 && !rc; i++)
         rc = nf_la_fill(la, zero[i], 0.0f);
+    nf_nufilt_ws w = workspace(x);
     for (int s = 1; s <= p->iters && !rc; s++) {
         double loss;
-        rc = residual(la, x, s == 1 ? &loss : NULL);
+        rc = nf_nufilt_grad(la, &w, s == 1 ? &loss : NULL);
         if (!rc && s == 1)
             rep->obj_before = loss;
-        /* dL/dB = -2 tau^T (E (AV)^T) */
-        if (!rc) rc = nf_la_gemm(la, 0, 1, 1.0f, &x->e, &x->av, 0.0f, &x->h);
-        if (!rc) rc = nf_la_gemm(la, 1, 0, -2.0f, &x->tau, &x->h, 0.0f, &x->gb);
-        /* dL/dA = -2 (T^T E) V^T */
-        if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, &x->t, &x->e, 0.0f, &x->te);
-        if (!rc) rc = nf_la_gemm(la, 0, 0, -2.0f, &x->te, &x->v, 0.0f, &x->ga);
         if (!rc) rc = nf_la_adam(la, &x->a, &x->ga, &x->ma, &x->va, p->lr, ADAM_B1, ADAM_B2,
                                  ADAM_EPS, s);
         if (!rc) rc = nf_la_adam(la, &x->b, &x->gb, &x->mb, &x->vb, p->lr, ADAM_B1, ADAM_B2,
@@ -98,7 +136,7 @@ static int train(nf_job *job, mats *x, int m, int n, int k, int r, nf_tensor_rep
     }
     double loss = 0;
     if (!rc)
-        rc = residual(la, x, &loss);
+        rc = nf_nufilt_residual(la, &w, &loss);
     if (!rc && p->iters == 0)
         rep->obj_before = loss;
     rep->obj_after = loss;
@@ -204,26 +242,8 @@ static int nufilt_tensor(nf_job *job)
     rep->rank_lora = first ? 0 : r;
     if (!first && r > 0 && k > 0) {
         /* V^T = [V_t^T; V_p^T] (k x n), and C = [(tau - prev - tau P) V_t, -tau P V_p] */
-        if ((rc = nf_la_alloc(la, k, n, &x.v)) || (rc = nf_la_alloc(la, m, k, &x.c)))
+        if ((rc = nf_nufilt_constant(la, &x.tau, &x.prev, &x.taup, &x.vt_t, &x.vt_p, &x.v, &x.c)))
             goto out;
-        if (rv > 0) {
-            nf_mat dst = nf_la_sub(&x.v, 0, 0, rv, n);
-            if ((rc = nf_la_copy(la, &x.vt_t, &dst)))
-                goto out;
-        }
-        if (rp > 0) {
-            nf_mat dst = nf_la_sub(&x.v, rv, 0, rp, n);
-            if ((rc = nf_la_copy(la, &x.vt_p, &dst)))
-                goto out;
-        }
-        if ((rc = nf_la_gemm(la, 0, 1, -1.0f, &x.taup, &x.v, 0.0f, &x.c)))
-            goto out;
-        if (rv > 0) {
-            nf_mat ct = nf_la_sub(&x.c, 0, 0, m, rv);
-            if ((rc = nf_la_gemm(la, 0, 1, 1.0f, &x.tau, &x.vt_t, 1.0f, &ct)) ||
-                (rc = nf_la_gemm(la, 0, 1, -1.0f, &x.prev, &x.vt_t, 1.0f, &ct)))
-                goto out;
-        }
         nf_la_free(la, &x.prev);
         nf_la_free(la, &x.vt_t);
         nf_la_free(la, &x.vt_p);

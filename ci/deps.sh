@@ -1,0 +1,16 @@
+#!/bin/sh
+# Installs everything nufilt needs to build and test on Debian 12 (bookworm): the compiler and
+# meson, OpenBLAS + LAPACKE, Check, the OpenCL (CLBlast, PoCL) and Vulkan (loader, lavapipe,
+# glslang) stacks, and python3-numpy for the end-to-end reference. Uses sudo when not root.
+set -e
+SUDO=
+[ "$(id -u)" = 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+  build-essential meson ninja-build pkg-config python3 python3-numpy \
+  libopenblas-pthread-dev libopenblas-dev liblapacke-dev check \
+  libclblast-dev ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo \
+  libvulkan-dev mesa-vulkan-drivers vulkan-tools glslang-dev glslang-tools spirv-tools \
+  >/dev/null
+echo "ci/deps.sh: build and test dependencies installed"

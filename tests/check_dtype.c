@@ -1,0 +1,163 @@
+/* Dtype conversion against independent references: every F16 and BF16 bit pattern decoded
+ * with ldexp, and rounding checked against the nearest representable values found by search. */
+#include "io/dtype.h"
+#include "testutil.h"
+
+/* Independent F16 decoding: value = (-1)^s 2^(e-15) (1 + m/1024), subnormals 2^-14 m/1024. */
+static double f16_ref(unsigned h)
+{
+    int s = h >> 15, e = (h >> 10) & 31, m = h & 1023;
+    double v;
+    if (e == 0)
+        v = ldexp(m, -24);
+    else if (e == 31)
+        v = m ? NAN : INFINITY;
+    else
+        v = ldexp(1024 + m, e - 25);
+    return s ? -v : v;
+}
+
+START_TEST(test_f16_decode_all)
+{
+    for (unsigned h = 0; h < 65536; h++) {
+        float f = nf_f16_to_f32((uint16_t)h);
+        double r = f16_ref(h);
+        if (isnan(r))
+            ck_assert_msg(isnan(f), "f16 %04x should be NaN", h);
+        else
+            ck_assert_msg((double)f == r && !!signbit(f) == !!signbit(r), "f16 %04x: %g vs %g", h,
+                          (double)f, r);
+    }
+}
+END_TEST
+
+START_TEST(test_f16_roundtrip_all)
+{
+    for (unsigned h = 0; h < 65536; h++) {
+        if (((h >> 10) & 31) == 31 && (h & 1023))
+            continue; /* NaN payloads: only NaN-ness is promised */
+        uint16_t back = nf_f32_to_f16(nf_f16_to_f32((uint16_t)h));
+        ck_assert_msg(back == h, "f16 %04x -> %04x", h, back);
+    }
+}
+END_TEST
+
+/* Nearest F16 by bisection over the ordered non-negative patterns, ties to even mantissa. */
+static unsigned f16_nearest(double x)
+{
+    int neg = x < 0;
+    double a = fabs(x);
+    if (a >= 65520.0)
+        return (neg << 15) | 0x7C00;
+    unsigned lo = 0, hi = 0x7BFF;
+    while (hi - lo > 1) {
+        unsigned mid = (lo + hi) / 2;
+        if (f16_ref(mid) <= a)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    double dl = a - f16_ref(lo), dh = f16_ref(hi) - a;
+    unsigned r = dl < dh ? lo : dh < dl ? hi : ((lo & 1) ? hi : lo);
+    if (a >= f16_ref(0x7BFF))
+        r = a - f16_ref(0x7BFF) < 16.0 ? 0x7BFF : 0x7C00; /* 65504 .. 65520 */
+    return (neg << 15) | r;
+}
+
+START_TEST(test_f16_rounding)
+{
+    uint64_t s = 42;
+    for (int i = 0; i < 200000; i++) {
+        /* magnitudes across the whole range, subnormals included */
+        double e = -26.0 + 43.0 * tu_uniform(&s);
+        float x = (float)(ldexp(1.0 + tu_uniform(&s), (int)e) * (tu_uniform(&s) < 0.5 ? -1 : 1));
+        uint16_t got = nf_f32_to_f16(x);
+        unsigned want = f16_nearest((double)x);
+        if ((want & 0x7FFF) == 0)
+            want = (x < 0) << 15; /* signed zero */
+        ck_assert_msg(got == want, "f32 %a -> f16 %04x, want %04x", (double)x, got, want);
+    }
+    /* exact ties: halfway between 1 and 1 + 2^-10 rounds to even (1), next one up */
+    ck_assert_uint_eq(nf_f32_to_f16(1.0f + 0x1p-11f), 0x3C00);
+    ck_assert_uint_eq(nf_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3C02);
+    ck_assert_uint_eq(nf_f32_to_f16(65520.0f), 0x7C00);
+    ck_assert_uint_eq(nf_f32_to_f16(65519.0f), 0x7BFF);
+    ck_assert_uint_eq(nf_f32_to_f16(-INFINITY), 0xFC00);
+    ck_assert(isnan(nf_f16_to_f32(nf_f32_to_f16(NAN))));
+}
+END_TEST
+
+START_TEST(test_bf16_all)
+{
+    for (unsigned h = 0; h < 65536; h++) {
+        float f = nf_bf16_to_f32((uint16_t)h);
+        uint32_t bits;
+        memcpy(&bits, &f, 4);
+        ck_assert_uint_eq(bits, (uint32_t)h << 16);
+        if (((h >> 7) & 0xFF) == 0xFF && (h & 0x7F))
+            ck_assert(isnan(f) && isnan(nf_bf16_to_f32(nf_f32_to_bf16(f))));
+        else
+            ck_assert_uint_eq(nf_f32_to_bf16(f), h);
+    }
+}
+END_TEST
+
+START_TEST(test_bf16_rounding)
+{
+    uint64_t s = 7;
+    for (int i = 0; i < 200000; i++) {
+        uint32_t bits = (uint32_t)tu_next(&s);
+        float x;
+        memcpy(&x, &bits, 4);
+        if (!isfinite(x))
+            continue;
+        uint16_t got = nf_f32_to_bf16(x);
+        /* the two neighbours by truncation, and the nearer (ties to even) */
+        uint16_t lo = (uint16_t)(bits >> 16), hi = (uint16_t)(lo + 1);
+        double vx = x, vl = nf_bf16_to_f32(lo), vh = nf_bf16_to_f32(hi);
+        if ((lo & 0x7FFF) == 0x7F7F) /* above the largest finite value: next is 2^128 */
+            vh = (lo & 0x8000) ? -ldexp(1.0, 128) : ldexp(1.0, 128);
+        double dl = fabs(vx - vl), dh = fabs(vh - vx);
+        uint16_t want = dl < dh ? lo : dh < dl ? hi : ((lo & 1) ? hi : lo);
+        ck_assert_msg(got == want, "f32 %08x -> bf16 %04x, want %04x", bits, got, want);
+    }
+}
+END_TEST
+
+START_TEST(test_bulk_and_nonfinite)
+{
+    /* unaligned source, F64 and F16 bulk conversions, and the non-finite count */
+    unsigned char buf[8 * 5 + 1];
+    double d[5] = {1.5, -2.25, 1e300, NAN, 3.0};
+    memcpy(buf + 1, d, sizeof d);
+    float out[5];
+    size_t bad = nf_to_f32(buf + 1, NF_F64, out, 5);
+    ck_assert_uint_eq(bad, 2); /* 1e300 overflows float and NaN */
+    ck_assert(out[0] == 1.5f && out[1] == -2.25f && out[4] == 3.0f);
+    float src[3] = {0.5f, -1.0f, 2.0f};
+    unsigned char h[7];
+    nf_from_f32(src, NF_F16, h + 1, 3);
+    float back[3];
+    ck_assert_uint_eq(nf_to_f32(h + 1, NF_F16, back, 3), 0);
+    ck_assert(back[0] == 0.5f && back[1] == -1.0f && back[2] == 2.0f);
+    ck_assert_str_eq(nf_dtype_name(NF_BF16), "BF16");
+    ck_assert_int_eq(nf_dtype_from_name("F8_E4M3", 7), NF_F8_E4M3);
+    ck_assert_int_eq(nf_dtype_from_name("F33", 3), NF_DTYPE_INVALID);
+    ck_assert_uint_eq(nf_dtype_size(NF_I64), 8);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("dtype");
+    TCase *tc = tcase_create("convert");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_f16_decode_all);
+    tcase_add_test(tc, test_f16_roundtrip_all);
+    tcase_add_test(tc, test_f16_rounding);
+    tcase_add_test(tc, test_bf16_all);
+    tcase_add_test(tc, test_bf16_rounding);
+    tcase_add_test(tc, test_bulk_and_nonfinite);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}

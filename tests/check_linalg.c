@@ -1,0 +1,378 @@
+/* The linear-algebra layer on the CPU backend against float64 references written here:
+ * a one-sided Jacobi SVD, plain triple loops, and the Adam formula in double. */
+#include "backend/devices.h"
+#include "linalg/la.h"
+#include "testutil.h"
+
+static nf_device *dev;
+static nf_la la;
+static nf_error err;
+
+static void setup(void)
+{
+    nf_error_clear(&err);
+    ck_assert_int_eq(nf_backend_cpu.open(0, &dev, &err), NF_OK);
+    nf_la_init(&la, dev, &err);
+}
+
+static void teardown(void) { nf_backend_cpu.close(dev); }
+
+/* One-sided Jacobi SVD of a (m x n, row-major, double): singular values s (descending) and
+ * right singular vectors as rows of vt (n x n). */
+static void jacobi_svd(int m, int n, const double *a, double *s, double *vt)
+{
+    double *u = malloc(sizeof(double) * m * n), *v = calloc((size_t)n * n, sizeof(double));
+    memcpy(u, a, sizeof(double) * m * n);
+    for (int i = 0; i < n; i++)
+        v[i * n + i] = 1;
+    for (int sweep = 0; sweep < 60; sweep++) {
+        double off = 0;
+        for (int p = 0; p < n; p++)
+            for (int q = p + 1; q < n; q++) {
+                double al = 0, be = 0, ga = 0;
+                for (int i = 0; i < m; i++) {
+                    al += u[i * n + p] * u[i * n + p];
+                    be += u[i * n + q] * u[i * n + q];
+                    ga += u[i * n + p] * u[i * n + q];
+                }
+                if (fabs(ga) <= 1e-300 || fabs(ga) < 1e-17 * sqrt(al * be))
+                    continue;
+                off = fmax(off, fabs(ga) / sqrt(al * be));
+                double z = (be - al) / (2 * ga);
+                double t = (z >= 0 ? 1 : -1) / (fabs(z) + sqrt(1 + z * z));
+                double c = 1 / sqrt(1 + t * t), sn = c * t;
+                for (int i = 0; i < m; i++) {
+                    double x = u[i * n + p], y = u[i * n + q];
+                    u[i * n + p] = c * x - sn * y;
+                    u[i * n + q] = sn * x + c * y;
+                }
+                for (int i = 0; i < n; i++) {
+                    double x = v[i * n + p], y = v[i * n + q];
+                    v[i * n + p] = c * x - sn * y;
+                    v[i * n + q] = sn * x + c * y;
+                }
+            }
+        if (off < 1e-15)
+            break;
+    }
+    int *ord = malloc(sizeof(int) * n);
+    double *sv = malloc(sizeof(double) * n);
+    for (int j = 0; j < n; j++) {
+        double t = 0;
+        for (int i = 0; i < m; i++)
+            t += u[i * n + j] * u[i * n + j];
+        sv[j] = sqrt(t);
+        ord[j] = j;
+    }
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && sv[ord[j]] > sv[ord[j - 1]]; j--) {
+            int t = ord[j];
+            ord[j] = ord[j - 1];
+            ord[j - 1] = t;
+        }
+    for (int j = 0; j < n; j++) {
+        s[j] = sv[ord[j]];
+        for (int i = 0; i < n; i++)
+            vt[j * n + i] = v[i * n + ord[j]];
+    }
+    free(u);
+    free(v);
+    free(ord);
+    free(sv);
+}
+
+/* A matrix with chosen singular values: U diag(s) V^T with random orthonormal factors. */
+static void make_spectrum(int m, int n, const double *s, uint64_t seed, float *out)
+{
+    int k = m < n ? m : n;
+    double *u = malloc(sizeof(double) * m * k), *v = malloc(sizeof(double) * n * k);
+    uint64_t st = seed;
+    for (int pass = 0; pass < 2; pass++) {
+        double *q = pass ? v : u;
+        int rows = pass ? n : m;
+        for (int i = 0; i < rows * k; i++)
+            q[i] = tu_normal(&st);
+        for (int j = 0; j < k; j++) { /* Gram-Schmidt, twice */
+            for (int rep = 0; rep < 2; rep++)
+                for (int p = 0; p < j; p++) {
+                    double d = 0;
+                    for (int i = 0; i < rows; i++)
+                        d += q[i * k + j] * q[i * k + p];
+                    for (int i = 0; i < rows; i++)
+                        q[i * k + j] -= d * q[i * k + p];
+                }
+            double nn = 0;
+            for (int i = 0; i < rows; i++)
+                nn += q[i * k + j] * q[i * k + j];
+            for (int i = 0; i < rows; i++)
+                q[i * k + j] /= sqrt(nn);
+        }
+    }
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double t = 0;
+            for (int p = 0; p < k; p++)
+                t += u[i * k + p] * s[p] * v[j * k + p];
+            out[(size_t)i * n + j] = (float)t;
+        }
+    free(u);
+    free(v);
+}
+
+/* Sine of the largest principal angle between the row spaces of a (r x n, float, near
+ * orthonormal rows) and b (r x n, double, orthonormal rows), bounded above by the Frobenius
+ * norm of the part of a outside span(b): |a - (a b^T) b|_F. (Computing it from the cosines,
+ * sqrt(1 - cos^2), would turn float32 rounding of 1e-7 into 3e-4.) */
+static double subspace_sine(int r, int n, const float *a, const double *b)
+{
+    double res = 0;
+    for (int i = 0; i < r; i++) {
+        double c[64];
+        for (int j = 0; j < r; j++) {
+            double t = 0;
+            for (int p = 0; p < n; p++)
+                t += (double)a[i * n + p] * b[j * n + p];
+            c[j] = t;
+        }
+        for (int p = 0; p < n; p++) {
+            double t = a[i * n + p];
+            for (int j = 0; j < r; j++)
+                t -= c[j] * b[j * n + p];
+            res += t * t;
+        }
+    }
+    return sqrt(res);
+}
+
+static const int shapes[][2] = {{20, 12}, {12, 20}, {37, 53}, {64, 64}, {1, 9}, {9, 1}};
+
+START_TEST(test_svd_exact_vs_jacobi)
+{
+    int m = shapes[_i][0], n = shapes[_i][1], k = m < n ? m : n;
+    float *x = malloc(sizeof(float) * m * n);
+    tu_fill(x, (size_t)m * n, 11 + _i, 1.0);
+    double *xd = malloc(sizeof(double) * m * n), s[64], vt[64 * 64];
+    for (int i = 0; i < m * n; i++)
+        xd[i] = x[i];
+    jacobi_svd(m, n, xd, s, vt);
+    nf_mat X, V;
+    ck_assert_int_eq(nf_la_alloc(&la, m, n, &X), NF_OK);
+    ck_assert_int_eq(nf_la_upload(&la, &X, x), NF_OK);
+    float sv[64];
+    int r = 0, want = k > 4 ? 4 : k;
+    nf_svd_args a = {want, 1e-6, NF_LA_SVD_EXACT, 0, 0, 0};
+    ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &V, &r, sv), NF_OK);
+    ck_assert_int_eq(r, want);
+    for (int j = 0; j < k; j++)
+        ck_assert_msg(fabs(sv[j] - s[j]) <= 1e-5 * s[0] + 1e-6, "sigma %d: %g vs %g", j,
+                      (double)sv[j], s[j]);
+    float *hv = nf_la_host(&la, &V);
+    /* orthonormal rows, and the same top subspace (when the gap allows) */
+    for (int i = 0; i < r; i++)
+        for (int j = 0; j < r; j++) {
+            double d = 0;
+            for (int p = 0; p < n; p++)
+                d += (double)hv[i * n + p] * hv[j * n + p];
+            ck_assert(fabs(d - (i == j)) < 1e-5);
+        }
+    if (k > r && s[r - 1] - s[r] > 0.05 * s[0])
+        ck_assert_double_lt(subspace_sine(r, n, hv, vt), 1e-5);
+    nf_la_free(&la, &X);
+    nf_la_free(&la, &V);
+    free(x);
+    free(xd);
+}
+END_TEST
+
+START_TEST(test_svd_rank_tolerance)
+{
+    /* rank 3: paper mode keeps 3 of the 6 asked for, reference mode keeps all 6 */
+    int m = 30, n = 20;
+    double s[20] = {5, 3, 1};
+    float *x = malloc(sizeof(float) * m * n);
+    make_spectrum(m, n, s, 5, x);
+    nf_mat X, V;
+    nf_la_alloc(&la, m, n, &X);
+    nf_la_upload(&la, &X, x);
+    int r;
+    nf_svd_args a = {6, 1e-6, NF_LA_SVD_EXACT, 0, 0, 0};
+    ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &V, &r, NULL), NF_OK);
+    ck_assert_int_eq(r, 3);
+    nf_la_free(&la, &V);
+    a.rank_tol = -1;
+    ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &V, &r, NULL), NF_OK);
+    ck_assert_int_eq(r, 6);
+    nf_la_free(&la, &V);
+    /* an all-zero matrix has rank 0 in paper mode */
+    memset(x, 0, sizeof(float) * m * n);
+    nf_la_upload(&la, &X, x);
+    a.rank_tol = 1e-6;
+    ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &V, &r, NULL), NF_OK);
+    ck_assert_int_eq(r, 0);
+    nf_la_free(&la, &V);
+    nf_la_free(&la, &X);
+    free(x);
+}
+END_TEST
+
+START_TEST(test_svd_randomized)
+{
+    /* a decaying spectrum with a gap after 16: the randomized range finder finds the same
+     * top-16 subspace as the exact SVD to high accuracy */
+    int m = 300, n = 200, r = 16;
+    double s[200];
+    for (int j = 0; j < n; j++)
+        s[j] = (j < r ? 1.0 : 0.1) * pow(j + 1.0, -0.7);
+    float *x = malloc(sizeof(float) * m * n);
+    make_spectrum(m, n, s, 9, x);
+    nf_mat X, Ve, Vr;
+    nf_la_alloc(&la, m, n, &X);
+    nf_la_upload(&la, &X, x);
+    int re, rr;
+    nf_svd_args a = {r, 1e-6, NF_LA_SVD_EXACT, 10, 2, 1234};
+    ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &Ve, &re, NULL), NF_OK);
+    a.mode = NF_LA_SVD_RANDOMIZED;
+    ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &Vr, &rr, NULL), NF_OK);
+    ck_assert_int_eq(rr, r);
+    float *he = nf_la_host(&la, &Ve), *hr = nf_la_host(&la, &Vr);
+    double *hed = malloc(sizeof(double) * r * n);
+    for (int i = 0; i < r * n; i++)
+        hed[i] = he[i];
+    double sine = subspace_sine(r, n, hr, hed);
+    ck_assert_msg(sine < 1e-4, "largest principal angle sine %g", sine);
+    nf_la_free(&la, &X);
+    nf_la_free(&la, &Ve);
+    nf_la_free(&la, &Vr);
+    free(x);
+    free(hed);
+}
+END_TEST
+
+START_TEST(test_gemm_views)
+{
+    /* C (sub-view with ld) = alpha op(A) op(B) + beta C, every transpose, against loops */
+    int m = 7, n = 5, k = 11;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            nf_mat A, B, C;
+            nf_la_alloc(&la, ta ? k : m, ta ? m : k, &A);
+            nf_la_alloc(&la, tb ? n : k, tb ? k : n, &B);
+            nf_la_alloc(&la, m + 2, n + 3, &C);
+            float *ha = nf_la_host(&la, &A), *hb = nf_la_host(&la, &B), *hc = nf_la_host(&la, &C);
+            tu_fill(ha, (size_t)m * k, 1, 1);
+            tu_fill(hb, (size_t)n * k, 2, 1);
+            tu_fill(hc, (size_t)(m + 2) * (n + 3), 3, 1);
+            float *c0 = malloc(sizeof(float) * (m + 2) * (n + 3));
+            memcpy(c0, hc, sizeof(float) * (m + 2) * (n + 3));
+            nf_mat Cs = nf_la_sub(&C, 1, 2, m, n);
+            ck_assert_int_eq(nf_la_gemm(&la, ta, tb, 0.5f, &A, &B, -2.0f, &Cs), NF_OK);
+            for (int i = 0; i < m + 2; i++)
+                for (int j = 0; j < n + 3; j++) {
+                    double want = c0[i * (n + 3) + j];
+                    if (i >= 1 && i < m + 1 && j >= 2 && j < n + 2) {
+                        double t = 0;
+                        for (int p = 0; p < k; p++) {
+                            double av = ta ? ha[p * m + (i - 1)] : ha[(i - 1) * k + p];
+                            double bv = tb ? hb[(j - 2) * k + p] : hb[p * n + (j - 2)];
+                            t += av * bv;
+                        }
+                        want = 0.5 * t - 2.0 * want;
+                    }
+                    ck_assert_msg(fabs(hc[i * (n + 3) + j] - want) < 1e-4, "ta %d tb %d (%d,%d)",
+                                  ta, tb, i, j);
+                }
+            free(c0);
+            nf_la_free(&la, &A);
+            nf_la_free(&la, &B);
+            nf_la_free(&la, &C);
+        }
+}
+END_TEST
+
+START_TEST(test_adam_pytorch_semantics)
+{
+    size_t n = 1000;
+    nf_mat x, g, mm, vv;
+    nf_la_alloc(&la, 1, (int)n, &x);
+    nf_la_alloc(&la, 1, (int)n, &g);
+    nf_la_alloc(&la, 1, (int)n, &mm);
+    nf_la_alloc(&la, 1, (int)n, &vv);
+    float *hx = nf_la_host(&la, &x), *hg = nf_la_host(&la, &g);
+    double *rx = malloc(n * sizeof *rx), *rm = calloc(n, sizeof *rm), *rv = calloc(n, sizeof *rv);
+    tu_fill(hx, n, 4, 1);
+    for (size_t i = 0; i < n; i++)
+        rx[i] = hx[i];
+    nf_la_fill(&la, &mm, 0);
+    nf_la_fill(&la, &vv, 0);
+    const double lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    for (int s = 1; s <= 20; s++) {
+        tu_fill(hg, n, 100 + s, s == 1 ? 0 : 1e-3); /* step 1: zero gradient, no move */
+        ck_assert_int_eq(nf_la_adam(&la, &x, &g, &mm, &vv, lr, b1, b2, eps, s), NF_OK);
+        for (size_t i = 0; i < n; i++) {
+            rm[i] = b1 * rm[i] + (1 - b1) * hg[i];
+            rv[i] = b2 * rv[i] + (1 - b2) * (double)hg[i] * hg[i];
+            rx[i] -= lr * (rm[i] / (1 - pow(b1, s))) / (sqrt(rv[i] / (1 - pow(b2, s))) + eps);
+        }
+        if (s == 1)
+            for (size_t i = 0; i < n; i++)
+                ck_assert(hx[i] == (float)rx[i]);
+    }
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(fabs(hx[i] - rx[i]) < 1e-6, "element %zu: %g vs %g", i, (double)hx[i],
+                      rx[i]);
+    nf_la_free(&la, &x);
+    nf_la_free(&la, &g);
+    nf_la_free(&la, &mm);
+    nf_la_free(&la, &vv);
+    free(rx);
+    free(rm);
+    free(rv);
+}
+END_TEST
+
+START_TEST(test_qr_dot_axpby)
+{
+    int m = 50, n = 7;
+    nf_mat a, b;
+    nf_la_alloc(&la, m, n, &a);
+    float *h = nf_la_host(&la, &a);
+    tu_fill(h, (size_t)m * n, 8, 1);
+    ck_assert_int_eq(nf_la_qr(&la, &a), NF_OK);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) {
+            double d = 0;
+            for (int p = 0; p < m; p++)
+                d += (double)h[p * n + i] * h[p * n + j];
+            ck_assert(fabs(d - (i == j)) < 1e-5);
+        }
+    nf_la_alloc(&la, m, n, &b);
+    ck_assert_int_eq(nf_la_fill(&la, &b, 2.0f), NF_OK);
+    ck_assert_int_eq(nf_la_axpby(&la, 3.0f, &a, 0.5f, &b), NF_OK);
+    double dot, ref = 0;
+    ck_assert_int_eq(nf_la_dot(&la, &a, &b, &dot), NF_OK);
+    float *hb = nf_la_host(&la, &b);
+    for (int i = 0; i < m * n; i++) {
+        ck_assert(fabs(hb[i] - (3.0 * h[i] + 1.0)) < 1e-6);
+        ref += (double)h[i] * hb[i];
+    }
+    ck_assert(fabs(dot - ref) < 1e-9 * fabs(ref) + 1e-12);
+    nf_la_free(&la, &a);
+    nf_la_free(&la, &b);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("linalg");
+    TCase *tc = tcase_create("cpu");
+    tcase_set_timeout(tc, 60);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_loop_test(tc, test_svd_exact_vs_jacobi, 0, (int)(sizeof shapes / sizeof shapes[0]));
+    tcase_add_test(tc, test_svd_rank_tolerance);
+    tcase_add_test(tc, test_svd_randomized);
+    tcase_add_test(tc, test_gemm_views);
+    tcase_add_test(tc, test_adam_pytorch_semantics);
+    tcase_add_test(tc, test_qr_dot_axpby);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}

@@ -1,0 +1,372 @@
+/* Checkpoint reading (validation of every header field, shards and index) and writing
+ * (layouts, sharding, metadata, atomic commit). */
+#include "io/model.h"
+#include "core/util.h"
+#include "io/writer.h"
+#include "testutil.h"
+
+static char *dir;
+
+static void setup(void) { dir = tu_tmpdir(); }
+static void teardown(void) { tu_rmdir(dir); }
+
+/* 2x3 F32 "a", 4 BF16 "b", 1 I64 "c": 24 + 8 + 8 = 40 bytes */
+static const char *good_header =
+    "{\"__metadata__\":{\"format\":\"pt\",\"note\":\"x\"},"
+    "\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
+    "\"b\":{\"dtype\":\"BF16\",\"shape\":[4],\"data_offsets\":[24,32]},"
+    "\"c\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[32,40]}}";
+
+static unsigned char data40[40];
+
+START_TEST(test_read_good)
+{
+    for (int i = 0; i < 40; i++)
+        data40[i] = (unsigned char)i;
+    char *p = tu_path(dir, "m.safetensors");
+    ck_assert_int_eq(tu_write_st(p, good_header, data40, 40), 0);
+    nf_model *m = NULL;
+    nf_error err = {0};
+    ck_assert_int_eq(nf_model_open(p, &m, &err), NF_OK);
+    ck_assert_uint_eq(nf_model_tensor_count(m), 3);
+    const nf_tensor *a = nf_model_tensor(m, "a");
+    ck_assert_ptr_nonnull(a);
+    ck_assert_int_eq(a->dtype, NF_F32);
+    ck_assert_int_eq(a->ndim, 2);
+    ck_assert(a->shape[0] == 2 && a->shape[1] == 3 && a->numel == 6 && a->nbytes == 24);
+    ck_assert_int_eq(nf_model_tensor(m, "c")->data[0], 32);
+    ck_assert_str_eq(nf_model_metadata_get(m, "note"), "x");
+    ck_assert_ptr_null(nf_model_tensor(m, "zz"));
+    nf_model_close(m);
+    free(p);
+}
+END_TEST
+
+typedef struct bad_case {
+    const char *what;
+    const char *header;   /* NULL: raw bytes below */
+    size_t dlen;          /* data bytes after the header */
+    int code;
+    const char *needle;   /* must appear in the message */
+} bad_case;
+
+static const bad_case bad[] = {
+    {"not json", "{\"a\":", 0, NF_E_FORMAT, "invalid JSON"},
+    {"not an object", "[1,2]", 0, NF_E_FORMAT, "not a JSON object"},
+    {"unknown dtype", "{\"a\":{\"dtype\":\"F33\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4,
+     NF_E_FORMAT, "unknown dtype"},
+    {"negative shape", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", 4,
+     NF_E_FORMAT, "non-negative"},
+    {"shape overflow",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,4]}}", 4,
+     NF_E_FORMAT, "overflows"},
+    {"byte size mismatch", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,4]}}", 4,
+     NF_E_FORMAT, "shape x dtype"},
+    {"offsets past end", "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4,
+     NF_E_FORMAT, "past the end"},
+    {"overlap",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+     "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+     8, NF_E_FORMAT, "overlaps"},
+    {"gap",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+     "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}",
+     12, NF_E_FORMAT, "gap"},
+    {"trailing bytes", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 9,
+     NF_E_FORMAT, "trailing"},
+    {"reversed offsets", "{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[4,0]}}", 4,
+     NF_E_FORMAT, "reversed"},
+    {"missing field", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4, NF_E_FORMAT,
+     "data_offsets"},
+    {"duplicate name",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+     "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+     8, NF_E_FORMAT, "duplicate"},
+    {"metadata not strings", "{\"__metadata__\":{\"k\":1},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}",
+     4, NF_E_FORMAT, "__metadata__"},
+    {"float offsets", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4.0]}}", 4,
+     NF_E_FORMAT, "data_offsets"},
+    {"no tensors", "{\"__metadata__\":{}}", 0, NF_E_FORMAT, "no tensors"},
+    {"too many dims",
+     "{\"a\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}", 4,
+     NF_E_FORMAT, "dimensions"},
+};
+
+START_TEST(test_bad_headers)
+{
+    const bad_case *c = &bad[_i];
+    char *p = tu_path(dir, "bad.safetensors");
+    unsigned char zeros[64] = {0};
+    ck_assert_int_eq(tu_write_st(p, c->header, zeros, c->dlen), 0);
+    nf_model *m = NULL;
+    nf_error err = {0};
+    int rc = nf_model_open(p, &m, &err);
+    ck_assert_msg(rc == c->code, "%s: status %d (%s)", c->what, rc, err.msg);
+    ck_assert_ptr_null(m);
+    ck_assert_msg(strstr(err.msg, c->needle) != NULL, "%s: message \"%s\" lacks \"%s\"",
+                  c->what, err.msg, c->needle);
+    ck_assert_msg(strstr(err.msg, p) != NULL, "%s: message does not name the file", c->what);
+    free(p);
+}
+END_TEST
+
+START_TEST(test_bad_lengths)
+{
+    char *p = tu_path(dir, "len.safetensors");
+    nf_model *m = NULL;
+    nf_error err = {0};
+    /* shorter than the length field */
+    ck_assert_int_eq(tu_write_file(p, "\x05\x00\x00", 3), 0);
+    ck_assert_int_eq(nf_model_open(p, &m, &err), NF_E_FORMAT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "truncated"));
+    /* header length 0 */
+    nf_error_clear(&err);
+    unsigned char z[16] = {0};
+    ck_assert_int_eq(tu_write_file(p, z, 16), 0);
+    ck_assert_int_eq(nf_model_open(p, &m, &err), NF_E_FORMAT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "length is 0"));
+    /* header length past the end of the file */
+    nf_error_clear(&err);
+    unsigned char l[12] = {0xff, 0, 0, 0, 0, 0, 0, 0, '{', '}', ' ', ' '};
+    ck_assert_int_eq(tu_write_file(p, l, 12), 0);
+    ck_assert_int_eq(nf_model_open(p, &m, &err), NF_E_FORMAT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "past the end"));
+    /* header length over 100 MB */
+    nf_error_clear(&err);
+    unsigned char h[12] = {0, 0, 0, 0x10, 0, 0, 0, 0, '{', '}', ' ', ' '};
+    ck_assert_int_eq(tu_write_file(p, h, 12), 0);
+    ck_assert_int_eq(nf_model_open(p, &m, &err), NF_E_FORMAT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "100 MB"));
+    /* missing file and directory without a model */
+    nf_error_clear(&err);
+    ck_assert_int_eq(nf_model_open("/nonexistent/x.safetensors", &m, &err), NF_E_IO);
+    nf_error_clear(&err);
+    ck_assert_int_eq(nf_model_open(dir, &m, &err), NF_E_IO);
+    ck_assert_ptr_nonnull(strstr(err.msg, "model.safetensors"));
+    free(p);
+}
+END_TEST
+
+static void write_shards(const char *d, const char *index)
+{
+    char *s1 = tu_path(d, "s1.safetensors"), *s2 = tu_path(d, "s2.safetensors");
+    char *ix = tu_path(d, "model.safetensors.index.json");
+    float v[2] = {1, 2};
+    tu_write_st(s1, "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", v, 4);
+    tu_write_st(s2, "{\"y\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", v + 1, 4);
+    tu_write_file(ix, index, strlen(index));
+    /* a shard holding two tensors, for indexes that list only one of them */
+    char *s3 = tu_path(d, "s3.safetensors");
+    float pq[2] = {3, 4};
+    tu_write_st(s3, "{\"p\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                    "\"q\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+                pq, 8);
+    free(s3);
+    free(s1);
+    free(s2);
+    free(ix);
+}
+
+START_TEST(test_sharded_dir)
+{
+    write_shards(dir, "{\"metadata\":{},\"weight_map\":{\"x\":\"s1.safetensors\",\"y\":\"s2.safetensors\"}}");
+    nf_model *m = NULL;
+    nf_error err = {0};
+    ck_assert_int_eq(nf_model_open(dir, &m, &err), NF_OK);
+    ck_assert_uint_eq(nf_model_shard_count(m), 2);
+    float y;
+    memcpy(&y, nf_model_tensor(m, "y")->data, 4);
+    ck_assert(y == 2.0f);
+    nf_model_close(m);
+
+    const char *bad_idx[][2] = {
+        {"{\"weight_map\":{\"x\":\"s1.safetensors\",\"y\":\"s9.safetensors\"}}", "missing"},
+        {"{\"weight_map\":{\"x\":\"s1.safetensors\",\"y\":\"s1.safetensors\"}}", "does not contain"},
+        {"{\"weight_map\":{\"x\":\"s1.safetensors\",\"p\":\"s3.safetensors\"}}", "not listed"},
+        {"{\"weight_map\":{\"x\":\"../s1.safetensors\",\"y\":\"s2.safetensors\"}}", "invalid shard"},
+        {"{\"weight_map\":{}}", "empty"},
+        {"{\"metadata\":{}}", "weight_map"},
+        {"{\"weight_map\":", "invalid JSON"},
+    };
+    for (size_t i = 0; i < sizeof bad_idx / sizeof bad_idx[0]; i++) {
+        write_shards(dir, bad_idx[i][0]);
+        nf_error_clear(&err);
+        m = NULL;
+        int rc = nf_model_open(dir, &m, &err);
+        ck_assert_msg(rc != NF_OK && m == NULL, "index %zu accepted", i);
+        ck_assert_msg(strstr(err.msg, bad_idx[i][1]) != NULL, "index %zu: \"%s\"", i, err.msg);
+    }
+}
+END_TEST
+
+static nf_out_spec spec(const char *name, nf_dtype dt, int64_t r, int64_t c)
+{
+    nf_out_spec s = {name, dt, c ? 2 : 1, {r, c}, (uint64_t)(r * (c ? c : 1)) * nf_dtype_size(dt)};
+    return s;
+}
+
+START_TEST(test_writer_single_and_sharded)
+{
+    nf_out_spec t[3] = {spec("w1", NF_F32, 4, 4), spec("w2", NF_BF16, 4, 4),
+                        spec("w3", NF_F16, 3, 0)};
+    nf_kv meta[1] = {{"format", "pt"}};
+    char *cfgdir = tu_path(dir, "src");
+    mkdir(cfgdir, 0755);
+    char *cfg = tu_path(cfgdir, "config.json");
+    tu_write_file(cfg, "{}", 2);
+    char *weights = tu_path(cfgdir, "pytorch_model.bin");
+    tu_write_file(weights, "x", 1);
+    for (int sharded = 0; sharded < 2; sharded++) {
+        char *out = tu_path(dir, sharded ? "outdir" : "out.safetensors");
+        nf_writer_args a = {out, sharded, t, 3, meta, 1, sharded ? 40 : 0,
+                            sharded ? cfgdir : NULL, 0};
+        nf_writer *w = NULL;
+        nf_error err = {0};
+        ck_assert_int_eq(nf_writer_open(&a, &w, &err), NF_OK);
+        float v[16];
+        for (int i = 0; i < 16; i++)
+            v[i] = (float)i + 0.5f;
+        /* out of order, from float32 */
+        ck_assert_int_eq(nf_writer_put_f32(w, 2, v, &err), NF_OK);
+        ck_assert_int_eq(nf_writer_put_f32(w, 0, v, &err), NF_OK);
+        ck_assert_int_eq(nf_writer_put_f32(w, 1, v, &err), NF_OK);
+        ck_assert(!nf_exists(out)); /* nothing visible before commit */
+        nf_kv meta2[2] = {{"format", "pt"}, {"nufilt.step", "7"}};
+        ck_assert_int_eq(nf_writer_set_meta(w, meta2, 2, &err), NF_OK);
+        ck_assert_int_eq(nf_writer_commit(w, &err), NF_OK);
+        nf_model *m = NULL;
+        ck_assert_msg(nf_model_open(out, &m, &err) == NF_OK, "%s", err.msg);
+        ck_assert_str_eq(nf_model_metadata_get(m, "nufilt.step"), "7");
+        ck_assert_uint_eq(nf_model_shard_count(m), sharded ? 2 : 1);
+        const nf_tensor *w2 = nf_model_tensor(m, "w2");
+        ck_assert_int_eq(w2->dtype, NF_BF16);
+        uint16_t b;
+        memcpy(&b, w2->data + 2 * 5, 2);
+        ck_assert(b == 0x40B0); /* 5.5 */
+        const nf_tensor *w3 = nf_model_tensor(m, "w3");
+        ck_assert_int_eq(w3->ndim, 1);
+        if (sharded) {
+            char *c2 = tu_path(out, "config.json"), *bin = tu_path(out, "pytorch_model.bin");
+            ck_assert(nf_exists(c2));    /* non-weight files are copied */
+            ck_assert(!nf_exists(bin));  /* the base's weights in other formats are not */
+            free(c2);
+            free(bin);
+        }
+        nf_model_close(m);
+        /* an existing output is refused without force */
+        nf_error_clear(&err);
+        w = NULL;
+        ck_assert_int_eq(nf_writer_open(&a, &w, &err), NF_E_EXISTS);
+        ck_assert_ptr_nonnull(strstr(err.msg, "--force"));
+        free(out);
+    }
+    free(cfg);
+    free(weights);
+    free(cfgdir);
+}
+END_TEST
+
+static int count_entries(const char *d)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "ls -A '%s' | wc -l", d);
+    FILE *f = popen(cmd, "r");
+    int n = -1;
+    if (f) {
+        if (fscanf(f, "%d", &n) != 1)
+            n = -1;
+        pclose(f);
+    }
+    return n;
+}
+
+START_TEST(test_writer_abort_leaves_nothing)
+{
+    nf_out_spec t[1] = {spec("w", NF_F32, 8, 8)};
+    for (int as_dir = 0; as_dir < 2; as_dir++) {
+        char *out = tu_path(dir, as_dir ? "o" : "o.safetensors");
+        nf_writer_args a = {out, as_dir, t, 1, NULL, 0, 0, NULL, 0};
+        nf_writer *w = NULL;
+        nf_error err = {0};
+        ck_assert_int_eq(nf_writer_open(&a, &w, &err), NF_OK);
+        ck_assert_int_eq(count_entries(dir), 1); /* the hidden temporary */
+        nf_writer_abort(w);
+        ck_assert_int_eq(count_entries(dir), 0);
+        free(out);
+    }
+}
+END_TEST
+
+START_TEST(test_writer_force_replaces)
+{
+    nf_out_spec t[1] = {spec("w", NF_F32, 1, 1)};
+    char *out = tu_path(dir, "f.safetensors");
+    tu_write_file(out, "old", 3);
+    nf_writer_args a = {out, 0, t, 1, NULL, 0, 0, NULL, 1};
+    nf_writer *w = NULL;
+    nf_error err = {0};
+    ck_assert_int_eq(nf_writer_open(&a, &w, &err), NF_OK);
+    float one = 1;
+    ck_assert_int_eq(nf_writer_put_f32(w, 0, &one, &err), NF_OK);
+    ck_assert_int_eq(nf_writer_commit(w, &err), NF_OK);
+    nf_model *m = NULL;
+    ck_assert_int_eq(nf_model_open(out, &m, &err), NF_OK);
+    nf_model_close(m);
+    free(out);
+}
+END_TEST
+
+START_TEST(test_parse_size)
+{
+    uint64_t v;
+    ck_assert_int_eq(nf_parse_size("2GB", &v), NF_OK);
+    ck_assert_uint_eq(v, 2000000000ull);
+    ck_assert_int_eq(nf_parse_size("1GiB", &v), NF_OK);
+    ck_assert_uint_eq(v, 1073741824ull);
+    ck_assert_int_eq(nf_parse_size("500mb", &v), NF_OK);
+    ck_assert_uint_eq(v, 500000000ull);
+    ck_assert_int_eq(nf_parse_size("123", &v), NF_OK);
+    ck_assert_uint_eq(v, 123);
+    ck_assert_int_ne(nf_parse_size("2XB", &v), NF_OK);
+    ck_assert_int_ne(nf_parse_size("-1GB", &v), NF_OK);
+    ck_assert_int_ne(nf_parse_size("", &v), NF_OK);
+}
+END_TEST
+
+START_TEST(test_fingerprint)
+{
+    char *p = tu_path(dir, "a.safetensors"), *q = tu_path(dir, "b.safetensors");
+    unsigned char d1[40] = {0}, d2[40] = {0};
+    d2[3] = 1;
+    tu_write_st(p, good_header, d1, 40);
+    tu_write_st(q, good_header, d2, 40);
+    nf_model *a = NULL, *b = NULL;
+    nf_error err = {0};
+    ck_assert_int_eq(nf_model_open(p, &a, &err), NF_OK);
+    ck_assert_int_eq(nf_model_open(q, &b, &err), NF_OK);
+    ck_assert_uint_ne(nf_model_fingerprint(a), nf_model_fingerprint(b));
+    ck_assert_uint_eq(nf_model_fingerprint(a), nf_model_fingerprint(a));
+    nf_model_close(a);
+    nf_model_close(b);
+    free(p);
+    free(q);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("model");
+    TCase *tc = tcase_create("io");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_read_good);
+    tcase_add_loop_test(tc, test_bad_headers, 0, (int)(sizeof bad / sizeof bad[0]));
+    tcase_add_test(tc, test_bad_lengths);
+    tcase_add_test(tc, test_sharded_dir);
+    tcase_add_test(tc, test_writer_single_and_sharded);
+    tcase_add_test(tc, test_writer_abort_leaves_nothing);
+    tcase_add_test(tc, test_writer_force_replaces);
+    tcase_add_test(tc, test_parse_size);
+    tcase_add_test(tc, test_fingerprint);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}

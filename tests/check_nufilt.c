@@ -1,0 +1,226 @@
+/* NUFILT's closed-form gradients against finite differences of the objective evaluated
+ * from its definition in double precision, and the first-step rules of both modes. */
+#include "backend/devices.h"
+#include "io/model.h"
+#include "methods/nufilt.h"
+#include "testutil.h"
+
+enum { M = 12, N = 9, R = 3, RV = 2, RP = 3, K = RV + RP };
+
+static float tau[M * N], prevm[M * N], vt_t[RV * N], vt_p[RP * N], A[R * N], B[N * R];
+
+/* Orthonormal rows (Gram-Schmidt in double) */
+static void orthonormal_rows(float *q, int r, int n, uint64_t seed)
+{
+    double *d = malloc(sizeof(double) * r * n);
+    uint64_t s = seed;
+    for (int i = 0; i < r * n; i++)
+        d[i] = tu_normal(&s);
+    for (int i = 0; i < r; i++) {
+        for (int rep = 0; rep < 2; rep++)
+            for (int p = 0; p < i; p++) {
+                double t = 0;
+                for (int j = 0; j < n; j++)
+                    t += d[i * n + j] * d[p * n + j];
+                for (int j = 0; j < n; j++)
+                    d[i * n + j] -= t * d[p * n + j];
+            }
+        double nn = 0;
+        for (int j = 0; j < n; j++)
+            nn += d[i * n + j] * d[i * n + j];
+        for (int j = 0; j < n; j++)
+            q[i * n + j] = (float)(d[i * n + j] / sqrt(nn));
+    }
+    free(d);
+}
+
+/* L(A, B) from the definition: M = prev + tau P + tau B A, P = I - V_p V_p^T */
+static double objective(const double *a, const double *b)
+{
+    static double mm[M * N], P[N * N], BA[N * N];
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < N; j++) {
+            double t = (i == j);
+            for (int p = 0; p < RP; p++)
+                t -= (double)vt_p[p * N + i] * vt_p[p * N + j];
+            P[i * N + j] = t;
+            double u = 0;
+            for (int p = 0; p < R; p++)
+                u += b[i * R + p] * a[p * N + j];
+            BA[i * N + j] = u;
+        }
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double t = prevm[i * N + j];
+            for (int p = 0; p < N; p++)
+                t += (double)tau[i * N + p] * (P[p * N + j] + BA[p * N + j]);
+            mm[i * N + j] = t;
+        }
+    double L = 0;
+    for (int i = 0; i < M; i++) {
+        for (int q = 0; q < RV; q++) {
+            double t = 0;
+            for (int j = 0; j < N; j++)
+                t += ((double)tau[i * N + j] - mm[i * N + j]) * vt_t[q * N + j];
+            L += t * t;
+        }
+        for (int q = 0; q < RP; q++) {
+            double t = 0;
+            for (int j = 0; j < N; j++)
+                t += ((double)prevm[i * N + j] - mm[i * N + j]) * vt_p[q * N + j];
+            L += t * t;
+        }
+    }
+    return L;
+}
+
+START_TEST(test_gradients_vs_finite_differences)
+{
+    tu_fill(tau, M * N, 1, 1.0);
+    tu_fill(prevm, M * N, 2, 1.0);
+    orthonormal_rows(vt_t, RV, N, 3);
+    orthonormal_rows(vt_p, RP, N, 4);
+    tu_fill(A, R * N, 5, 0.3);
+    tu_fill(B, N * R, 6, 0.3);
+
+    nf_device *dev;
+    nf_error err = {0};
+    ck_assert_int_eq(nf_backend_cpu.open(0, &dev, &err), NF_OK);
+    nf_la la;
+    nf_la_init(&la, dev, &err);
+    nf_mat mt, mp, mtp, mvt, mvp, v, c, a, b, t, av, e, h, te, ga, gb, tv;
+    nf_la_alloc(&la, M, N, &mt);
+    nf_la_alloc(&la, M, N, &mp);
+    nf_la_alloc(&la, M, N, &mtp);
+    nf_la_alloc(&la, RV, N, &mvt);
+    nf_la_alloc(&la, RP, N, &mvp);
+    nf_la_upload(&la, &mt, tau);
+    nf_la_upload(&la, &mp, prevm);
+    nf_la_upload(&la, &mvt, vt_t);
+    nf_la_upload(&la, &mvp, vt_p);
+    /* tau P the way the method computes it */
+    nf_la_alloc(&la, M, RP, &tv);
+    nf_la_copy(&la, &mt, &mtp);
+    nf_la_gemm(&la, 0, 1, 1.0f, &mt, &mvp, 0.0f, &tv);
+    nf_la_gemm(&la, 0, 0, -1.0f, &tv, &mvp, 1.0f, &mtp);
+    ck_assert_int_eq(nf_nufilt_constant(&la, &mt, &mp, &mtp, &mvt, &mvp, &v, &c), NF_OK);
+    nf_la_alloc(&la, R, N, &a);
+    nf_la_alloc(&la, N, R, &b);
+    nf_la_alloc(&la, M, R, &t);
+    nf_la_alloc(&la, R, K, &av);
+    nf_la_alloc(&la, M, K, &e);
+    nf_la_alloc(&la, M, R, &h);
+    nf_la_alloc(&la, R, K, &te);
+    nf_la_alloc(&la, R, N, &ga);
+    nf_la_alloc(&la, N, R, &gb);
+    nf_la_upload(&la, &a, A);
+    nf_la_upload(&la, &b, B);
+    nf_nufilt_ws ws = {&mt, &c, &v, &a, &b, &t, &av, &e, &h, &te, &ga, &gb};
+    double loss;
+    ck_assert_int_eq(nf_nufilt_grad(&la, &ws, &loss), NF_OK);
+
+    double ad[R * N], bd[N * R];
+    for (int i = 0; i < R * N; i++)
+        ad[i] = A[i];
+    for (int i = 0; i < N * R; i++)
+        bd[i] = B[i];
+    double L = objective(ad, bd);
+    ck_assert_msg(fabs(loss - L) < 1e-5 * L, "objective %g vs definition %g", loss, L);
+
+    float *hga = nf_la_host(&la, &ga), *hgb = nf_la_host(&la, &gb);
+    double hstep = 1e-5, gnorm = 0, diff = 0;
+    for (int i = 0; i < R * N; i++) {
+        double keep = ad[i];
+        ad[i] = keep + hstep;
+        double lp = objective(ad, bd);
+        ad[i] = keep - hstep;
+        double lm = objective(ad, bd);
+        ad[i] = keep;
+        double fd = (lp - lm) / (2 * hstep);
+        gnorm += fd * fd;
+        diff += (fd - hga[i]) * (fd - hga[i]);
+    }
+    for (int i = 0; i < N * R; i++) {
+        double keep = bd[i];
+        bd[i] = keep + hstep;
+        double lp = objective(ad, bd);
+        bd[i] = keep - hstep;
+        double lm = objective(ad, bd);
+        bd[i] = keep;
+        double fd = (lp - lm) / (2 * hstep);
+        gnorm += fd * fd;
+        diff += (fd - hgb[i]) * (fd - hgb[i]);
+    }
+    ck_assert_msg(sqrt(diff / gnorm) < 1e-4, "gradient relative error %g", sqrt(diff / gnorm));
+
+    /* with B = 0 the gradient with respect to A is exactly zero (the spec's step-1 note) */
+    nf_la_fill(&la, &b, 0.0f);
+    ck_assert_int_eq(nf_nufilt_grad(&la, &ws, &loss), NF_OK);
+    for (int i = 0; i < R * N; i++)
+        ck_assert(hga[i] == 0.0f);
+
+    nf_mat *all[] = {&mt, &mp, &mtp, &mvt, &mvp, &v, &c, &a, &b, &t, &av, &e, &h, &te, &ga, &gb, &tv};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        nf_la_free(&la, all[i]);
+    nf_backend_cpu.close(dev);
+}
+END_TEST
+
+/* First step: paper mode gives base + tau; reference mode zeroes input columns 0..r_p-1. */
+START_TEST(test_first_step_modes)
+{
+    char *dir = tu_tmpdir();
+    enum { R2 = 6, C2 = 5 };
+    float base[R2 * C2], task[R2 * C2];
+    tu_fill(base, R2 * C2, 21, 1.0);
+    for (int i = 0; i < R2 * C2; i++)
+        task[i] = base[i] + 0.25f * (float)((i % 7) - 3);
+    const char *hdr = "{\"enc.attn.weight\":{\"dtype\":\"F32\",\"shape\":[6,5],\"data_offsets\":[0,120]}}";
+    char *pb = tu_path(dir, "base.safetensors"), *pt = tu_path(dir, "task.safetensors");
+    char *o1 = tu_path(dir, "paper.safetensors"), *o2 = tu_path(dir, "ref.safetensors");
+    tu_write_st(pb, hdr, base, sizeof base);
+    tu_write_st(pt, hdr, task, sizeof task);
+    nf_options o;
+    nf_options_init(&o);
+    o.null_rank = 2;
+    o.task_rank = 1;
+    o.lora_rank = 2;
+    o.threads = 1;
+    nf_error err = {0};
+    ck_assert_msg(nf_step(pb, pt, NULL, o1, &o, &err) == NF_OK, "%s", err.msg);
+    o.compat = NF_COMPAT_REFERENCE;
+    ck_assert_msg(nf_step(pb, pt, NULL, o2, &o, &err) == NF_OK, "%s", err.msg);
+    nf_model *m1, *m2;
+    ck_assert_int_eq(nf_model_open(o1, &m1, &err), NF_OK);
+    ck_assert_int_eq(nf_model_open(o2, &m2, &err), NF_OK);
+    float v1[R2 * C2], v2[R2 * C2];
+    memcpy(v1, m1->tensors[0].data, sizeof v1);
+    memcpy(v2, m2->tensors[0].data, sizeof v2);
+    for (int i = 0; i < R2; i++)
+        for (int j = 0; j < C2; j++) {
+            float b = base[i * C2 + j], tv = task[i * C2 + j] - b;
+            ck_assert(v1[i * C2 + j] == b + tv);
+            ck_assert(v2[i * C2 + j] == (j < 2 ? b : b + tv));
+        }
+    ck_assert_str_eq(nf_model_metadata_get(m1, "nufilt.step"), "1");
+    ck_assert_str_eq(nf_model_metadata_get(m1, "nufilt.method"), "nufilt");
+    nf_model_close(m1);
+    nf_model_close(m2);
+    free(pb);
+    free(pt);
+    free(o1);
+    free(o2);
+    tu_rmdir(dir);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("nufilt");
+    TCase *tc = tcase_create("method");
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, test_gradients_vs_finite_differences);
+    tcase_add_test(tc, test_first_step_modes);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}
