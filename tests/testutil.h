@@ -90,8 +90,13 @@ static inline int tu_write_st(const char *path, const char *header, const void *
 
 static inline char *tu_path(const char *dir, const char *name)
 {
-    char *p = malloc(strlen(dir) + strlen(name) + 2);
-    sprintf(p, "%s/%s", dir, name);
+    ck_assert_ptr_nonnull(dir);
+    if (!dir)
+        return NULL;
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    ck_assert_ptr_nonnull(p);
+    snprintf(p, n, "%s/%s", dir, name);
     return p;
 }
 

@@ -163,6 +163,9 @@ void nf_cpu_adam(size_t n, float *x, const float *g, float *m, float *v, float b
 int nf_cpu_qr(int m, int n, float *a, int lda, nf_error *err);
 int nf_cpu_svd(int m, int n, float *a, int lda, float *s, float *vt, int ldvt, float *u,
                int ldu, nf_error *err);
+/* Top r right singular vectors (rows of vt) and all singular values of a (destroyed). */
+int nf_cpu_svd_right(int m, int n, float *a, int lda, int r, float *s, float *vt, int ldvt,
+                     nf_error *err);
 /* Number of threads OpenBLAS may use in the calling thread's BLAS/LAPACK calls. */
 void nf_cpu_set_threads(int n);
 

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <dirent.h>
+#include <errno.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <time.h>
@@ -175,4 +176,29 @@ void nf_remove_tree(const char *path)
         closedir(d);
     }
     rmdir(path);
+}
+
+int nf_mkdirs(const char *path)
+{
+    if (nf_is_dir(path))
+        return 0;
+    char *p = nf_strdup(path);
+    if (!p)
+        return -1;
+    size_t n = strlen(p);
+    while (n > 1 && p[n - 1] == '/')
+        p[--n] = '\0';
+    for (char *q = p + 1; *q; q++) {
+        if (*q != '/')
+            continue;
+        *q = '\0';
+        if (!nf_is_dir(p) && mkdir(p, 0755) != 0 && errno != EEXIST) {
+            free(p);
+            return -1;
+        }
+        *q = '/';
+    }
+    int rc = (!nf_is_dir(p) && mkdir(p, 0755) != 0 && errno != EEXIST) ? -1 : 0;
+    free(p);
+    return rc;
 }

@@ -45,6 +45,8 @@ char *nf_path_join(const char *dir, const char *name);
 char *nf_path_stem(const char *path);
 int nf_is_dir(const char *path);
 int nf_exists(const char *path);
+/* mkdir -p: creates a directory and its missing parents; 0 on success (errno otherwise). */
+int nf_mkdirs(const char *path);
 /* Removes a file, or a directory and the plain files in it (our own outputs only). */
 void nf_remove_tree(const char *path);
 

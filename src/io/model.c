@@ -384,23 +384,21 @@ static int safe_shard_name(const char *s, size_t len)
 
 static int cmp_str(const void *a, const void *b)
 {
-    return strcmp(*(char *const *)a, *(char *const *)b);
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-static int open_indexed(nf_model *m, const char *dir, const char *index_path, nf_json **index,
-                        nf_error *err)
+int nf_index_parse(const char *text, size_t len, const char *index_path, nf_json **root_out,
+                   const char ***files_out, size_t *nfiles_out, nf_error *err)
 {
-    char *text = NULL;
-    size_t len = 0;
-    int rc = read_small_file(index_path, &text, &len, err);
-    if (rc)
-        return rc;
     char jerr[256];
+    *root_out = NULL;
+    *files_out = NULL;
+    *nfiles_out = 0;
     nf_json *root = nf_json_parse(text, len, jerr, sizeof jerr);
-    free(text);
     if (!root)
         return nf_error_set(err, NF_E_FORMAT, "%s: invalid JSON: %s", index_path, jerr);
-    char **files = NULL;
+    int rc = NF_OK;
+    const char **files = NULL;
     size_t nfiles = 0;
     const nf_json *wm = nf_json_get(root, "weight_map");
     if (root->type != NF_JSON_OBJECT || !wm || wm->type != NF_JSON_OBJECT) {
@@ -432,6 +430,34 @@ static int open_indexed(nf_model *m, const char *dir, const char *index_path, nf
     for (size_t i = 0; i < nfiles; i++)
         if (uniq == 0 || strcmp(files[uniq - 1], files[i]) != 0)
             files[uniq++] = files[i];
+    nfiles = uniq;
+done:
+    if (rc != NF_OK) {
+        free(files);
+        nf_json_free(root);
+        return rc;
+    }
+    *root_out = root;
+    *files_out = files;
+    *nfiles_out = nfiles;
+    return NF_OK;
+}
+
+static int open_indexed(nf_model *m, const char *dir, const char *index_path, nf_json **index,
+                        nf_error *err)
+{
+    char *text = NULL;
+    size_t len = 0;
+    int rc = read_small_file(index_path, &text, &len, err);
+    if (rc)
+        return rc;
+    nf_json *root = NULL;
+    const char **files = NULL;
+    size_t uniq = 0;
+    rc = nf_index_parse(text, len, index_path, &root, &files, &uniq, err);
+    free(text);
+    if (rc)
+        return rc;
     for (size_t i = 0; i < uniq; i++) {
         char *p = nf_path_join(dir, files[i]);
         if (!p) {

@@ -45,6 +45,12 @@ struct nf_model {
 
 /* Parses and validates one safetensors image; tensors are appended to m (shard index s). */
 int nf_st_parse(nf_model *m, int s, nf_error *err);
+/* Parses and validates a model.safetensors.index.json text: a "weight_map" object of tensor
+ * name -> plain shard file name. Gives the parsed document and the sorted unique shard names
+ * (pointers into it; free the array, then the document). */
+struct nf_json;
+int nf_index_parse(const char *text, size_t len, const char *index_path, struct nf_json **root,
+                   const char ***files, size_t *nfiles, nf_error *err);
 const nf_tensor *nf_model_tensor(const nf_model *m, const char *name);
 /* Sum of tensor bytes. */
 uint64_t nf_model_total_bytes(const nf_model *m);

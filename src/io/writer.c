@@ -500,7 +500,18 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
         }
         of->data_size = pos;
     }
-    /* temporary files */
+    /* temporary files, beside the destination (whose directory is created if missing) */
+    {
+        char *parent = dir_of(a->out);
+        int ok = parent && nf_mkdirs(parent) == 0;
+        int e = errno;
+        free(parent);
+        if (!ok) {
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot create its directory: %s", a->out,
+                              strerror(e));
+            goto fail;
+        }
+    }
     char *tmpl = tmp_template(a->out);
     if (!tmpl) {
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory");

@@ -138,6 +138,90 @@ int nf_cpu_svd(int m, int n, float *a, int lda, float *s, float *vt, int ldvt, f
     return NF_OK;
 }
 
+/* Top r right singular vectors of the row-major m x n matrix a (destroyed) and all min(m, n)
+ * singular values, exactly as LAPACK gesdd computes them, without forming the left vectors
+ * when the matrix is far from square. Seen by LAPACK (column-major) the matrix is X^T:
+ *  - m >= n: X^T = L Q (LQ), and the right vectors of X are the left vectors of L (n x n);
+ *  - m <  n: X^T = Q R (QR), R = U_R S W^T, and the right vectors of X are Q U_R, of which
+ *    only the first r columns are formed.
+ * Squarish matrices go to gesdd directly. vt receives r rows of length n (ld ldvt). */
+int nf_cpu_svd_right(int m, int n, float *a, int lda, int r, float *s, float *vt, int ldvt,
+                     nf_error *err)
+{
+    int k = m < n ? m : n;
+    if (k == 0 || r == 0)
+        return NF_OK;
+    if (r > k)
+        r = k;
+    int tall = m >= n;
+    int big = tall ? m : n;
+    if (5 * big < 6 * k) {
+        /* nearly square: a plain thin SVD */
+        float *v = malloc((size_t)k * (size_t)n * sizeof *v);
+        if (!v)
+            return nf_error_set(err, NF_E_NOMEM, "out of memory in SVD");
+        int rc = nf_cpu_svd(m, n, a, lda, s, v, n, NULL, 0, err);
+        if (rc == NF_OK)
+            for (int i = 0; i < r; i++)
+                memcpy(vt + (size_t)i * ldvt, v + (size_t)i * n, (size_t)n * sizeof *v);
+        free(v);
+        return rc;
+    }
+    float *tau = malloc((size_t)k * sizeof *tau);
+    float *t = calloc((size_t)k * (size_t)k, sizeof *t);     /* L or R, column-major k x k */
+    float *lv = malloc((size_t)k * (size_t)k * sizeof *lv);  /* its left vectors */
+    float *rv = malloc((size_t)k * (size_t)k * sizeof *rv);  /* its right vectors */
+    int rc = NF_OK;
+    lapack_int info = 0;
+    if (!tau || !t || !lv || !rv) {
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory in SVD");
+        goto out;
+    }
+    if (tall) {
+        /* column-major n x m (wide): LQ, L is the lower triangle of the first n columns */
+        info = LAPACKE_sgelqf(LAPACK_COL_MAJOR, n, m, a, lda, tau);
+        for (int j = 0; j < n && info == 0; j++)
+            for (int i = j; i < n; i++)
+                t[i + (size_t)j * k] = a[i + (size_t)j * lda];
+        if (info == 0)
+            info = LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'S', k, k, t, k, s, lv, k, rv, k);
+        /* left vectors of L, column j = v_j: row j of our V^T */
+        for (int j = 0; j < r && info == 0; j++)
+            memcpy(vt + (size_t)j * ldvt, lv + (size_t)j * k, (size_t)n * sizeof *lv);
+    } else {
+        /* column-major n x m (tall): QR, R is the upper triangle of the first m rows */
+        info = LAPACKE_sgeqrf(LAPACK_COL_MAJOR, n, m, a, lda, tau);
+        for (int j = 0; j < m && info == 0; j++)
+            for (int i = 0; i <= j; i++)
+                t[i + (size_t)j * k] = a[i + (size_t)j * lda];
+        if (info == 0)
+            info = LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'S', k, k, t, k, s, lv, k, rv, k);
+        if (info == 0) {
+            /* Q [U_R(:, :r); 0]: column-major n x r with leading dimension ldvt is exactly
+             * our row-major r x n V^T */
+            for (int j = 0; j < r; j++) {
+                float *col = vt + (size_t)j * ldvt;
+                memcpy(col, lv + (size_t)j * k, (size_t)k * sizeof *col);
+                memset(col + k, 0, (size_t)(n - k) * sizeof *col);
+            }
+            info = LAPACKE_sormqr(LAPACK_COL_MAJOR, 'L', 'N', n, r, k, a, lda, tau, vt, ldvt);
+        }
+    }
+    if (info < 0)
+        rc = nf_error_set(err, NF_E_NOMEM, "SVD of a %d x %d matrix failed (LAPACK info %d)", m,
+                          n, (int)info);
+    else if (info > 0)
+        rc = nf_error_set(err, NF_E_NUMERIC,
+                          "SVD of a %d x %d matrix did not converge (LAPACK info %d)", m, n,
+                          (int)info);
+out:
+    free(tau);
+    free(t);
+    free(lv);
+    free(rv);
+    return rc;
+}
+
 /* ---- the backend table ---- */
 
 static int cpu_count(int *n, const char **why)
