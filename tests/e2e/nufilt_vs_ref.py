@@ -275,6 +275,11 @@ def merge_and_compare(ctx, case, fx, dtype="F32", compat="paper", r_p=None, r_v=
                              base_raw, base64, ref, tol, dtype, treated, elem, prev, infos)
         ok &= o
         worst = max(worst, w)
+    # the step count nufilt records (if it records one) must be t
+    recorded = [st.read_metadata(step_path(steps_dir, t, as_file)).get("nufilt.step") for t in range(1, T + 1)]
+    if any(r is not None for r in recorded):
+        ok &= ctx.report(recorded == [str(t) for t in range(1, T + 1)], case, "metadata-step",
+                         "nufilt.step metadata of steps 1..%d: %s" % (T, ",".join(str(r) for r in recorded)))
     # final OUT equals the last saved step, byte for byte
     ok &= same_bytes(ctx, case, "out==step%d" % T, out_path, step_path(steps_dir, T, as_file))
     print("INFO %s: per-step max rel TV error %.3e over %d steps (%.1fs reference); min gap ratio at r_p cut "

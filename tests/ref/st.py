@@ -233,6 +233,14 @@ def raw_bytes(path):
     return out
 
 
+def read_metadata(path):
+    """__metadata__ of a file, or of the first shard of a directory (header only)."""
+    fp = _files_of(path)[0][0]
+    with open(fp, "rb") as f:
+        _, hdr = _read_header(f, os.path.getsize(fp))
+    return hdr.get("__metadata__") or {}
+
+
 def load(path):
     files, wm = _files_of(path)
     t = Tensors()
