@@ -224,6 +224,48 @@ int nf_la_axpby(nf_la *la, float alpha, const nf_mat *x, float beta, nf_mat *y)
 
 int nf_la_copy(nf_la *la, const nf_mat *x, nf_mat *y) { return nf_la_axpby(la, 1.0f, x, 0.0f, y); }
 
+int nf_la_copy_view(nf_la *la, const nf_mat *x, nf_mat *y)
+{
+    if (x->rows != y->rows || x->cols != y->cols)
+        return nf_error_set(la->err, NF_E_INTERNAL, "copy of a %dx%d view into a %dx%d one",
+                            x->rows, x->cols, y->rows, y->cols);
+    if ((x->rows <= 1 || x->ld == x->cols) && (y->rows <= 1 || y->ld == y->cols))
+        return nf_la_copy(la, x, y);
+    float *hx = nf_la_host(la, x), *hy = nf_la_host(la, y);
+    if (hx && hy) {
+        for (int r = 0; r < x->rows; r++)
+            memmove(hy + (size_t)r * y->ld, hx + (size_t)r * x->ld, (size_t)x->cols * 4);
+        return NF_OK;
+    }
+    for (int r = 0; r < x->rows; r++) {
+        nf_mat xr = nf_la_sub(x, r, 0, 1, x->cols), yr = nf_la_sub(y, r, 0, 1, y->cols);
+        int rc = nf_la_copy(la, &xr, &yr);
+        if (rc)
+            return rc;
+    }
+    return NF_OK;
+}
+
+int nf_la_scale_rows(nf_la *la, nf_mat *y, const float *d)
+{
+    float *hy = nf_la_host(la, y);
+    if (hy) {
+        for (int r = 0; r < y->rows; r++) {
+            float *p = hy + (size_t)r * y->ld;
+            for (int c = 0; c < y->cols; c++)
+                p[c] *= d[r];
+        }
+        return NF_OK;
+    }
+    for (int r = 0; r < y->rows; r++) {
+        nf_mat yr = nf_la_sub(y, r, 0, 1, y->cols);
+        int rc = nf_la_axpby(la, 0.0f, NULL, d[r], &yr);
+        if (rc)
+            return rc;
+    }
+    return NF_OK;
+}
+
 int nf_la_fill(nf_la *la, nf_mat *y, float v) { return nf_la_axpby(la, v, NULL, 0.0f, y); }
 
 int nf_la_dot(nf_la *la, const nf_mat *x, const nf_mat *y, double *out)
@@ -292,18 +334,19 @@ int nf_la_qr(nf_la *la, nf_mat *a)
     return rc;
 }
 
-/* Exact thin SVD of a host copy; returns vt (k x n) and s (k) in host memory. */
-static int svd_host(nf_la *la, const nf_mat *x, float **vt_out, float **s_out)
+/* Exact SVD of a host copy: the top r right singular vectors (vt, r x n) and all min(m, n)
+ * singular values (s), in host memory. */
+static int svd_host(nf_la *la, const nf_mat *x, int r, float **vt_out, float **s_out)
 {
     int m = x->rows, n = x->cols, k = m < n ? m : n;
-    size_t na = (size_t)m * (size_t)n, nv = (size_t)k * (size_t)n;
+    size_t na = (size_t)m * (size_t)n, nv = (size_t)r * (size_t)n;
     float *a = malloc((na ? na : 1) * sizeof *a);
     float *vt = malloc((nv ? nv : 1) * sizeof *vt);
     float *s = malloc((k ? (size_t)k : 1) * sizeof *s);
     int rc = (!a || !vt || !s) ? nf_error_set(la->err, NF_E_NOMEM, "out of memory in SVD")
                                : nf_la_download(la, x, a);
     if (!rc)
-        rc = nf_cpu_svd(m, n, a, n, s, vt, n, NULL, 0, la->err);
+        rc = nf_cpu_svd_right(m, n, a, n, r, s, vt, n, la->err);
     free(a);
     if (rc) {
         free(vt);
@@ -438,7 +481,7 @@ int nf_la_svd_right(nf_la *la, const nf_mat *x, const nf_svd_args *a, nf_mat *vt
         goto done;
     }
     float *hvt = NULL, *hs = NULL;
-    rc = svd_host(la, x, &hvt, &hs);
+    rc = svd_host(la, x, a->rank < k ? a->rank : k, &hvt, &hs);
     if (rc)
         goto done;
     int r = keep_count(hs, k, a->rank, a->rank_tol);
@@ -455,5 +498,117 @@ int nf_la_svd_right(nf_la *la, const nf_mat *x, const nf_svd_args *a, nf_mat *vt
     free(hs);
 done:
     la->stats.svd_s += nf_now() - t0;
+    return rc;
+}
+
+static int svd_full(nf_la *la, const nf_mat *x, nf_mat *scratch, nf_mat *u, float *s,
+                    nf_mat *vt);
+
+int nf_la_svd(nf_la *la, const nf_mat *x, nf_mat *u, float *s, nf_mat *vt)
+{
+    return svd_full(la, x, NULL, u, s, vt);
+}
+
+int nf_la_svd_overwrite(nf_la *la, nf_mat *x, nf_mat *u, float *s, nf_mat *vt)
+{
+    if (x->rows > 1 && x->ld != x->cols)
+        return svd_full(la, x, NULL, u, s, vt);
+    return svd_full(la, x, x, u, s, vt);
+}
+
+/* scratch: x itself when the caller allows it to be destroyed, else NULL (a copy is made) */
+static int svd_full(nf_la *la, const nf_mat *x, nf_mat *scratch, nf_mat *u, float *s,
+                    nf_mat *vt)
+{
+    double t0 = nf_now();
+    int m = x->rows, n = x->cols, k = m < n ? m : n;
+    nf_mat a = {0};
+    nf_buffer *sb = NULL;
+    float *ha = NULL, *hu = NULL, *hvt = NULL;
+    if (u)
+        memset(u, 0, sizeof *u);
+    memset(vt, 0, sizeof *vt);
+    int rc = nf_la_alloc(la, k, n, vt);
+    if (!rc && u)
+        rc = nf_la_alloc(la, m, k, u);
+    if (rc || k == 0)
+        goto out;
+    if (la->be->svd) {
+        /* the slot may overwrite its input: it works on a copy unless x may be destroyed */
+        if (!scratch) {
+            rc = nf_la_alloc(la, m, n, &a);
+            if (!rc)
+                rc = nf_la_copy_view(la, x, &a);
+        }
+        if (!rc)
+            rc = la->be->alloc(la->dev, (size_t)k, &sb, la->err);
+        if (rc)
+            goto out;
+        nf_svd_op op = {scratch ? *scratch : a, sb, 0, *vt, u};
+        rc = la->be->svd(la->dev, &op, la->err);
+        if (rc == NF_OK) {
+            rc = la->be->download(la->dev, sb, 0, s, (size_t)k * 4, la->err);
+            goto out;
+        }
+        if (rc != NF_E_UNSUPPORTED)
+            goto out;
+        nf_error_clear(la->err);
+        nf_la_free(la, &a);
+    }
+    la->stats.fallbacks++;
+    ha = malloc((size_t)m * n * sizeof *ha);
+    hvt = malloc((size_t)k * n * sizeof *hvt);
+    hu = u ? malloc((size_t)m * k * sizeof *hu) : NULL;
+    if (!ha || !hvt || (u && !hu)) {
+        rc = nf_error_set(la->err, NF_E_NOMEM, "out of memory in a %d x %d SVD", m, n);
+        goto out;
+    }
+    rc = nf_la_download(la, x, ha);
+    if (!rc)
+        rc = nf_cpu_svd(m, n, ha, n, s, hvt, n, hu, k, la->err);
+    if (!rc)
+        rc = nf_la_upload(la, vt, hvt);
+    if (!rc && u)
+        rc = nf_la_upload(la, u, hu);
+out:
+    if (rc) {
+        if (u)
+            nf_la_free(la, u);
+        nf_la_free(la, vt);
+    }
+    nf_la_free(la, &a);
+    if (sb)
+        la->be->free(la->dev, sb);
+    free(ha);
+    free(hu);
+    free(hvt);
+    la->stats.svd_s += nf_now() - t0;
+    return rc;
+}
+
+int nf_la_polar(nf_la *la, const nf_mat *x, nf_mat *out, float *s)
+{
+    int m = x->rows, n = x->cols, k = m < n ? m : n;
+    nf_mat p = {0}, qt = {0};
+    float *hs = malloc((size_t)(k ? k : 1) * sizeof *hs);
+    memset(out, 0, sizeof *out);
+    if (!hs)
+        return nf_error_set(la->err, NF_E_NOMEM, "out of memory");
+    int rc = nf_la_svd(la, x, &p, hs, &qt);
+    if (!rc)
+        rc = nf_la_alloc(la, m, n, out);
+    if (!rc) {
+        if (k == 0)
+            rc = nf_la_fill(la, out, 0.0f);
+        else
+            rc = nf_la_gemm(la, 0, 0, 1.0f, &p, &qt, 0.0f, out);
+    }
+    if (!rc && s)
+        memcpy(s, hs, (size_t)k * sizeof *hs);
+    if (rc)
+        nf_la_free(la, out);
+    nf_la_free(la, &p);
+    nf_la_free(la, &qt);
+    free(hs);
     return rc;
 }

@@ -48,6 +48,11 @@ int nf_la_gemm(nf_la *la, int ta, int tb, float alpha, const nf_mat *a, const nf
 /* y = alpha x + beta y (contiguous matrices of equal size); x NULL: y = beta y + alpha */
 int nf_la_axpby(nf_la *la, float alpha, const nf_mat *x, float beta, nf_mat *y);
 int nf_la_copy(nf_la *la, const nf_mat *x, nf_mat *y);
+/* y = x for views of equal shape that may be strided (sub-matrices): one element-wise op per
+ * row when either view is strided */
+int nf_la_copy_view(nf_la *la, const nf_mat *x, nf_mat *y);
+/* Row i of y (rows x cols, contiguous rows) times d[i] (host array of y->rows values). */
+int nf_la_scale_rows(nf_la *la, nf_mat *y, const float *d);
 int nf_la_fill(nf_la *la, nf_mat *y, float v);
 /* sum of x .* y in double (y NULL: sum of squares) */
 int nf_la_dot(nf_la *la, const nf_mat *x, const nf_mat *y, double *out);
@@ -73,5 +78,19 @@ typedef struct nf_svd_args {
  * not NULL, writes the first min(m, n) singular values (exact) or rank values (randomized). */
 int nf_la_svd_right(nf_la *la, const nf_mat *x, const nf_svd_args *a, nf_mat *vt, int *rank,
                     float *s);
+
+/* Full thin SVD of x (m x n, not modified; may be a strided view), k = min(m, n):
+ * allocates *u (m x k; pass u NULL when the left vectors are not wanted) and *vt (k x n), and
+ * writes the k singular values, descending, to the host array s. Runs the device's svd slot
+ * when it has one, LAPACK (sgesdd) on a host copy otherwise. Singular vectors are determined
+ * up to a common sign per pair (u_i, v_i). */
+int nf_la_svd(nf_la *la, const nf_mat *x, nf_mat *u, float *s, nf_mat *vt);
+/* The same, with x (contiguous) used as the workspace: its contents are destroyed, which
+ * saves a copy of x on the device. */
+int nf_la_svd_overwrite(nf_la *la, nf_mat *x, nf_mat *u, float *s, nf_mat *vt);
+/* Orthogonal polar factor of x (m x n): out (allocated, m x n) = P Q^T from the thin SVD
+ * x = P diag(s) Q^T; s (host, min(m, n) values) receives the singular values when not
+ * NULL. */
+int nf_la_polar(nf_la *la, const nf_mat *x, nf_mat *out, float *s);
 
 #endif

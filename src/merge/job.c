@@ -115,34 +115,92 @@ static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
     return 0;
 }
 
-int nf_job_spill_write(nf_job *job, const float *vals)
+static int spill_check(nf_job *job, uint64_t first, size_t n)
 {
     nf_run *run = job->run;
-    size_t bytes = (size_t)job->base->numel * sizeof(float);
     if (run->spill_fd < 0 || !run->spill_off)
-        return nf_error_set(job->err, NF_E_INTERNAL, "no spill file for this method");
-    if (pwrite_all(run->spill_fd, vals, bytes, run->spill_off[job->idx]))
+        return nf_error_set(job->err, NF_E_INTERNAL, "no scratch file for this method");
+    if (first > job->base->numel || n > job->base->numel - first)
+        return nf_error_set(job->err, NF_E_INTERNAL, "scratch range out of tensor \"%s\"",
+                            job->base->name);
+    return NF_OK;
+}
+
+int nf_job_spill_write_at(nf_job *job, uint64_t first, const float *vals, size_t n)
+{
+    nf_run *run = job->run;
+    int rc = spill_check(job, first, n);
+    if (rc)
+        return rc;
+    if (pwrite_all(run->spill_fd, vals, n * sizeof(float),
+                   run->spill_off[job->idx] + first * sizeof(float)))
         return nf_error_set(job->err, NF_E_IO, "%s: cannot write scratch data: %s",
                             run->spill_path, strerror(errno));
     return NF_OK;
 }
 
-int nf_job_spill_read(nf_job *job, float *vals)
+int nf_job_spill_read_at(nf_job *job, uint64_t first, float *vals, size_t n)
 {
     nf_run *run = job->run;
-    size_t len = (size_t)job->base->numel * sizeof(float);
+    int rc = spill_check(job, first, n);
+    if (rc)
+        return rc;
+    size_t len = n * sizeof(float);
     char *p = (char *)vals;
-    uint64_t off = run->spill_off[job->idx];
+    uint64_t off = run->spill_off[job->idx] + first * sizeof(float);
     while (len) {
         ssize_t r = pread(run->spill_fd, p, len, (off_t)off);
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0)
-            return nf_error_set(job->err, NF_E_IO, "%s: cannot read scratch data",
-                                run->spill_path);
+            return nf_error_set(job->err, NF_E_IO, "%s: cannot read scratch data%s%s",
+                                run->spill_path, r < 0 ? ": " : " (short file)",
+                                r < 0 ? strerror(errno) : "");
         p += r;
         len -= (size_t)r;
         off += (uint64_t)r;
     }
     return NF_OK;
+}
+
+int nf_job_spill_write(nf_job *job, const float *vals)
+{
+    return nf_job_spill_write_at(job, 0, vals, (size_t)job->base->numel);
+}
+
+int nf_job_spill_read(nf_job *job, float *vals)
+{
+    return nf_job_spill_read_at(job, 0, vals, (size_t)job->base->numel);
+}
+
+int nf_job_read_f32(nf_job *job, const nf_tensor *t, uint64_t first, size_t n, float *dst)
+{
+    if (!nf_dtype_is_float(t->dtype) || first > t->numel || n > t->numel - first)
+        return nf_error_set(job->err, NF_E_INTERNAL, "bad read of tensor \"%s\"", t->name);
+    nf_to_f32(t->data + first * nf_dtype_size(t->dtype), t->dtype, dst, n);
+    return NF_OK;
+}
+
+#define PUT_CHUNK 16384
+
+int nf_job_put_f32_at(nf_job *job, uint64_t first, const float *vals, size_t n)
+{
+    const nf_out_spec *o = &job->run->out[job->idx];
+    size_t es = nf_dtype_size(o->dtype);
+    if (!nf_dtype_is_float(o->dtype) || first > job->base->numel ||
+        n > job->base->numel - first)
+        return nf_error_set(job->err, NF_E_INTERNAL, "bad write of tensor \"%s\"", o->name);
+    if (o->dtype == NF_F32)
+        return nf_writer_put(job->run->writer, job->idx, first * 4, vals, n * 4, job->err);
+    unsigned char *b = malloc((n < PUT_CHUNK ? (n ? n : 1) : PUT_CHUNK) * es);
+    if (!b)
+        return nf_error_set(job->err, NF_E_NOMEM, "out of memory");
+    int rc = NF_OK;
+    for (size_t s = 0; s < n && rc == NF_OK; s += PUT_CHUNK) {
+        size_t c = n - s < PUT_CHUNK ? n - s : PUT_CHUNK;
+        nf_from_f32(vals + s, o->dtype, b, c);
+        rc = nf_writer_put(job->run->writer, job->idx, (first + s) * es, b, c * es, job->err);
+    }
+    free(b);
+    return rc;
 }

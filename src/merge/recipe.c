@@ -401,6 +401,10 @@ static int check_ranges(const nf_params *p, nf_error *err)
         return nf_error_set(err, NF_E_ARG, "--rank-tol must be in [0, 1)");
     if (!isfinite(p->scale))
         return nf_error_set(err, NF_E_ARG, "--scale must be a finite number");
+    if (p->method == NF_METHOD_MAGMAX && p->scale == 0)
+        return nf_error_set(err, NF_E_ARG,
+                            "--scale 0 is not allowed with --method magmax (the merged task "
+                            "vector is divided by it)");
     if (!(p->keep > 0) || p->keep > 1)
         return nf_error_set(err, NF_E_ARG, "--keep must be in (0, 1]");
     if (!(p->alpha >= 0) || p->alpha > 1)

@@ -80,6 +80,7 @@ struct nf_run {
     const nf_method_ops *method;
     nf_params p;
     const nf_options *opts;
+    nf_error *err;             /* for begin/after_pass/end: details of a failure */
     int step;                  /* 1-based index of the task being merged */
     int svd_mode;
     nf_model *base, *task, *prev;
@@ -95,7 +96,9 @@ struct nf_run {
     int npartial;
     char *spill_path;          /* scratch file for methods that revisit results */
     int spill_fd;
-    uint64_t *spill_off;
+    uint64_t *spill_off;       /* per tensor: byte offset of its float32 values (float ones) */
+    int want_spill;            /* set by a method's begin(): the step creates the scratch file
+                                * (beside the output, already unlinked) before the first pass */
     /* progress */
     pthread_mutex_t lock;
     size_t done;
@@ -121,6 +124,16 @@ int nf_job_put_base(nf_job *job);
 int nf_job_spill_write(nf_job *job, const float *vals);
 int nf_job_spill_read(nf_job *job, float *vals);
 int nf_job_dims(const nf_job *job, int *rows, int *cols);
+
+/* Streaming forms for element-wise work on tensors of any size, a range of elements at a
+ * time (first = index of the first element, n elements). */
+/* Reads elements [first, first + n) of tensor t (a float tensor of the job) as float32. */
+int nf_job_read_f32(nf_job *job, const nf_tensor *t, uint64_t first, size_t n, float *dst);
+/* Final pass: output elements [first, first + n), converted to the output dtype. */
+int nf_job_put_f32_at(nf_job *job, uint64_t first, const float *vals, size_t n);
+/* The same ranges of the tensor's float32 slot in the scratch file. */
+int nf_job_spill_write_at(nf_job *job, uint64_t first, const float *vals, size_t n);
+int nf_job_spill_read_at(nf_job *job, uint64_t first, float *vals, size_t n);
 
 const nf_method_ops *nf_method_ops_get(int id);
 

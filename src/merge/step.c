@@ -4,6 +4,7 @@
  * the recipe and state in the output's metadata, commit.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -206,6 +207,54 @@ static int build_meta(nf_run *run, const char *task_path, meta_list *l)
 
 /* ---- the step ---- */
 
+/* The scratch file a multi-pass method asked for (run->want_spill): one float32 slot per float
+ * tensor, in the output's directory (the same file system the output is written to, not /tmp),
+ * unlinked as soon as it is open so that nothing is left behind on success, failure or a
+ * crash; the space is reserved up front so a full disk is reported before the first pass. */
+static int spill_open(nf_run *run, const char *out, nf_error *err)
+{
+    uint64_t total = 0;
+    run->spill_off = calloc(run->ntensors ? run->ntensors : 1, sizeof *run->spill_off);
+    if (!run->spill_off)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    for (size_t i = 0; i < run->ntensors; i++) {
+        const nf_tensor *t = &run->base->tensors[i];
+        run->spill_off[i] = total;
+        if (nf_dtype_is_float(t->dtype))
+            total += t->numel * sizeof(float);
+    }
+    size_t n = strlen(out);
+    while (n > 1 && out[n - 1] == '/')
+        n--;
+    size_t s = n;
+    while (s > 0 && out[s - 1] != '/')
+        s--;
+    nf_sb sb = {0};
+    if (s == 0)
+        nf_sb_printf(&sb, "./.%.*s.spill-XXXXXX", (int)(n - s), out + s);
+    else
+        nf_sb_printf(&sb, "%.*s.%.*s.spill-XXXXXX", (int)s, out, (int)(n - s), out + s);
+    if (sb.oom)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    run->spill_path = sb.s;
+    run->spill_fd = mkostemp(run->spill_path, O_CLOEXEC);
+    if (run->spill_fd < 0)
+        return nf_error_set(err, NF_E_IO, "%s: cannot create a scratch file beside it: %s", out,
+                            strerror(errno));
+    if (unlink(run->spill_path) != 0)
+        return nf_error_set(err, NF_E_IO, "%s: cannot unlink the scratch file: %s",
+                            run->spill_path, strerror(errno));
+    if (total) {
+        int e = posix_fallocate(run->spill_fd, 0, (off_t)total);
+        if (e == ENOSPC || e == EFBIG)
+            return nf_error_set(err, NF_E_IO,
+                                "%s: no room for %.1f MB of scratch data beside the output: %s",
+                                out, (double)total / 1e6, strerror(e));
+        /* other errors (no fallocate on this file system): the writes will tell */
+    }
+    return NF_OK;
+}
+
 static void run_free(nf_run *run)
 {
     if (run->method && run->method->cleanup)
@@ -241,6 +290,7 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     run.spill_fd = -1;
     pthread_mutex_init(&run.lock, NULL);
     run.opts = o;
+    run.err = err;
     run.step_in_run = step_in_run;
     run.nsteps = nsteps;
     run.svd_mode = o->svd == NF_SVD_RANDOMIZED ? NF_LA_SVD_RANDOMIZED : NF_LA_SVD_EXACT;
@@ -367,6 +417,10 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         meta_free(&meta);
         goto done;
     }
+    if (run.want_spill && (rc = spill_open(&run, out, err))) {
+        meta_free(&meta);
+        goto done;
+    }
     for (int pass = 0; pass < run.npasses && rc == NF_OK; pass++) {
         rc = nf_sched_pass(&run, pass, devs, ndev, threads, &stats, err);
         if (rc == NF_OK && run.method->after_pass)
@@ -447,7 +501,7 @@ int nf_merge(const char *base, const char *const *tasks, int ntasks, const char 
     int rc = NF_OK;
     char *scratch = NULL;
     if (save_steps_dir) {
-        if (!nf_is_dir(save_steps_dir) && mkdir(save_steps_dir, 0755) != 0)
+        if (nf_mkdirs(save_steps_dir) != 0)
             return nf_error_set(err, NF_E_IO, "%s: cannot create: %s", save_steps_dir,
                                 strerror(errno));
         for (int t = 1; t <= ntasks; t++) {
@@ -462,7 +516,20 @@ int nf_merge(const char *base, const char *const *tasks, int ntasks, const char 
             free(p);
         }
     } else if (ntasks > 1) {
-        /* intermediate models live in a scratch directory beside the output */
+        /* intermediate models live in a scratch directory beside the output (whose directory
+         * is created if missing, as the output's writer would) */
+        char *odir = nf_strdup(out);
+        char *sl = odir ? strrchr(odir, '/') : NULL;
+        if (sl && sl != odir) {
+            *sl = '\0';
+            if (nf_mkdirs(odir) != 0) {
+                rc = nf_error_set(err, NF_E_IO, "%s: cannot create its directory: %s", out,
+                                  strerror(errno));
+                free(odir);
+                return rc;
+            }
+        }
+        free(odir);
         nf_sb sb = {0};
         char *stem = nf_path_stem(out);
         char *parent = nf_strdup(out);
