@@ -5,9 +5,10 @@
 #
 #   examples/digits/run.sh [path-to-nufilt]
 #
-# Environment: OUT (output directory, default examples/digits/out), ORDERS (how many task
-# orders to run: 1 = the canonical order only (default); N > 1 adds N-1 seeded random orders
-# and prints mean +- std over them), PYTHON (default /usr/bin/python3; needs NumPy only).
+# Environment: NUFILT_EXTRA (options appended to NUFILT's, e.g. "--null-rank 0"), OUT
+# (output directory, default examples/digits/out), ORDERS (how many task orders to run:
+# 1 = the canonical order only (default); N > 1 adds N-1 seeded random orders and prints
+# mean +- std over them), PYTHON (default /usr/bin/python3; needs NumPy only).
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,7 +30,7 @@ PY=${PYTHON:-/usr/bin/python3}
 
 # NUFILT's ranks for 64- and 96-wide layers, chosen by the sweep in README.md (the defaults,
 # r_p 128 / r_v 8 / r_l 64, are meant for 768-wide transformer layers).
-NUFILT_OPTS="--preset all-linear --null-rank 32 --task-rank 8 --lora-rank 16 --lr 1e-3 --iters 50"
+NUFILT_OPTS="--preset all-linear --null-rank 32 --task-rank 8 --lora-rank 16 --lr 1e-3 --iters 50 ${NUFILT_EXTRA:-}"
 # The baselines: continual weight averaging, and task arithmetic at its usual lambda 0.3 (the
 # best lambda on this example, see README.md).
 
