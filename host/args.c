@@ -67,6 +67,9 @@ static const opt opts[] = {
      "exact (LAPACK gesdd) or randomized (range finder, 10 extra columns, 2 power "
      "iterations) [exact]"},
     {"threads", "N", CMD_RUN, K_INT, "worker threads [all cores]"},
+    {"max-memory", "SIZE", CMD_RUN, K_SIZE,
+     "cap on the estimated working memory of the tensors in flight (e.g. 500MB); fewer run at "
+     "once, and a tensor that alone needs more is an error [no cap]"},
     {"report", "FILE", CMD_RUN, K_STR,
      "write a JSON report: per treated tensor the ranks used, the energy the filter removed, "
      "the adapter's objective before and after, the time"},
@@ -250,6 +253,9 @@ int cli_parse(int cmd, int argc, char **argv, int first, cli *c)
         } else if (!strcmp(name, "out-shard-size")) {
             if (nf_parse_size(val, &o->out_shard_size) || o->out_shard_size == 0)
                 rc = bad(name, val, "expected a size such as 2GB, 500MB or 1GiB");
+        } else if (!strcmp(name, "max-memory")) {
+            if (nf_parse_size(val, &o->max_memory) || o->max_memory == 0)
+                rc = bad(name, val, "expected a size such as 500MB or 2GiB");
         } else if (!strcmp(name, "force")) o->force = !negated;
         else if (!strcmp(name, "allow-nonfinite")) o->allow_nonfinite = !negated;
         else if (!strcmp(name, "device")) o->device = val;

@@ -1,4 +1,5 @@
 /* nufilt: the command-line program. Subcommands, messages and exit codes; no numerics. */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -72,11 +73,39 @@ static void help_command(const char *cmd)
     }
 }
 
+/* SIGINT, SIGTERM, SIGHUP: remove the temporary outputs, then die of the signal as if
+ * unhandled (the shell sees 130, 143, ...). SIGBUS: an input was memory-mapped and another
+ * process truncated it during the run; say so instead of a bare "Bus error". Only
+ * async-signal-safe calls here. */
 static void on_signal(int sig)
 {
     nf_cleanup_temporaries();
-    signal(sig, SIG_DFL);
-    raise(sig);
+    if (sig == SIGBUS) {
+        static const char msg[] =
+            "nufilt: error: bus error reading a memory-mapped input: a model file was truncated "
+            "by another process during the run (or the disk failed); no output was written\n";
+        ssize_t r = write(2, msg, sizeof msg - 1);
+        (void)r;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    sigaction(sig, &sa, NULL);
+    raise(sig); /* delivered when the handler returns (a SIGBUS fault recurs), now fatal */
+}
+
+static void install_handlers(void)
+{
+    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGBUS};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        sigaddset(&sa.sa_mask, sigs[i]); /* one handler at a time */
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        sigaction(sigs[i], &sa, NULL);
 }
 
 int main(int argc, char **argv)
@@ -94,9 +123,7 @@ int main(int argc, char **argv)
         printf("nufilt %s\n", nf_version());
         return 0;
     }
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    signal(SIGHUP, on_signal);
+    install_handlers();
     if (!strcmp(cmd, "step") || !strcmp(cmd, "merge")) {
         int which = !strcmp(cmd, "step") ? CMD_STEP : CMD_MERGE;
         cli c;

@@ -204,3 +204,9 @@ int nf_job_put_f32_at(nf_job *job, uint64_t first, const float *vals, size_t n)
     free(b);
     return rc;
 }
+
+uint64_t nf_mem_copies(const nf_run *run, size_t i, double k)
+{
+    double b = k * (double)run->base->tensors[i].numel * sizeof(float);
+    return b > NF_STREAM_MEMORY ? (uint64_t)b : NF_STREAM_MEMORY;
+}

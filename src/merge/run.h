@@ -67,7 +67,14 @@ typedef struct nf_method_ops {
     int (*after_pass)(nf_run *run, int pass);  /* optional: combine per-tensor partials */
     int (*end)(nf_run *run);                   /* optional: new state for the metadata */
     void (*cleanup)(nf_run *run);              /* optional */
+    /* optional: estimated working memory (bytes) of tensor i's job, for --max-memory; without
+     * it a job counts NF_STREAM_MEMORY (chunked element-wise work) */
+    uint64_t (*memory)(const nf_run *run, size_t i);
 } nf_method_ops;
+
+#define NF_STREAM_MEMORY (2u << 20)
+/* Working memory of a job that holds k float32 copies of tensor i (at least the stream's). */
+uint64_t nf_mem_copies(const nf_run *run, size_t i, double k);
 
 enum {
     NF_P_NULL_RANK = 1u << 0, NF_P_TASK_RANK = 1u << 1, NF_P_LORA_RANK = 1u << 2,

@@ -13,6 +13,15 @@
 #include "../core/util.h"
 #include "../io/dtype.h"
 
+/* --max-memory: the estimated working memory of the jobs in flight stays under the cap; a job
+ * waits until enough finishes, and one that alone exceeds the cap is an error. */
+typedef struct budget {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    uint64_t cap, used;
+    int running;
+} budget;
+
 typedef struct worker {
     pthread_t thread;
     nf_run *run;
@@ -23,6 +32,7 @@ typedef struct worker {
     const size_t *order;
     atomic_size_t *next;
     atomic_int *stop;
+    budget *mem;
     nf_la_stats stats;
 } worker;
 
@@ -113,7 +123,32 @@ static void *work(void *arg)
         if (k >= w->run->ntensors)
             break;
         size_t i = w->order[k];
-        if (do_job(w, i) != NF_OK) {
+        nf_run *run = w->run;
+        budget *b = w->mem;
+        uint64_t need = NF_STREAM_MEMORY;
+        if (run->method->memory && nf_dtype_is_float(run->base->tensors[i].dtype))
+            need = run->method->memory(run, i);
+        if (b->cap && need > b->cap) {
+            nf_error_set(&w->err, NF_E_LIMIT,
+                         "tensor \"%s\" needs about %.0f MB of working memory, more than "
+                         "--max-memory %.0f MB allows",
+                         run->base->tensors[i].name, (double)need / 1e6, (double)b->cap / 1e6);
+            atomic_store(w->stop, 1);
+            break;
+        }
+        pthread_mutex_lock(&b->lock);
+        while (b->cap && b->used + need > b->cap && b->running > 0)
+            pthread_cond_wait(&b->cond, &b->lock);
+        b->used += need;
+        b->running++;
+        pthread_mutex_unlock(&b->lock);
+        int rc = do_job(w, i);
+        pthread_mutex_lock(&b->lock);
+        b->used -= need;
+        b->running--;
+        pthread_cond_broadcast(&b->cond);
+        pthread_mutex_unlock(&b->lock);
+        if (rc != NF_OK) {
             atomic_store(w->stop, 1);
             break;
         }
@@ -168,6 +203,8 @@ int nf_sched_pass(nf_run *run, int pass, nf_device **devs, int ndev, int cpu_wor
     }
     atomic_size_t next = 0;
     atomic_int stop = 0;
+    budget mem = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, run->opts->max_memory, 0,
+                  0};
     int k = 0;
     for (int d = 0; d < ndev; d++) {
         int c = nf_device_get_info(devs[d])->type == NF_DEVICE_CPU ? cpu_workers : 1;
@@ -178,6 +215,7 @@ int nf_sched_pass(nf_run *run, int pass, nf_device **devs, int ndev, int cpu_wor
             ws[k].order = order;
             ws[k].next = &next;
             ws[k].stop = &stop;
+            ws[k].mem = &mem;
             nf_la_init(&ws[k].la, devs[d], &ws[k].err);
         }
     }
@@ -206,5 +244,7 @@ int nf_sched_pass(nf_run *run, int pass, nf_device **devs, int ndev, int cpu_wor
     }
     free(ws);
     free(order);
+    pthread_mutex_destroy(&mem.lock);
+    pthread_cond_destroy(&mem.cond);
     return rc;
 }

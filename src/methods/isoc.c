@@ -57,6 +57,14 @@ static int isoc_tensor(nf_job *job)
     return bl_mean(job, lam);
 }
 
+/* working memory for --max-memory: whole matrices and their SVD (peak measured on a
+ * 3072 x 768 tensor, rounded up) */
+static uint64_t isoc_memory(const nf_run *run, size_t i)
+{
+    const nf_tensor *t = &run->base->tensors[i];
+    return t->ndim == 2 ? nf_mem_copies(run, i, 5) : NF_STREAM_MEMORY;
+}
+
 const nf_method_ops nf_method_isoc = {
     .info = {"isoc", "Iso-C: flattens the spectrum of the summed task vectors",
              "--scale 1 (lambda)",
@@ -66,4 +74,5 @@ const nf_method_ops nf_method_isoc = {
     .params = NF_P_SCALE,
     .npasses = 1,
     .tensor = isoc_tensor,
+    .memory = isoc_memory,
 };

@@ -304,6 +304,14 @@ static void opcm_cleanup(nf_run *run)
     run->mstate = NULL;
 }
 
+/* working memory for --max-memory: whole matrices and their SVD (peak measured on a
+ * 3072 x 768 tensor, rounded up) */
+static uint64_t opcm_memory(const nf_run *run, size_t i)
+{
+    const nf_tensor *t = &run->base->tensors[i];
+    return bl_is_linear_weight(t) ? nf_mem_copies(run, i, 4) : NF_STREAM_MEMORY;
+}
+
 const nf_method_ops nf_method_opcm = {
     .info = {"opcm", "orthogonal projection of each task vector, norm-preserving rescale",
              "--alpha 0.5 (share of the spectrum projected out), --opcm-zero-diag off",
@@ -316,4 +324,5 @@ const nf_method_ops nf_method_opcm = {
     .tensor = opcm_tensor,
     .after_pass = opcm_after,
     .cleanup = opcm_cleanup,
+    .memory = opcm_memory,
 };

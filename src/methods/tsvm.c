@@ -84,6 +84,14 @@ static int tsvm_tensor(nf_job *job)
     return bl_mean(job, lam);
 }
 
+/* working memory for --max-memory: whole matrices and their SVD (peak measured on a
+ * 3072 x 768 tensor, rounded up) */
+static uint64_t tsvm_memory(const nf_run *run, size_t i)
+{
+    const nf_tensor *t = &run->base->tensors[i];
+    return t->ndim == 2 ? nf_mem_copies(run, i, 8) : NF_STREAM_MEMORY;
+}
+
 const nf_method_ops nf_method_tsvm = {
     .info = {"tsvm", "TSV-M: decorrelated task singular vectors", "--scale 1 (lambda)",
              "Gargiulo et al., Task Singular Vectors: Reducing Task Interference in Model "
@@ -92,4 +100,5 @@ const nf_method_ops nf_method_tsvm = {
     .params = NF_P_SCALE,
     .npasses = 1,
     .tensor = tsvm_tensor,
+    .memory = tsvm_memory,
 };

@@ -118,6 +118,14 @@ static int wudi_tensor(nf_job *job)
     return wudi_2d(job, rows, cols);
 }
 
+/* working memory for --max-memory: whole matrices and their SVD (peak measured on a
+ * 3072 x 768 tensor, rounded up) */
+static uint64_t wudi_memory(const nf_run *run, size_t i)
+{
+    const nf_tensor *t = &run->base->tensors[i];
+    return t->ndim == 2 ? nf_mem_copies(run, i, 8) : NF_STREAM_MEMORY;
+}
+
 const nf_method_ops nf_method_wudi = {
     .info = {"wudi", "data-free interference minimisation with Adam on task-vector subspaces",
              "--iters 50 (Adam steps), --lr 1e-5",
@@ -127,4 +135,5 @@ const nf_method_ops nf_method_wudi = {
     .params = NF_P_ITERS | NF_P_LR,
     .npasses = 1,
     .tensor = wudi_tensor,
+    .memory = wudi_memory,
 };
