@@ -48,10 +48,15 @@ void progress_cb(void *user, const nf_progress *p)
     double frac = p->tensors_total ? (double)p->tensors_done / (double)p->tensors_total : 1.0;
     if (p->bytes_total && p->npasses == 1)
         frac = (double)p->bytes_done / (double)p->bytes_total;
+    /* the whole run: earlier steps done, this one frac done */
+    if (!pr->start)
+        pr->start = t - p->elapsed_s;
+    double all = p->nsteps > 0 ? ((double)(p->step - 1) + frac) / (double)p->nsteps : frac;
+    double elapsed = t - pr->start;
     char el[32], rem[32], bd[32], bt[32];
-    hms(p->elapsed_s, el, sizeof el);
-    if (frac > 0.02)
-        hms(p->elapsed_s * (1.0 - frac) / frac, rem, sizeof rem);
+    hms(elapsed, el, sizeof el);
+    if (all > 0.02)
+        hms(elapsed * (1.0 - all) / all, rem, sizeof rem);
     else
         snprintf(rem, sizeof rem, "--:--");
     human((double)p->bytes_done, bd, sizeof bd);

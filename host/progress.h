@@ -5,6 +5,7 @@
 #include "nufilt.h"
 
 typedef struct progress {
+    double start;       /* first callback of the run (a merge spans several steps) */
     double last_draw;
     int drawn;
     int width;
