@@ -28,34 +28,15 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "ref"))
+import gen_fixtures  # noqa: E402  (tests/ref/gen_fixtures.py)
 import st  # noqa: E402  (tests/ref/st.py)
 
 POS_IDS = "vision_model.embeddings.position_ids"
 
 
 def clip_shapes(D=64, L=2, P=8, image=32):
-    n_pos = (image // P) ** 2 + 1
-    sh = [
-        ("vision_model.embeddings.class_embedding", (D,)),
-        ("vision_model.embeddings.patch_embedding.weight", (D, 3, P, P)),
-        ("vision_model.embeddings.position_embedding.weight", (n_pos, D)),
-        ("vision_model.pre_layrnorm.weight", (D,)),
-        ("vision_model.pre_layrnorm.bias", (D,)),
-    ]
-    for i in range(L):
-        p = "vision_model.encoder.layers.%d." % i
-        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
-            sh.append((p + "self_attn.%s.weight" % proj, (D, D)))
-            sh.append((p + "self_attn.%s.bias" % proj, (D,)))
-        sh += [
-            (p + "layer_norm1.weight", (D,)), (p + "layer_norm1.bias", (D,)),
-            (p + "mlp.fc1.weight", (4 * D, D)), (p + "mlp.fc1.bias", (4 * D,)),
-            (p + "mlp.fc2.weight", (D, 4 * D)), (p + "mlp.fc2.bias", (D,)),
-            (p + "layer_norm2.weight", (D,)), (p + "layer_norm2.bias", (D,)),
-        ]
-    sh += [("vision_model.post_layernorm.weight", (D,)),
-           ("vision_model.post_layernorm.bias", (D,))]
-    return sh
+    """The CLIP vision-tower tensor list of the NUFILT fixtures (tests/ref/gen_fixtures.py)."""
+    return gen_fixtures.clip_shapes(D, L, P, image)
 
 
 def _orth(rng, m, n):
