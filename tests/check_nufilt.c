@@ -153,6 +153,34 @@ START_TEST(test_gradients_vs_finite_differences)
     }
     ck_assert_msg(sqrt(diff / gnorm) < 1e-4, "gradient relative error %g", sqrt(diff / gnorm));
 
+    /* the Gram form gives the same gradients */
+    nf_mat gk, gd, gkb, gg1, gs, gq;
+    nf_la_alloc(&la, N, N, &gk);
+    nf_la_alloc(&la, N, K, &gd);
+    nf_la_alloc(&la, N, R, &gkb);
+    nf_la_alloc(&la, R, R, &gg1);
+    nf_la_alloc(&la, R, K, &gs);
+    nf_la_alloc(&la, R, R, &gq);
+    nf_nufilt_gram gram = {&gk, &gd, &gkb, &gg1, &gs, &gq};
+    float fa[R * N], fb[N * R];
+    memcpy(fa, hga, sizeof fa);
+    memcpy(fb, hgb, sizeof fb);
+    ck_assert_int_eq(nf_nufilt_gram_setup(&la, &ws, &gram), NF_OK);
+    ck_assert_int_eq(nf_nufilt_grad_gram(&la, &ws, &gram), NF_OK);
+    double gd2 = 0, gn2 = 0;
+    for (int i = 0; i < R * N; i++) {
+        gd2 += ((double)hga[i] - fa[i]) * ((double)hga[i] - fa[i]);
+        gn2 += (double)fa[i] * fa[i];
+    }
+    for (int i = 0; i < N * R; i++) {
+        gd2 += ((double)hgb[i] - fb[i]) * ((double)hgb[i] - fb[i]);
+        gn2 += (double)fb[i] * fb[i];
+    }
+    ck_assert_msg(sqrt(gd2 / gn2) < 1e-5, "Gram-form gradients differ by %g", sqrt(gd2 / gn2));
+    nf_mat *gall[] = {&gk, &gd, &gkb, &gg1, &gs, &gq};
+    for (size_t i = 0; i < 6; i++)
+        nf_la_free(&la, gall[i]);
+
     /* with B = 0 the gradient with respect to A is exactly zero (the spec's step-1 note) */
     nf_la_fill(&la, &b, 0.0f);
     ck_assert_int_eq(nf_nufilt_grad(&la, &ws, &loss), NF_OK);

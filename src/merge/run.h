@@ -42,6 +42,7 @@ typedef struct nf_tensor_report {
     double filter_removed;     /* 1 - |tau P|^2 / |tau|^2 */
     double obj_before, obj_after;
     int trained;
+    int gram;                  /* trained with the Gram form of the gradients */
     double seconds;
 } nf_tensor_report;
 

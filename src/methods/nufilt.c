@@ -30,13 +30,14 @@
 
 typedef struct mats {
     nf_mat w0, tau, prev, taup, vt_t, vt_p, v, c, a, b, ma, va, mb, vb, ga, gb, t, av, e, h, te;
+    nf_mat k, d, kb, g1, s, q; /* Gram form (see train) */
 } mats;
 
 static void free_all(nf_la *la, mats *x)
 {
     nf_mat *all[] = {&x->w0, &x->tau, &x->prev, &x->taup, &x->vt_t, &x->vt_p, &x->v, &x->c,
                      &x->a, &x->b, &x->ma, &x->va, &x->mb, &x->vb, &x->ga, &x->gb, &x->t,
-                     &x->av, &x->e, &x->h, &x->te};
+                     &x->av, &x->e, &x->h, &x->te, &x->k, &x->d, &x->kb, &x->g1, &x->s, &x->q};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         nf_la_free(la, all[i]);
 }
@@ -87,6 +88,29 @@ int nf_nufilt_constant(nf_la *la, const nf_mat *tau, const nf_mat *prev, const n
     return rc;
 }
 
+int nf_nufilt_gram_setup(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g)
+{
+    int rc = nf_la_gemm(la, 1, 0, 1.0f, x->tau, x->tau, 0.0f, g->k);
+    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, x->tau, x->c, 0.0f, g->d);
+    return rc;
+}
+
+int nf_nufilt_grad_gram(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g)
+{
+    int rc = nf_la_gemm(la, 0, 1, 1.0f, x->a, x->v, 0.0f, x->av);
+    if (!rc) rc = nf_la_gemm(la, 0, 0, 1.0f, g->k, x->b, 0.0f, g->kb);
+    if (!rc) rc = nf_la_gemm(la, 0, 1, 1.0f, x->av, x->av, 0.0f, g->g1);
+    /* dL/dB = -2 D (AV)^T + 2 (K B)(AV (AV)^T) */
+    if (!rc) rc = nf_la_gemm(la, 0, 1, -2.0f, g->d, x->av, 0.0f, x->gb);
+    if (!rc) rc = nf_la_gemm(la, 0, 0, 2.0f, g->kb, g->g1, 1.0f, x->gb);
+    /* dL/dA = -2 (B^T D - (B^T K B) AV) V^T */
+    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, x->b, g->d, 0.0f, g->s);
+    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, x->b, g->kb, 0.0f, g->q);
+    if (!rc) rc = nf_la_gemm(la, 0, 0, -1.0f, g->q, x->av, 1.0f, g->s);
+    if (!rc) rc = nf_la_gemm(la, 0, 0, -2.0f, g->s, x->v, 0.0f, x->ga);
+    return rc;
+}
+
 static nf_nufilt_ws workspace(mats *x)
 {
     nf_nufilt_ws w = {&x->tau, &x->c, &x->v, &x->a, &x->b, &x->t,
@@ -124,9 +148,28 @@ static int train(nf_job *job, mats *x, int m, int n, int k, int r, nf_tensor_rep
     for (size_t i = 0; i < 5 && !rc; i++)
         rc = nf_la_fill(la, zero[i], 0.0f);
     nf_nufilt_ws w = workspace(x);
+    /* The Gram form's large product is n x n x r, the direct form's two are m x n x r: the
+     * Gram form wins unless the matrix is much wider than tall (n >= 2m). */
+    int gram = n < 2 * m;
+    nf_nufilt_gram g = {&x->k, &x->d, &x->kb, &x->g1, &x->s, &x->q};
+    if (gram) {
+        if ((rc = nf_la_alloc(la, n, n, &x->k)) || (rc = nf_la_alloc(la, n, k, &x->d)) ||
+            (rc = nf_la_alloc(la, n, r, &x->kb)) || (rc = nf_la_alloc(la, r, r, &x->g1)) ||
+            (rc = nf_la_alloc(la, r, k, &x->s)) || (rc = nf_la_alloc(la, r, r, &x->q)) ||
+            (rc = nf_nufilt_gram_setup(la, &w, &g)))
+            return rc;
+    }
+    rep->gram = gram;
     for (int s = 1; s <= p->iters && !rc; s++) {
         double loss;
-        rc = nf_nufilt_grad(la, &w, s == 1 ? &loss : NULL);
+        if (gram) {
+            if (s == 1)
+                rc = nf_nufilt_residual(la, &w, &loss);
+            if (!rc)
+                rc = nf_nufilt_grad_gram(la, &w, &g);
+        } else {
+            rc = nf_nufilt_grad(la, &w, s == 1 ? &loss : NULL);
+        }
         if (!rc && s == 1)
             rep->obj_before = loss;
         if (!rc) rc = nf_la_adam(la, &x->a, &x->ga, &x->ma, &x->va, p->lr, ADAM_B1, ADAM_B2,

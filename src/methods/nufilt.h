@@ -21,4 +21,18 @@ int nf_nufilt_residual(nf_la *la, const nf_nufilt_ws *x, double *loss);
 /* Residual, objective and both gradients at the current A, B. */
 int nf_nufilt_grad(nf_la *la, const nf_nufilt_ws *x, double *loss);
 
+/* The same gradients from the Gram matrix K = tau^T tau (n x n) and D = tau^T C (n x k),
+ * computed once by nf_nufilt_gram_setup. With T = tau B, tau^T T = K B and T^T C = B^T D:
+ *   dL/dB = -2 D (AV)^T + 2 (K B)(AV (AV)^T)
+ *   dL/dA = -2 (B^T D - (B^T K B) AV) V^T
+ * so an iteration's one large product is K B (n x n x r) instead of two m x n x r ones.
+ * Workspace: kb (n x r), g1 (r x r), s (r x k), q (r x r); fills x->av, x->ga, x->gb (not the
+ * residual: call nf_nufilt_residual for the objective). */
+typedef struct nf_nufilt_gram {
+    nf_mat *k, *d, *kb, *g1, *s, *q;
+} nf_nufilt_gram;
+
+int nf_nufilt_gram_setup(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g);
+int nf_nufilt_grad_gram(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g);
+
 #endif
