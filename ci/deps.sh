@@ -11,6 +11,6 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   build-essential meson ninja-build pkg-config python3 python3-numpy \
   libopenblas-pthread-dev libopenblas-dev liblapacke-dev check \
   libclblast-dev ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo \
-  libvulkan-dev mesa-vulkan-drivers vulkan-tools glslang-dev glslang-tools spirv-tools \
+  libvulkan-dev mesa-vulkan-drivers vulkan-tools glslang-dev glslang-tools spirv-tools valgrind \
   >/dev/null
 echo "ci/deps.sh: build and test dependencies installed"

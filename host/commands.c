@@ -87,6 +87,26 @@ int cmd_merge(cli *c)
     return 0;
 }
 
+/* Prints a string from a model file (a metadata key or value): at most max bytes, control
+ * characters (C0, DEL, C1) written as \xNN so that a file cannot drive the terminal. */
+static void put_clean(const char *s, size_t max)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t i = 0;
+    for (; u[i] && i < max; i++) {
+        int c1 = u[i] == 0xC2 && u[i + 1] >= 0x80 && u[i + 1] <= 0x9F;
+        if (u[i] < 0x20 || u[i] == 0x7F || c1) {
+            printf("\\x%02x", u[i]);
+            if (c1)
+                printf("\\x%02x", u[++i]);
+        } else {
+            putchar(u[i]);
+        }
+    }
+    if (u[i])
+        printf("...");
+}
+
 static void human(double b, char *buf, size_t n)
 {
     const char *u[] = {"B", "kB", "MB", "GB", "TB"};
@@ -155,15 +175,19 @@ int cmd_inspect(cli *c)
     /* merge history */
     const char *meth = nf_model_metadata_get(m, "nufilt.method");
     if (meth) {
-        printf("\nmerge state (written by nufilt %s):\n",
-               nf_model_metadata_get(m, "nufilt.version") ? nf_model_metadata_get(m, "nufilt.version")
-                                                          : "?");
+        const char *ver = nf_model_metadata_get(m, "nufilt.version");
+        printf("\nmerge state (written by nufilt ");
+        put_clean(ver ? ver : "?", 40);
+        printf("):\n");
         const char *keys[] = {"nufilt.method", "nufilt.step",  "nufilt.params",
                               "nufilt.state",  "nufilt.base",  "nufilt.tasks"};
         for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
             const char *v = nf_model_metadata_get(m, keys[k]);
-            if (v)
-                printf("  %-8s %s\n", keys[k] + 7, v);
+            if (v) {
+                printf("  %-8s ", keys[k] + 7);
+                put_clean(v, 100000);
+                printf("\n");
+            }
         }
     } else {
         printf("\nno merge history (not written by nufilt)\n");
@@ -177,7 +201,11 @@ int cmd_inspect(cli *c)
             continue;
         if (!other++)
             printf("\nmetadata:\n");
-        printf("  %s = %.200s\n", k, v);
+        printf("  ");
+        put_clean(k, 200);
+        printf(" = ");
+        put_clean(v, 200);
+        printf("\n");
     }
     printf("\n  %-*s  %-5s  %-18s %s\n", width, "tensor", "dtype", "shape", "nufilt");
     for (size_t i = 0; i < n; i++) {

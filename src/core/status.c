@@ -28,10 +28,29 @@ int nf_error_set(nf_error *err, int code, const char *fmt, ...)
     if (!err || err->code != NF_OK)
         return code; /* keep the first error: it is the cause, later ones are fallout */
     err->code = code;
+    char raw[sizeof err->msg];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    /* One line, no terminal control: names and strings from a file (tensor names, dtypes,
+     * metadata keys) end up in messages, so C0 controls, DEL and C1 controls (U+0080..U+009F
+     * in UTF-8) are written as \xNN. */
+    size_t o = 0;
+    const unsigned char *u = (const unsigned char *)raw;
+    for (size_t i = 0; u[i] && o + 1 < sizeof err->msg; i++) {
+        int c1 = u[i] == 0xC2 && u[i + 1] >= 0x80 && u[i + 1] <= 0x9F;
+        if (u[i] < 0x20 || u[i] == 0x7F || c1) {
+            if (o + 9 >= sizeof err->msg)
+                break;
+            o += (size_t)snprintf(err->msg + o, sizeof err->msg - o, "\\x%02x", u[i]);
+            if (c1)
+                o += (size_t)snprintf(err->msg + o, sizeof err->msg - o, "\\x%02x", u[++i]);
+        } else {
+            err->msg[o++] = (char)u[i];
+        }
+    }
+    err->msg[o] = '\0';
     return code;
 }
 

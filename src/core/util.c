@@ -155,9 +155,15 @@ int nf_exists(const char *path)
     return lstat(path, &st) == 0;
 }
 
-void nf_remove_tree(const char *path)
+/* Symbolic links are removed, never followed: a link planted where an output goes cannot make
+ * this empty another directory. Two levels below path at most (a merge's scratch directory,
+ * the output directories in it, their files). */
+static void remove_tree_depth(const char *path, int depth)
 {
-    if (!nf_is_dir(path)) {
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return;
+    if (!S_ISDIR(st.st_mode)) {
         unlink(path);
         return;
     }
@@ -168,15 +174,20 @@ void nf_remove_tree(const char *path)
             if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
                 continue;
             char *p = nf_path_join(path, e->d_name);
-            if (p) {
+            if (!p)
+                continue;
+            if (depth > 0)
+                remove_tree_depth(p, depth - 1);
+            else
                 unlink(p);
-                free(p);
-            }
+            free(p);
         }
         closedir(d);
     }
     rmdir(path);
 }
+
+void nf_remove_tree(const char *path) { remove_tree_depth(path, 2); }
 
 int nf_mkdirs(const char *path)
 {

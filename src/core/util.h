@@ -47,7 +47,8 @@ int nf_is_dir(const char *path);
 int nf_exists(const char *path);
 /* mkdir -p: creates a directory and its missing parents; 0 on success (errno otherwise). */
 int nf_mkdirs(const char *path);
-/* Removes a file, or a directory and the plain files in it (our own outputs only). */
+/* Removes a file, or a directory and what it holds, two levels deep (our own outputs and
+ * scratch directories only); symbolic links are removed, not followed. */
 void nf_remove_tree(const char *path);
 
 #endif

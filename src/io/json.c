@@ -314,7 +314,7 @@ static int parse_container(parser *ps, nf_json *v, int depth, int object)
     }
     for (;;) {
         if (v->n == cap) {
-            size_t nc = cap ? cap * 2 : 8;
+            size_t nc = cap ? cap * 2 : 4;
             nf_json *ni = realloc(v->items, nc * sizeof *ni);
             if (!ni) {
                 fail(ps, "out of memory");
@@ -364,6 +364,12 @@ static int parse_container(parser *ps, nf_json *v, int depth, int object)
         fail(ps, object ? "expected ',' or '}'" : "expected ',' or ']'");
         return 0;
     }
+    if (v->n < cap) {
+        /* to fit: small containers (a tensor entry, its offsets) are most of a header */
+        nf_json *ni = realloc(v->items, v->n * sizeof *ni);
+        if (ni)
+            v->items = ni;
+    }
     if (object && v->n > 1) {
         nf_json **sorted = malloc(v->n * sizeof *sorted);
         if (!sorted) {
@@ -406,8 +412,13 @@ static int parse_value(parser *ps, nf_json *v, int depth)
     case '{': return parse_container(ps, v, depth, 1);
     case '[': return parse_container(ps, v, depth, 0);
     case '"':
+    {
+        int nul = 0;
         v->type = NF_JSON_STRING;
-        return parse_string(ps, &v->str, &v->len, &v->has_nul);
+        int ok = parse_string(ps, &v->str, &v->len, &nul);
+        v->has_nul = (unsigned char)nul;
+        return ok;
+    }
     case 't':
         if (ps->end - ps->p >= 4 && memcmp(ps->p, "true", 4) == 0) {
             ps->p += 4;

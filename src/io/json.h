@@ -13,20 +13,23 @@ typedef enum nf_json_type {
 typedef struct nf_json nf_json;
 struct nf_json {
     nf_json_type type;
-    int boolean;
-    int is_int;        /* number written as an integer that fits int64 */
+    unsigned char boolean;
+    unsigned char is_int;  /* number written as an integer that fits int64 */
+    unsigned char has_nul; /* the string contains an escaped U+0000 */
     int64_t ival;
     double num;
-    char *str;         /* strings: decoded UTF-8, NUL-terminated */
+    char *str;             /* strings: decoded UTF-8, NUL-terminated */
     size_t len;
-    int has_nul;       /* the string contains an escaped U+0000 */
-    char *key;         /* member name when this node is an object member */
+    char *key;             /* member name when this node is an object member */
     size_t keylen;
-    nf_json *items;    /* array elements or object members */
+    nf_json *items;        /* array elements or object members (allocated to fit) */
     size_t n;
 };
 
 #define NF_JSON_MAX_DEPTH 64
+/* Every value counts, members and array elements included. A node is 72 bytes, so a text at
+ * the cap holds about 300 MB of nodes (plus its strings): the bound on what a hostile header
+ * can make the reader allocate. Real headers are far below it (a 100k-tensor file: 700k). */
 #define NF_JSON_MAX_NODES 4000000u
 
 /* Parses exactly one value (surrounding whitespace allowed). On failure returns NULL and

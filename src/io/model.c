@@ -18,21 +18,43 @@
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
 
-static int map_file(const char *path, nf_shard *sh, nf_error *err)
+/* Opens a file for reading without ever blocking: O_NONBLOCK so that a FIFO (or a device)
+ * given as a model cannot hang the open, then anything but a regular file is refused. */
+static int open_regular(const char *path, struct stat *st, int *fdp, nf_error *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    *fdp = -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0)
         return nf_error_set(err, NF_E_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
+    if (fstat(fd, st) != 0) {
         int e = errno;
         close(fd);
         return nf_error_set(err, NF_E_IO, "%s: cannot stat: %s", path, strerror(e));
     }
-    if (!S_ISREG(st.st_mode)) {
+    if (!S_ISREG(st->st_mode)) {
         close(fd);
-        return nf_error_set(err, NF_E_IO, "%s: not a regular file", path);
+        return nf_error_set(err, NF_E_IO, "%s: not a regular file (%s)", path,
+                            S_ISDIR(st->st_mode)    ? "a directory"
+                            : S_ISFIFO(st->st_mode) ? "a FIFO"
+                            : S_ISSOCK(st->st_mode) ? "a socket"
+                            : S_ISCHR(st->st_mode)  ? "a character device"
+                            : S_ISBLK(st->st_mode)  ? "a block device"
+                                                    : "not a plain file");
     }
+    /* a regular file: blocking reads from here on */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    *fdp = fd;
+    return NF_OK;
+}
+
+static int map_file(const char *path, nf_shard *sh, nf_error *err)
+{
+    struct stat st;
+    int fd, rc = open_regular(path, &st, &fd, err);
+    if (rc)
+        return rc;
     if (st.st_size < 8) {
         close(fd);
         return nf_error_set(err, NF_E_FORMAT,
@@ -91,6 +113,35 @@ static int cmp_name_idx(const void *a, const void *b)
     return strcmp(((const name_idx *)a)->name, ((const name_idx *)b)->name);
 }
 
+/* A control character (C0, DEL or C1) in a UTF-8 string: names with one could rewrite the
+ * terminal a message or `nufilt inspect` prints them to, so they are refused. */
+static int has_control(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n; i++) {
+        if (u[i] < 0x20 || u[i] == 0x7F)
+            return 1;
+        if (u[i] == 0xC2 && i + 1 < n && u[i + 1] >= 0x80 && u[i + 1] <= 0x9F)
+            return 1;
+    }
+    return 0;
+}
+
+/* s (n bytes) for a message: at most 60 bytes, control characters as \xNN. */
+static const char *printable(const char *s, size_t n, char *buf, size_t size)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n && o + 8 < size && i < 60; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7F || c >= 0x80)
+            o += (size_t)snprintf(buf + o, size - o, "\\x%02x", c);
+        else
+            buf[o++] = (char)c;
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
 /* Validates one file's header and appends its tensors. */
 int nf_st_parse(nf_model *m, int s, nf_error *err)
 {
@@ -142,12 +193,29 @@ int nf_st_parse(nf_model *m, int s, nf_error *err)
                                   "%s: bad header: __metadata__ is not an object", path);
                 goto done;
             }
+            if (e->n > NF_MAX_METADATA_ENTRIES) {
+                rc = nf_error_set(err, NF_E_FORMAT,
+                                  "%s: bad header: __metadata__ has %zu entries (at most %d "
+                                  "supported)",
+                                  path, e->n, NF_MAX_METADATA_ENTRIES);
+                goto done;
+            }
             for (size_t k = 0; k < e->n; k++) {
+                if (has_control(e->items[k].key, e->items[k].keylen)) {
+                    char pb[512];
+                    rc = nf_error_set(err, NF_E_FORMAT,
+                                      "%s: bad header: __metadata__ key \"%s\" contains a "
+                                      "control character",
+                                      path, printable(e->items[k].key, e->items[k].keylen, pb,
+                                                      sizeof pb));
+                    goto done;
+                }
                 if (e->items[k].type != NF_JSON_STRING || e->items[k].has_nul) {
                     rc = nf_error_set(err, NF_E_FORMAT,
-                                      "%s: bad header: __metadata__ value of \"%.100s\" is not "
-                                      "a string",
-                                      path, e->items[k].key);
+                                      "%s: bad header: __metadata__ value of \"%.100s\" is %s",
+                                      path, e->items[k].key,
+                                      e->items[k].has_nul ? "a string holding U+0000"
+                                                          : "not a string");
                     goto done;
                 }
             }
@@ -172,6 +240,13 @@ int nf_st_parse(nf_model *m, int s, nf_error *err)
         const char *name = e->key;
         if (e->keylen == 0) {
             rc = nf_error_set(err, NF_E_FORMAT, "%s: bad header: empty tensor name", path);
+            goto done;
+        }
+        if (has_control(e->key, e->keylen)) {
+            char pb[512];
+            rc = nf_error_set(err, NF_E_FORMAT,
+                              "%s: bad header: tensor name \"%s\" contains a control character",
+                              path, printable(e->key, e->keylen, pb, sizeof pb));
             goto done;
         }
         if (e->type != NF_JSON_OBJECT) {
@@ -335,14 +410,10 @@ static int add_shard(nf_model *m, const char *path, nf_error *err)
 
 static int read_small_file(const char *path, char **out, size_t *len, nf_error *err)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return nf_error_set(err, NF_E_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return nf_error_set(err, NF_E_IO, "%s: not a readable regular file", path);
-    }
+    int fd, rc = open_regular(path, &st, &fd, err);
+    if (rc)
+        return rc;
     if (st.st_size > (off_t)NF_MAX_HEADER_BYTES) {
         close(fd);
         return nf_error_set(err, NF_E_FORMAT, "%s: index file larger than 100 MB", path);
@@ -358,9 +429,11 @@ static int read_small_file(const char *path, char **out, size_t *len, nf_error *
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0) {
+            int e = errno;
             free(buf);
             close(fd);
-            return nf_error_set(err, NF_E_IO, "%s: read failed", path);
+            return r == 0 ? nf_error_set(err, NF_E_IO, "%s: file shrank while being read", path)
+                          : nf_error_set(err, NF_E_IO, "%s: read failed: %s", path, strerror(e));
         }
         got += (size_t)r;
     }

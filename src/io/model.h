@@ -8,6 +8,9 @@
 #include "nufilt.h"
 
 #define NF_MAX_HEADER_BYTES (100u * 1024u * 1024u)
+/* __metadata__ entries per file. Real files have a handful ("format", a few model-card keys);
+ * the bound keeps every per-entry pass over them cheap. */
+#define NF_MAX_METADATA_ENTRIES 4096
 
 typedef struct nf_tensor {
     char *name;

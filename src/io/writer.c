@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "../core/util.h"
@@ -59,10 +60,61 @@ int nf_tmp_register(const char *path, int is_dir)
     if (slot >= 0 && strlen(path) < PATH_MAX) {
         strcpy(tmp_paths[slot], path);
         tmp_is_dir[slot] = is_dir;
+        /* the path is complete before a handler can see the slot in use */
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
         tmp_used[slot] = 1;
+    } else {
+        slot = -1;
     }
     pthread_mutex_unlock(&tmp_lock);
     return slot;
+}
+
+/* The process's umask, read without changing it (umask(2) can only set it, which would race
+ * with other threads creating files). mkstemp and mkdtemp create 0600 and 0700; outputs get
+ * the modes an ordinary file or directory would. */
+static mode_t current_umask(void)
+{
+    FILE *f = fopen("/proc/self/status", "re");
+    unsigned mask = 022;
+    if (f) {
+        char line[128];
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "Umask: %o", &mask) == 1)
+                break;
+        fclose(f);
+    }
+    return (mode_t)(mask & 0777);
+}
+
+/* Blocks the signals whose handler removes temporaries, so that a temporary is never created
+ * without being registered (or removed without being unregistered). */
+static void block_cleanup_signals(sigset_t *old)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, old);
+}
+
+static void restore_signals(const sigset_t *old) { pthread_sigmask(SIG_SETMASK, old, NULL); }
+
+char *nf_tmp_mkdtemp(char *tmpl)
+{
+    sigset_t oldmask;
+    block_cleanup_signals(&oldmask);
+    char *d = mkdtemp(tmpl);
+    int e = errno;
+    if (d && nf_tmp_register(d, 1) < 0) {
+        rmdir(d);
+        d = NULL;
+        e = EMFILE;
+    }
+    restore_signals(&oldmask);
+    errno = e;
+    return d;
 }
 
 void nf_tmp_unregister(const char *path)
@@ -76,9 +128,13 @@ void nf_tmp_unregister(const char *path)
 
 static void remove_tree_files(const char *dir)
 {
-    DIR *d = opendir(dir);
-    if (!d)
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
         return;
+    }
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
@@ -95,23 +151,64 @@ static void remove_tree_files(const char *dir)
 
 void nf_cleanup_temporaries(void) { nf_writer_cleanup_signal(); }
 
+/* Empties the directory open as dfd: its files, and its subdirectories (depth levels deep)
+ * with theirs. Async-signal-safe: the raw getdents64 system call into a buffer on the stack,
+ * no allocation (fdopendir and readdir allocate, and a handler interrupting malloc would
+ * deadlock); symbolic links are removed, never followed. */
+struct nf_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+static void clear_dir_signal_safe(int dfd, int depth)
+{
+    _Alignas(8) char buf[2048];
+    for (;;) {
+        long n = syscall(SYS_getdents64, dfd, buf, sizeof buf);
+        if (n <= 0)
+            return;
+        int removed = 0;
+        for (long off = 0; off < n;) {
+            const struct nf_dirent64 *d = (const void *)(buf + off);
+            off += d->d_reclen;
+            const char *nm = d->d_name;
+            if (nm[0] == '.' && (nm[1] == '\0' || (nm[1] == '.' && nm[2] == '\0')))
+                continue;
+            if (unlinkat(dfd, nm, 0) == 0) {
+                removed = 1;
+                continue;
+            }
+            if (depth > 0) {
+                int sub = openat(dfd, nm, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (sub >= 0) {
+                    clear_dir_signal_safe(sub, depth - 1);
+                    close(sub);
+                    if (unlinkat(dfd, nm, AT_REMOVEDIR) == 0)
+                        removed = 1;
+                }
+            }
+        }
+        /* entries removed while listing may make the listing skip others: start again */
+        if (removed)
+            lseek(dfd, 0, SEEK_SET);
+    }
+}
+
 void nf_writer_cleanup_signal(void)
 {
+    int saved = errno;
     for (int i = 0; i < MAX_TMP; i++) {
         if (!tmp_used[i])
             continue;
         if (tmp_is_dir[i]) {
-            /* readdir is not formally async-signal-safe; the directory holds few files */
-            int fd = open(tmp_paths[i], O_RDONLY | O_DIRECTORY);
+            /* outputs are directories of files; a merge's scratch directory holds outputs */
+            int fd = open(tmp_paths[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
             if (fd >= 0) {
-                DIR *d = fdopendir(fd);
-                if (d) {
-                    struct dirent *e;
-                    while ((e = readdir(d)) != NULL)
-                        if (e->d_name[0] != '.')
-                            unlinkat(fd, e->d_name, 0);
-                    closedir(d);
-                }
+                clear_dir_signal_safe(fd, 2);
+                close(fd);
             }
             rmdir(tmp_paths[i]);
         } else {
@@ -119,6 +216,7 @@ void nf_writer_cleanup_signal(void)
         }
         tmp_used[i] = 0;
     }
+    errno = saved;
 }
 
 int nf_parse_size(const char *s, uint64_t *out)
@@ -333,43 +431,57 @@ static int is_weight_file(const char *name)
     return 0;
 }
 
-static int copy_file(const char *src, const char *dst, nf_error *err)
+/* Copies the regular file src to the new file dst, part of the output out (named in
+ * messages: dst is a temporary path). */
+static int copy_file(const char *src, const char *dst, const char *out, nf_error *err)
 {
-    int in = open(src, O_RDONLY | O_CLOEXEC);
+    int in = open(src, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (in < 0)
         return nf_error_set(err, NF_E_IO, "%s: cannot open: %s", src, strerror(errno));
-    int o = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    struct stat st;
+    if (fstat(in, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(in);
+        return nf_error_set(err, NF_E_IO, "%s: not a regular file", src);
+    }
+    int fl = fcntl(in, F_GETFL);
+    if (fl >= 0)
+        fcntl(in, F_SETFL, fl & ~O_NONBLOCK);
+    /* the copy is no more readable than the original (a private file stays private) */
+    int o = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)(st.st_mode & 0666));
     if (o < 0) {
         int e = errno;
         close(in);
-        return nf_error_set(err, NF_E_IO, "%s: cannot create: %s", dst, strerror(e));
+        return nf_error_set(err, NF_E_IO, "%s: cannot copy %s into it: %s", out, src,
+                            strerror(e));
     }
     char buf[1 << 16];
     uint64_t off = 0;
+    int rc = NF_OK;
     for (;;) {
         ssize_t r = read(in, buf, sizeof buf);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            int e = errno;
-            close(in);
-            close(o);
-            return nf_error_set(err, NF_E_IO, "%s: read failed: %s", src, strerror(e));
+            rc = nf_error_set(err, NF_E_IO, "%s: read failed: %s", src, strerror(errno));
+            break;
         }
         if (r == 0)
             break;
         if (write_all(o, buf, (size_t)r, off)) {
-            int e = errno;
-            close(in);
-            close(o);
-            return nf_error_set(err, NF_E_IO, "%s: write failed: %s", dst, strerror(e));
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot copy %s into it: %s", out, src,
+                              strerror(errno));
+            break;
         }
         off += (uint64_t)r;
     }
     close(in);
-    if (fsync(o) != 0 || close(o) != 0)
-        return nf_error_set(err, NF_E_IO, "%s: write failed: %s", dst, strerror(errno));
-    return NF_OK;
+    if (rc == NF_OK && fsync(o) != 0)
+        rc = nf_error_set(err, NF_E_IO, "%s: cannot copy %s into it: %s", out, src,
+                          strerror(errno));
+    if (close(o) != 0 && rc == NF_OK)
+        rc = nf_error_set(err, NF_E_IO, "%s: cannot copy %s into it: %s", out, src,
+                          strerror(errno));
+    return rc;
 }
 
 static int copy_extras(nf_writer *w, nf_error *err)
@@ -389,7 +501,7 @@ static int copy_extras(nf_writer *w, nf_error *err)
         if (!src || !dst)
             rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
         else if (stat(src, &st) == 0 && S_ISREG(st.st_mode))
-            rc = copy_file(src, dst, err);
+            rc = copy_file(src, dst, w->out, err);
         free(src);
         free(dst);
     }
@@ -435,6 +547,11 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
     if (nf_exists(a->out) && a->as_dir != nf_is_dir(a->out))
         return nf_error_set(err, NF_E_EXISTS, "%s: exists and is %s; refusing to replace it",
                             a->out, nf_is_dir(a->out) ? "a directory" : "not a directory");
+    if (a->nmeta > NF_MAX_METADATA_ENTRIES)
+        return nf_error_set(err, NF_E_LIMIT,
+                            "%s: the output's metadata would have %zu entries (the base's and "
+                            "nufilt's); at most %d can be read back",
+                            a->out, a->nmeta, NF_MAX_METADATA_ENTRIES);
     if (!a->as_dir && a->shard_size)
         return nf_error_set(err, NF_E_ARG,
                             "%s: --out-shard-size needs a directory output (a path not ending "
@@ -517,15 +634,24 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
         goto fail;
     }
+    sigset_t oldmask;
     if (a->as_dir) {
+        block_cleanup_signals(&oldmask);
         if (!mkdtemp(tmpl)) {
+            int e = errno;
+            restore_signals(&oldmask);
             rc = nf_error_set(err, NF_E_IO, "%s: cannot create a temporary directory beside it: %s",
-                              a->out, strerror(errno));
+                              a->out, strerror(e));
             free(tmpl);
             goto fail;
         }
         w->tmp_dir = tmpl;
-        nf_tmp_register(tmpl, 1);
+        int slot = nf_tmp_register(tmpl, 1);
+        restore_signals(&oldmask);
+        if (slot < 0) {
+            rc = nf_error_set(err, NF_E_LIMIT, "%s: too many outputs open at once", a->out);
+            goto fail;
+        }
         for (size_t f = 0; f < nfiles; f++) {
             nf_sb sb = {0};
             if (nfiles == 1)
@@ -539,7 +665,7 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
                 goto fail;
             }
             w->files[f].fd = open(w->files[f].tmp_path,
-                                  O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+                                  O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666); /* less the umask */
             if (w->files[f].fd < 0) {
                 rc = nf_error_set(err, NF_E_IO, "%s: cannot create: %s", w->files[f].tmp_path,
                                   strerror(errno));
@@ -547,17 +673,25 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
             }
         }
     } else {
-        int fd = mkstemp(tmpl);
+        block_cleanup_signals(&oldmask);
+        int fd = mkostemp(tmpl, O_CLOEXEC);
         if (fd < 0) {
+            int e = errno;
+            restore_signals(&oldmask);
             rc = nf_error_set(err, NF_E_IO, "%s: cannot create a temporary file beside it: %s",
-                              a->out, strerror(errno));
+                              a->out, strerror(e));
             free(tmpl);
             goto fail;
         }
-        fchmod(fd, 0644);
         w->files[0].fd = fd;
         w->files[0].tmp_path = tmpl;
-        nf_tmp_register(tmpl, 0);
+        int slot = nf_tmp_register(tmpl, 0);
+        restore_signals(&oldmask);
+        if (slot < 0) {
+            rc = nf_error_set(err, NF_E_LIMIT, "%s: too many outputs open at once", a->out);
+            goto fail;
+        }
+        fchmod(fd, 0666 & ~current_umask());
     }
     /* headers with room for the metadata to change, then the file sizes */
     for (size_t f = 0; f < nfiles; f++) {
@@ -569,12 +703,28 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
             rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
             goto fail;
         }
+        if (reserve > NF_MAX_HEADER_BYTES) {
+            /* nufilt (and the reference reader) would refuse to read such a file back */
+            rc = nf_error_set(err, NF_E_LIMIT,
+                              "%s: the output's header (tensor list and metadata) would take "
+                              "%llu bytes, more than the 100 MB safetensors readers accept",
+                              a->out, (unsigned long long)reserve);
+            goto fail;
+        }
         if ((rc = write_header(w, &w->files[f], reserve, err)) != NF_OK)
             goto fail;
         uint64_t total = 8 + w->files[f].hdr_len + w->files[f].data_size;
         if (ftruncate(w->files[f].fd, (off_t)total) != 0) {
             rc = nf_error_set(err, NF_E_IO, "%s: cannot size the output: %s", a->out,
                               strerror(errno));
+            goto fail;
+        }
+        /* reserve the space now: a full disk is reported before any work, not after it */
+        if (fallocate(w->files[f].fd, 0, 0, (off_t)total) != 0 &&
+            (errno == ENOSPC || errno == EDQUOT || errno == EFBIG)) {
+            rc = nf_error_set(err, NF_E_IO,
+                              "%s: no room for the output (%.1f MB) beside it: %s", a->out,
+                              (double)total / 1e6, strerror(errno));
             goto fail;
         }
     }
@@ -622,6 +772,9 @@ int nf_writer_put_f32(nf_writer *w, size_t i, const float *vals, nf_error *err)
 
 int nf_writer_set_meta(nf_writer *w, const nf_kv *meta, size_t nmeta, nf_error *err)
 {
+    if (nmeta > NF_MAX_METADATA_ENTRIES)
+        return nf_error_set(err, NF_E_LIMIT, "%s: the output's metadata would have %zu entries",
+                            w->out, nmeta);
     if (set_meta(w, meta, nmeta))
         return nf_error_set(err, NF_E_NOMEM, "out of memory");
     return NF_OK;
@@ -655,7 +808,7 @@ static int write_index(nf_writer *w, nf_error *err)
     }
     char *p = nf_path_join(w->tmp_dir, "model.safetensors.index.json");
     int rc = NF_OK;
-    int fd = p ? open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644) : -1;
+    int fd = p ? open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666) : -1;
     if (fd < 0 || write_all(fd, sb.s, sb.len, 0) || fsync(fd))
         rc = nf_error_set(err, NF_E_IO, "%s: cannot write the index: %s", w->out,
                           strerror(errno));
@@ -673,6 +826,55 @@ static void fsync_dir(const char *dir)
         fsync(fd);
         close(fd);
     }
+}
+
+/* Renames the finished src to the destination: never leaves it partial. Without --force an
+ * existing destination (even one that appeared since the merge started) is refused; with it,
+ * a file is replaced by rename(2) and a directory swapped with RENAME_EXCHANGE, the old one
+ * then removed under the temporary name. Another process committing the same destination
+ * at the same time makes the attempt retry: the last one to commit wins, whole. */
+#define CANNOT_MOVE "%s: cannot move the output into place: %s"
+static int move_into_place(nf_writer *w, const char *src, nf_error *err)
+{
+    for (int attempt = 0; attempt < 16; attempt++) {
+        if (renameat2(AT_FDCWD, src, AT_FDCWD, w->out, RENAME_NOREPLACE) == 0)
+            return NF_OK;
+        int e = errno;
+        if (e == EINVAL || e == ENOSYS) {
+            /* no RENAME_NOREPLACE on this file system: check, then rename */
+            if (!nf_exists(w->out)) {
+                if (rename(src, w->out) == 0)
+                    return NF_OK;
+                return nf_error_set(err, NF_E_IO, CANNOT_MOVE, w->out, strerror(errno));
+            }
+            e = EEXIST;
+        }
+        if (e != EEXIST)
+            return nf_error_set(err, NF_E_IO, CANNOT_MOVE, w->out, strerror(e));
+        if (!w->a.force)
+            return nf_error_set(err, NF_E_EXISTS,
+                                "%s: output appeared while merging (use --force to replace it)",
+                                w->out);
+        if (!w->a.as_dir) {
+            if (rename(src, w->out) == 0)
+                return NF_OK;
+            return nf_error_set(err, NF_E_IO, CANNOT_MOVE, w->out, strerror(errno));
+        }
+        if (renameat2(AT_FDCWD, src, AT_FDCWD, w->out, RENAME_EXCHANGE) == 0) {
+            /* src now names the old destination: a directory of our files, or whatever was
+             * there (a symbolic link is removed, never followed into) */
+            struct stat st;
+            if (lstat(src, &st) == 0 && S_ISDIR(st.st_mode))
+                remove_tree_files(src);
+            else
+                unlink(src);
+            return NF_OK;
+        }
+        if (errno != ENOENT) /* ENOENT: the destination went away meanwhile; again */
+            return nf_error_set(err, NF_E_IO, CANNOT_MOVE, w->out, strerror(errno));
+    }
+    return nf_error_set(err, NF_E_IO, CANNOT_MOVE, w->out,
+                        "it keeps changing (another process writing it?)");
 }
 
 int nf_writer_commit(nf_writer *w, nf_error *err)
@@ -700,32 +902,11 @@ int nf_writer_commit(nf_writer *w, nf_error *err)
     }
     const char *src = w->a.as_dir ? w->tmp_dir : w->files[0].tmp_path;
     char *parent = dir_of(w->out);
-    if (w->a.as_dir)
+    if (w->a.as_dir) {
+        chmod(w->tmp_dir, 0777 & ~current_umask()); /* mkdtemp made it 0700 */
         fsync_dir(w->tmp_dir);
-    int exists = nf_exists(w->out);
-    if (!exists || !w->a.force) {
-        if (renameat2(AT_FDCWD, src, AT_FDCWD, w->out, RENAME_NOREPLACE) != 0) {
-            int e = errno;
-            rc = e == EEXIST
-                     ? nf_error_set(err, NF_E_EXISTS,
-                                    "%s: output appeared while merging (use --force to replace it)",
-                                    w->out)
-                     : nf_error_set(err, NF_E_IO, "%s: cannot move the output into place: %s",
-                                    w->out, strerror(e));
-        }
-    } else if (!w->a.as_dir) {
-        if (rename(src, w->out) != 0)
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot move the output into place: %s", w->out,
-                              strerror(errno));
-    } else {
-        /* swap the directories atomically, then remove the old one under the temporary name */
-        if (renameat2(AT_FDCWD, src, AT_FDCWD, w->out, RENAME_EXCHANGE) != 0) {
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot move the output into place: %s", w->out,
-                              strerror(errno));
-        } else {
-            remove_tree_files(src);
-        }
     }
+    rc = move_into_place(w, src, err);
     if (rc != NF_OK) {
         free(parent);
         nf_writer_abort(w);
@@ -749,11 +930,11 @@ int nf_writer_commit(nf_writer *w, nf_error *err)
     return NF_OK;
 }
 
-static int link_or_copy_file(const char *src, const char *dst, nf_error *err)
+static int link_or_copy_file(const char *src, const char *dst, const char *out, nf_error *err)
 {
     if (link(src, dst) == 0)
         return NF_OK;
-    return copy_file(src, dst, err);
+    return copy_file(src, dst, out, err);
 }
 
 int nf_link_or_copy(const char *src, const char *dst, nf_error *err)
@@ -761,47 +942,65 @@ int nf_link_or_copy(const char *src, const char *dst, nf_error *err)
     char *tmpl = tmp_template(dst);
     if (!tmpl)
         return nf_error_set(err, NF_E_NOMEM, "out of memory");
-    int rc = NF_OK;
-    if (!nf_is_dir(src)) {
-        int fd = mkstemp(tmpl);
-        if (fd < 0) {
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot create: %s", dst, strerror(errno));
-            free(tmpl);
-            return rc;
+    int rc = NF_OK, is_dir = nf_is_dir(src);
+    sigset_t oldmask;
+    block_cleanup_signals(&oldmask);
+    int made = is_dir ? mkdtemp(tmpl) != NULL : 0;
+    if (!is_dir) {
+        int fd = mkostemp(tmpl, O_CLOEXEC);
+        if (fd >= 0) {
+            close(fd);
+            unlink(tmpl); /* the name is reserved for link(2), which will not replace */
+            made = 1;
         }
-        close(fd);
-        unlink(tmpl);
-        rc = link_or_copy_file(src, tmpl, err);
+    }
+    int e = errno;
+    if (made)
+        nf_tmp_register(tmpl, is_dir);
+    restore_signals(&oldmask);
+    if (!made) {
+        rc = nf_error_set(err, NF_E_IO, "%s: cannot create: %s", dst, strerror(e));
+        free(tmpl);
+        return rc;
+    }
+    if (!is_dir) {
+        rc = link_or_copy_file(src, tmpl, dst, err);
     } else {
-        if (!mkdtemp(tmpl)) {
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot create: %s", dst, strerror(errno));
-            free(tmpl);
-            return rc;
-        }
         DIR *d = opendir(src);
         if (!d)
             rc = nf_error_set(err, NF_E_IO, "%s: cannot list: %s", src, strerror(errno));
-        struct dirent *e;
-        while (rc == NF_OK && d && (e = readdir(d)) != NULL) {
-            if (e->d_name[0] == '.')
+        struct dirent *ent;
+        while (rc == NF_OK && d && (ent = readdir(d)) != NULL) {
+            if (ent->d_name[0] == '.')
                 continue;
-            char *a = nf_path_join(src, e->d_name), *b = nf_path_join(tmpl, e->d_name);
-            rc = a && b ? link_or_copy_file(a, b, err) : nf_error_set(err, NF_E_NOMEM, "out of memory");
+            char *a = nf_path_join(src, ent->d_name), *b = nf_path_join(tmpl, ent->d_name);
+            rc = a && b ? link_or_copy_file(a, b, dst, err)
+                        : nf_error_set(err, NF_E_NOMEM, "out of memory");
             free(a);
             free(b);
         }
         if (d)
             closedir(d);
     }
+    if (rc == NF_OK && is_dir)
+        chmod(tmpl, 0777 & ~current_umask());
     if (rc == NF_OK) {
-        if (nf_exists(dst))
-            nf_remove_tree(dst);
-        if (rename(tmpl, dst) != 0)
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot move into place: %s", dst,
-                              strerror(errno));
+        /* atomically: a file by rename(2), a directory by swapping it with the old one */
+        if (renameat2(AT_FDCWD, tmpl, AT_FDCWD, dst, RENAME_NOREPLACE) != 0) {
+            int ok = 0;
+            if (errno == EEXIST || errno == EINVAL)
+                ok = is_dir ? renameat2(AT_FDCWD, tmpl, AT_FDCWD, dst, RENAME_EXCHANGE) == 0
+                            : rename(tmpl, dst) == 0;
+            if (!ok)
+                rc = nf_error_set(err, NF_E_IO, "%s: cannot move into place: %s", dst,
+                                  strerror(errno));
+            else if (is_dir)
+                nf_remove_tree(tmpl); /* tmpl now names the old copy */
+        }
     }
     if (rc != NF_OK)
         nf_remove_tree(tmpl);
+    nf_tmp_unregister(tmpl);
     free(tmpl);
     return rc;
 }

@@ -49,6 +49,9 @@ void nf_writer_cleanup_signal(void);
 /* Adds or removes a path (file, or directory of plain files) to what the handler removes. */
 int nf_tmp_register(const char *path, int is_dir);
 void nf_tmp_unregister(const char *path);
+/* mkdtemp(tmpl) and nf_tmp_register(tmpl, 1) with the cleanup signals blocked in between, so
+ * that an interruption never leaves the directory unregistered. tmpl, or NULL (errno set). */
+char *nf_tmp_mkdtemp(char *tmpl);
 
 /* Makes dst a copy of the finished output src (a file, or a directory of plain files): hard
  * links where the file system allows, copies otherwise; dst appears complete or not at all. */

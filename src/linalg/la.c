@@ -195,7 +195,7 @@ int nf_la_gemm(nf_la *la, int ta, int tb, float alpha, const nf_mat *a, const nf
 
 static int check_contig(nf_la *la, const nf_mat *m)
 {
-    if (m->rows > 1 && m->ld != m->cols)
+    if (m->rows > 1 && m->cols > 0 && m->ld != m->cols) /* no columns: nothing to stride */
         return nf_error_set(la->err, NF_E_INTERNAL, "element-wise op on a strided view");
     return NF_OK;
 }

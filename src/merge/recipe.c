@@ -6,6 +6,7 @@
 #include "recipe.h"
 
 #include <math.h>
+#include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -179,6 +180,25 @@ static int num_field(const nf_json *o, const char *key, double *out)
     return 1;
 }
 
+/* A recorded number the recipe may hold: a previous merged model is a file from anywhere, and
+ * an int conversion of a number out of range is undefined behaviour. */
+static int recorded_ok(unsigned bit, double v)
+{
+    switch (bit) {
+    case NF_P_NULL_RANK:
+    case NF_P_TASK_RANK:
+    case NF_P_LORA_RANK: return v >= 0 && v <= 65536 && v == floor(v);
+    case NF_P_ITERS: return v >= 0 && v <= 1000000 && v == floor(v);
+    case NF_P_SEED: return v >= 0 && v < 18446744073709551616.0 && v == floor(v);
+    case NF_P_LR: return v >= 0 && isfinite(v);
+    case NF_P_RANK_TOL: return v >= 0 && v < 1;
+    case NF_P_SCALE: return isfinite(v);
+    case NF_P_KEEP: return v > 0 && v <= 1;
+    case NF_P_ALPHA: return v >= 0 && v <= 1;
+    }
+    return 1;
+}
+
 static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
 {
     const char *path = prev->path;
@@ -228,6 +248,12 @@ static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
         }
         if (!got)
             continue;
+        if (!recorded_ok(nums[i].bit, v)) {
+            rc = nf_error_set(err, NF_E_STATE,
+                              "%s: metadata nufilt.params records %s = %g, which is out of range",
+                              path, nums[i].key, v);
+            goto out;
+        }
         r->have |= nums[i].bit;
         switch (nums[i].bit) {
         case NF_P_NULL_RANK: r->p.null_rank = (int)v; break;
@@ -260,9 +286,28 @@ static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
     }
     const nf_json *ps = nf_json_get(j, "preset"), *ly = nf_json_get(j, "layers");
     if (ps && ps->type == NF_JSON_STRING) {
+        static const char *const known[] = {"clip", "t5", "llama", "all-linear", NULL};
+        int k = 0;
+        while (known[k] && strcmp(known[k], ps->str) != 0)
+            k++;
+        if (!known[k]) {
+            rc = nf_error_set(err, NF_E_STATE,
+                              "%s: metadata nufilt.params records an unknown preset \"%.40s\"",
+                              path, ps->str);
+            goto out;
+        }
         r->have |= NF_P_SELECT;
         r->preset = nf_strdup(ps->str);
     } else if (ly && ly->type == NF_JSON_STRING) {
+        regex_t re;
+        if (regcomp(&re, ly->str, REG_EXTENDED | REG_NOSUB) != 0) {
+            rc = nf_error_set(err, NF_E_STATE,
+                              "%s: metadata nufilt.params records a bad --layers expression "
+                              "\"%.80s\"",
+                              path, ly->str);
+            goto out;
+        }
+        regfree(&re);
         r->have |= NF_P_SELECT;
         r->layers = nf_strdup(ly->str);
     }

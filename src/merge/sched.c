@@ -36,7 +36,7 @@ typedef struct worker {
     nf_la_stats stats;
 } worker;
 
-static int check_finite(nf_run *run, const nf_tensor *t, nf_error *err)
+static int check_finite(const nf_model *m, const nf_tensor *t, nf_error *err)
 {
     float buf[1024];
     size_t es = nf_dtype_size(t->dtype);
@@ -49,7 +49,7 @@ static int check_finite(nf_run *run, const nf_tensor *t, nf_error *err)
             return nf_error_set(err, NF_E_NONFINITE,
                                 "%s: tensor \"%s\" holds NaN or Inf (element %llu); refusing "
                                 "to merge it (--allow-nonfinite to proceed anyway)",
-                                run->task->path, t->name, (unsigned long long)(s + k));
+                                m->path, t->name, (unsigned long long)(s + k));
         }
     }
     return NF_OK;
@@ -74,8 +74,15 @@ static int do_job(worker *w, size_t i)
     };
     double t0 = nf_now();
     int rc = NF_OK;
-    if (w->pass == 0 && !run->opts->allow_nonfinite && nf_dtype_is_float(job.task->dtype))
-        rc = check_finite(run, job.task, &w->err);
+    /* NaN or Inf in any input: refused (LAPACK's SVD would not even return on Inf) */
+    if (w->pass == 0 && !run->opts->allow_nonfinite) {
+        if (nf_dtype_is_float(job.task->dtype))
+            rc = check_finite(run->task, job.task, &w->err);
+        if (rc == NF_OK && job.prev && nf_dtype_is_float(job.prev->dtype))
+            rc = check_finite(run->prev, job.prev, &w->err);
+        if (rc == NF_OK && nf_dtype_is_float(bt->dtype))
+            rc = check_finite(run->base, bt, &w->err);
+    }
     if (rc == NF_OK) {
         if (!nf_dtype_is_float(bt->dtype))
             rc = last ? nf_job_put_base(&job) : NF_OK; /* integer tensors stay at base */

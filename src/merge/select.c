@@ -108,16 +108,31 @@ int nf_select(const nf_model *m, const char *preset, const char *layers, unsigne
     return NF_OK;
 }
 
+/* One tensor, without selecting them all: `nufilt inspect` asks for every tensor in turn. */
 int nf_tensor_treated(const nf_model *m, size_t i, const char *preset, const char *layers,
                       nf_error *err)
 {
     if (!m || i >= m->ntensors)
         return nf_error_set(err, NF_E_ARG, "no tensor %zu", i);
-    unsigned char *t = calloc(m->ntensors, 1);
-    if (!t)
-        return nf_error_set(err, NF_E_NOMEM, "out of memory");
-    int rc = nf_select(m, preset, layers, t, err);
-    int res = rc ? rc : t[i];
-    free(t);
-    return res;
+    const nf_tensor *t = &m->tensors[i];
+    if (!nf_dtype_is_float(t->dtype))
+        return 0;
+    if (layers) {
+        regex_t re;
+        int rc = regcomp(&re, layers, REG_EXTENDED | REG_NOSUB);
+        if (rc != 0) {
+            char msg[200];
+            regerror(rc, &re, msg, sizeof msg);
+            return nf_error_set(err, NF_E_ARG, "--layers \"%s\": bad regular expression: %s",
+                                layers, msg);
+        }
+        int hit = t->ndim == 2 && regexec(&re, t->name, 0, NULL, 0) == 0;
+        regfree(&re);
+        return hit;
+    }
+    const char *res;
+    int rc = nf_preset_resolve(m, preset, &res, err);
+    if (rc)
+        return rc;
+    return nf_preset_matches(res, t->name, t->ndim);
 }

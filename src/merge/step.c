@@ -237,6 +237,13 @@ static int spill_open(nf_run *run, const char *out, nf_error *err)
     if (sb.oom)
         return nf_error_set(err, NF_E_NOMEM, "out of memory");
     run->spill_path = sb.s;
+    /* a file without a name (O_TMPFILE) cannot be left behind even by SIGKILL; file systems
+     * without it get a named one, unlinked at once */
+    char *dir = nf_strndup(out, s);
+    run->spill_fd = dir ? open(s ? dir : ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600) : -1;
+    free(dir);
+    if (run->spill_fd >= 0)
+        goto reserve;
     run->spill_fd = mkostemp(run->spill_path, O_CLOEXEC);
     if (run->spill_fd < 0)
         return nf_error_set(err, NF_E_IO, "%s: cannot create a scratch file beside it: %s", out,
@@ -244,6 +251,7 @@ static int spill_open(nf_run *run, const char *out, nf_error *err)
     if (unlink(run->spill_path) != 0)
         return nf_error_set(err, NF_E_IO, "%s: cannot unlink the scratch file: %s",
                             run->spill_path, strerror(errno));
+reserve:
     if (total) {
         int e = posix_fallocate(run->spill_fd, 0, (off_t)total);
         if (e == ENOSPC || e == EFBIG)
@@ -544,14 +552,14 @@ int nf_merge(const char *base, const char *const *tasks, int ntasks, const char 
         nf_sb_printf(&sb, "%s/.%s.steps-XXXXXX", slash ? parent : ".", stem);
         free(stem);
         free(parent);
-        if (sb.oom || !mkdtemp(sb.s)) {
+        /* created and registered for removal with SIGINT/SIGTERM blocked in between */
+        if (sb.oom || !nf_tmp_mkdtemp(sb.s)) {
             rc = nf_error_set(err, NF_E_IO, "%s: cannot create a scratch directory beside it",
                               out);
             nf_sb_free(&sb);
             return rc;
         }
         scratch = sb.s;
-        nf_tmp_register(scratch, 1);
     }
     nf_report *rep = NULL;
     if (o.report_path && (rc = nf_report_new(&rep, err))) {

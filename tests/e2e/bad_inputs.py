@@ -1,21 +1,30 @@
 #!/usr/bin/env python3
 """The catalogue of bad inputs: every case is a generated file (or set of files) and the
 message nufilt must give. For each case the real program must exit non-zero, print one
-message naming the offending file and the problem, write no output and leave no temporary
-file behind, and not crash (no signal) or hang (timeout).
+message naming the offending file and the problem (with no terminal control characters in
+it), write no output and leave no temporary file behind, and not crash (no signal) or hang
+(timeout); some cases also bound the memory used (peak resident set). Cases that give a bad
+model file are run through `nufilt inspect` as well, with the same expectations. A last group
+of awkward but valid inputs must be accepted.
 
     /usr/bin/python3 tests/e2e/bad_inputs.py --nufilt PATH [--workdir DIR] [--list]
+        [--only SUBSTRING]
 
-Exit status 0 when every case behaves, 1 otherwise. Standard library only.
+A case marked as a known issue (a fix requested elsewhere) is reported XFAIL while it fails
+and XPASS once it passes; neither counts as a failure. Exit status 0 when every case
+behaves, 1 otherwise. Standard library only.
 """
 import argparse
 import json
 import os
+import re
 import shutil
+import stat
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 D = 8  # small matrices: names CLIP-like, so the default preset treats the attention weights
 NAMES = [
@@ -101,9 +110,20 @@ def one_tensor_header(**fields):
 CASES = []
 
 
-def case(name, keywords, role="base"):
+class Case:
+    def __init__(self, name, keywords, role, fn, xfail=None, timeout=60, max_rss_mb=None,
+                 inspect=None):
+        self.name, self.keywords, self.role, self.fn = name, keywords, role, fn
+        self.xfail = xfail            # why it is a known issue (a fix requested elsewhere)
+        self.timeout = timeout
+        self.max_rss_mb = max_rss_mb  # bound on the peak resident set of the run
+        # a bad file given as the base is also given to `nufilt inspect`
+        self.inspect = role in ("base", "base-dir", "base-custom") if inspect is None else inspect
+
+
+def case(name, keywords, role="base", **kw):
     def deco(fn):
-        CASES.append((name, keywords, role, fn))
+        CASES.append(Case(name, keywords, role, fn, **kw))
         return fn
     return deco
 
@@ -263,6 +283,115 @@ def _(p):
     with_header(p, '{"__metadata__":{"format":"pt"}}')
 
 
+@case("header length 2^64 - 1", ["100 MB"])
+def _(p):
+    with_header(p, "{}", hlen=2 ** 64 - 1)
+
+
+@case("header starts with a byte-order mark", ["not a JSON object"])
+def _(p):
+    with_header(p, b"\xef\xbb\xbf" + one_tensor_header().encode(), floats(2))
+
+
+@case("header cut inside a string", ["invalid JSON"])
+def _(p):
+    h = one_tensor_header()
+    with_header(p, h[:12], floats(2))
+
+
+@case("tensor entry is a number", ["not an object"])
+def _(p):
+    with_header(p, '{"w":7}', floats(2))
+
+
+@case("dtype is not a string", ["unknown dtype"])
+def _(p):
+    with_header(p, one_tensor_header(dtype=["F32"]), floats(2))
+
+
+@case("nine dimensions", ["dimensions"])
+def _(p):
+    with_header(p, one_tensor_header(shape=[1] * 8 + [2]), floats(2))
+
+
+@case("offsets are not integers", ["data_offsets"])
+def _(p):
+    with_header(p, one_tensor_header(data_offsets=[0.0, 8.0]), floats(2))
+
+
+@case("three offsets", ["data_offsets"])
+def _(p):
+    with_header(p, one_tensor_header(data_offsets=[0, 4, 8]), floats(2))
+
+
+@case("offset beyond 2^63", ["data_offsets"])
+def _(p):
+    with_header(p, one_tensor_header(data_offsets=[0, 2 ** 64 + 8]), floats(2))
+
+
+@case("100000-digit number in a shape", ["non-negative integer"])
+def _(p):
+    with_header(p, '{"w":{"dtype":"F32","shape":[' + "9" * 100000 + '],"data_offsets":[0,8]}}',
+                floats(2))
+
+
+@case("tensor name with a terminal escape", ["control character"])
+def _(p):
+    # ESC ] 0 ; ... BEL would retitle the terminal; ESC [ 2 J would clear it
+    with_header(p, '{"w\\u001b]0;pwned\\u0007\\u001b[2J":{"dtype":"F32","shape":[2],'
+                   '"data_offsets":[0,8]}}', floats(2))
+
+
+@case("tensor name with a C1 control character", ["control character"])
+def _(p):
+    with_header(p, '{"w\\u009b31m":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', floats(2))
+
+
+@case("tensor name with an escaped NUL", ["U+0000"])
+def _(p):
+    with_header(p, '{"w\\u0000x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}', floats(2))
+
+
+@case("metadata value with an escaped NUL", ["__metadata__"])
+def _(p):
+    with_header(p, '{"__metadata__":{"format":"p\\u0000t"},"w":{"dtype":"F32","shape":[2],'
+                   '"data_offsets":[0,8]}}', floats(2))
+
+
+@case("metadata key with a control character", ["control character"])
+def _(p):
+    with_header(p, '{"__metadata__":{"k\\u001b[31m":"v"},"w":{"dtype":"F32","shape":[2],'
+                   '"data_offsets":[0,8]}}', floats(2))
+
+
+@case("5000 metadata entries", ["entries"])
+def _(p):
+    meta = {"k%d" % i: "" for i in range(5000)}
+    h = json.dumps({"__metadata__": meta, "w": {"dtype": "F32", "shape": [2],
+                                                "data_offsets": [0, 8]}})
+    with_header(p, h, floats(2))
+
+
+@case("10 million tiny tensors within 100 MB", ["too many values"], timeout=120,
+      max_rss_mb=2500)
+def _(p):
+    # as many 0-byte tensors as fit in a 100 MB header: refused at the JSON node cap, in
+    # bounded time and memory, long before the header is read whole
+    parts, size, i = [], 2, 0
+    while size < 99 * 1000 * 1000:
+        e = '"%x":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}' % i
+        parts.append(e)
+        size += len(e) + 1
+        i += 1
+    with_header(p, "{" + ",".join(parts) + "}")
+
+
+@case("20 million values in a 60 MB metadata array", ["too many values"], timeout=120,
+      max_rss_mb=2500)
+def _(p):
+    with_header(p, '{"__metadata__":{"a":[' + ",".join(["0"] * 20000000) + ']}}')
+
+
 # ---- directories and index files ----
 
 def sharded(d, index, shards):
@@ -324,6 +453,114 @@ def _(p):
     pass
 
 
+@case("base is a FIFO (must not block)", ["not a regular file"], role="base-custom", timeout=20)
+def _(cdir):
+    p = os.path.join(cdir, "fifo.safetensors")
+    os.mkfifo(p)
+    return p
+
+
+@case("base is a character device", ["not a regular file"], role="base-custom")
+def _(cdir):
+    p = os.path.join(cdir, "null.safetensors")
+    os.symlink("/dev/null", p)
+    return p
+
+
+@case("base is a symbolic link loop", ["cannot open"], role="base-custom")
+def _(cdir):
+    p = os.path.join(cdir, "loop.safetensors")
+    os.symlink("loop.safetensors", p)
+    return p
+
+
+@case("base is a dangling symbolic link", ["cannot open"], role="base-custom")
+def _(cdir):
+    p = os.path.join(cdir, "gone.safetensors")
+    os.symlink("nowhere.safetensors", p)
+    return p
+
+
+@case("model.safetensors is a directory", ["not a regular file"], role="base-dir")
+def _(d):
+    os.makedirs(os.path.join(d, "model.safetensors"))
+
+
+@case("index file is a FIFO (must not block)", ["not a regular file"], role="base-dir",
+      timeout=20)
+def _(d):
+    os.makedirs(d)
+    os.mkfifo(os.path.join(d, "model.safetensors.index.json"))
+
+
+@case("shard is a FIFO (must not block)", ["not a regular file"], role="base-dir", timeout=20)
+def _(d):
+    sharded(d, {"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}},
+            {"s1.safetensors": ["a"]})
+    os.mkfifo(os.path.join(d, "s2.safetensors"))
+
+
+@case("shard is a directory", ["not a regular file"], role="base-dir")
+def _(d):
+    sharded(d, {"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}},
+            {"s1.safetensors": ["a"]})
+    os.makedirs(os.path.join(d, "s2.safetensors"))
+
+
+@case("shard is a symbolic link loop", ["cannot open"], role="base-dir")
+def _(d):
+    sharded(d, {"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}},
+            {"s1.safetensors": ["a"]})
+    os.symlink("s2.safetensors", os.path.join(d, "s2.safetensors"))
+
+
+@case("index names itself as a shard", ["model.safetensors.index.json"], role="base-dir")
+def _(d):
+    sharded(d, {"weight_map": {"a": "model.safetensors.index.json"}}, {})
+
+
+@case("index names an absolute path", ["invalid shard name"], role="base-dir")
+def _(d):
+    sharded(d, {"weight_map": {"a": "/etc/passwd"}}, {})
+
+
+@case("index names the directory itself", ["invalid shard name"], role="base-dir")
+def _(d):
+    sharded(d, {"weight_map": {"a": "."}}, {})
+
+
+@case("index shard name with an escaped NUL", ["invalid shard name"], role="base-dir")
+def _(d):
+    sharded(d, '{"weight_map":{"a":"s1.safetensors\\u0000/../../x"}}', {"s1.safetensors": ["a"]})
+
+
+@case("index nested too deep", ["invalid JSON"], role="base-dir")
+def _(d):
+    sharded(d, '{"weight_map":{"a":"s1.safetensors"},"x":' + "[" * 5000 + "]" * 5000 + "}",
+            {"s1.safetensors": ["a"]})
+
+
+@case("index file over 100 MB", ["100 MB"], role="base-dir")
+def _(d):
+    sharded(d, {"weight_map": {"a": "s1.safetensors"}}, {"s1.safetensors": ["a"]})
+    with open(os.path.join(d, "model.safetensors.index.json"), "r+b") as f:
+        f.truncate(101 * 1024 * 1024)  # sparse: costs no disk
+
+
+@case("index of 3000 shards, the last missing", ["missing"], role="base-dir", timeout=60)
+def _(d):
+    shards = {"s%04d.safetensors" % i: ["t%d" % i] for i in range(2999)}
+    wm = {"t%d" % i: "s%04d.safetensors" % i for i in range(3000)}
+    sharded(d, {"weight_map": wm}, shards)
+
+
+@case("shard empty", ["truncated"], role="base-dir")
+def _(d):
+    sharded(d, {"weight_map": {"a": "s1.safetensors", "b": "s2.safetensors"}},
+            {"s1.safetensors": ["a"], "s2.safetensors": ["b"]})
+    open(os.path.join(d, "s2.safetensors"), "wb").close()
+
+
 # ---- models that do not fit together (given as the task, or as the previous merge) ----
 
 @case("tensor missing from the task model", ["missing"], role="task")
@@ -356,6 +593,68 @@ def _(p):
     model(p, delta=0.1, nan_at="enc.layers.0.mlp.fc2.weight:inf")
 
 
+@case("float64 task value beyond float32", ["NaN or Inf"], role="task")
+def _(p):
+    ts = [(name, "F64", shape, struct.pack("<%dd" % numel(shape), *([1e300] * numel(shape))))
+          for name, shape in NAMES]
+    h, d = header_bytes(ts, {"format": "pt"})
+    st_file(p, h, d)
+
+
+@case("previous merge lacks a tensor", ["missing"], role="prev")
+def _(p):
+    model(p, delta=0.05, skip="enc.layers.0.mlp.fc2.weight")
+
+
+@case("previous merge has an extra tensor", ["not in the base"], role="prev")
+def _(p):
+    model(p, delta=0.05, extra="enc.extra.weight")
+
+
+@case("previous merge names an unknown method", ["unknown method"], role="prev-meta")
+def _(meta):
+    meta["nufilt.method"] = "evil"
+
+
+@case("previous merge has a bad step count", ["step count"], role="prev-meta")
+def _(meta):
+    meta["nufilt.step"] = "-3"
+
+
+@case("previous merge's recipe is not JSON", ["nufilt.params"], role="prev-meta")
+def _(meta):
+    meta["nufilt.params"] = "{" * 10000
+
+
+@case("previous merge's state is not JSON", ["nufilt.state"], role="prev-meta")
+def _(meta):
+    meta["nufilt.state"] = "]"
+
+
+@case("previous merge's recipe lacks a rank", ["metadata lacks"], role="prev-meta")
+def _(meta):
+    params = json.loads(meta["nufilt.params"])
+    del params["null_rank"]
+    meta["nufilt.params"] = json.dumps(params)
+
+
+@case("previous merge records an impossible rank", ["null_rank"], role="prev-meta")
+def _(meta):
+    params = json.loads(meta["nufilt.params"])
+    params["null_rank"] = 1e300
+    meta["nufilt.params"] = json.dumps(params)
+
+
+@case("Inf in the previous merge (must not hang)", ["NaN or Inf"], role="prev-inf", timeout=20)
+def _(p):
+    pass
+
+
+@case("NaN in the base model", ["NaN or Inf"], role="base-nan")
+def _(p):
+    model(p, nan_at="enc.layers.0.self_attn.q_proj.weight")
+
+
 @case("previous model not written by nufilt", ["no nufilt merge state"], role="prev")
 def _(p):
     model(p, delta=0.05)
@@ -386,12 +685,190 @@ def _(p):
     pass
 
 
+# ---- awkward but valid inputs: must be accepted (inspect, and a step on them) ----
+
+GOOD = []
+
+
+def good(name, xfail=None, timeout=60):
+    def deco(fn):
+        GOOD.append(Case(name, [], "good", fn, xfail=xfail, timeout=timeout, inspect=True))
+        return fn
+    return deco
+
+
+def pair(cdir, make):
+    """make(path, delta) writes one model; returns (base, task)."""
+    b, t = os.path.join(cdir, "base.safetensors"), os.path.join(cdir, "task.safetensors")
+    make(b, 0.0)
+    make(t, 0.1)
+    return b, t
+
+
+@good("tensors listed out of offset order")
+def _(cdir):
+    def make(p, delta):
+        a, b = floats(4, delta), floats(6, 1 + delta)
+        st_file(p, json.dumps({"z.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [16, 40]},
+                               "a.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}),
+                a + b)
+    return pair(cdir, make)
+
+
+@good("shards and index as symbolic links into a blob store (the Hugging Face cache)")
+def _(cdir):
+    def make(p, delta):
+        blobs = p + ".blobs"
+        os.makedirs(blobs)
+        snap = p
+        os.makedirs(snap)
+        for i, names in enumerate([NAMES[:2], NAMES[2:]]):
+            ts = [(n, "F32", s, floats(numel(s), delta)) for n, s in names]
+            h, d = header_bytes(ts)
+            st_file(os.path.join(blobs, "blob%d" % i), h, d)
+            os.symlink(os.path.join("..", os.path.basename(blobs), "blob%d" % i),
+                       os.path.join(snap, "model-%05d-of-00002.safetensors" % (i + 1)))
+        wm = {n: "model-%05d-of-00002.safetensors" % (1 if k < 2 else 2)
+              for k, (n, _) in enumerate(NAMES)}
+        with open(os.path.join(blobs, "index"), "w") as f:
+            json.dump({"metadata": {}, "weight_map": wm}, f)
+        os.symlink(os.path.join("..", os.path.basename(blobs), "index"),
+                   os.path.join(snap, "model.safetensors.index.json"))
+    b, t = os.path.join(cdir, "base"), os.path.join(cdir, "task")
+    make(b, 0.0)
+    make(t, 0.1)
+    return b, t
+
+
+@good("a zero-size tensor")
+def _(cdir):
+    def make(p, delta):
+        st_file(p, json.dumps({"enc.layers.0.self_attn.q_proj.weight":
+                               {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]},
+                               "enc.empty.bias": {"dtype": "F32", "shape": [0],
+                                                  "data_offsets": [64, 64]}}),
+                floats(16, delta))
+    return pair(cdir, make)
+
+
+@good("a treated matrix with no columns")
+def _(cdir):
+    def make(p, delta):
+        st_file(p, json.dumps({"enc.layers.0.self_attn.q_proj.weight":
+                               {"dtype": "F32", "shape": [8, 0], "data_offsets": [0, 0]},
+                               "enc.layers.0.mlp.fc1.weight":
+                               {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}),
+                floats(16, delta))
+    return pair(cdir, make)
+
+
+@good("non-ASCII tensor names")
+def _(cdir):
+    def make(p, delta):
+        st_file(p, json.dumps({"encodeur.couche.0.attn.poids\u00e9\u4e2d\U0001f600.weight":
+                               {"dtype": "F32", "shape": [4, 4], "data_offsets": [0, 64]}}),
+                floats(16, delta))
+    return pair(cdir, make)
+
+
+@good("a 50 MB metadata value in the base", timeout=120)
+def _(cdir):
+    def make(p, delta):
+        ts = [(n, "F32", s, floats(numel(s), delta)) for n, s in NAMES]
+        h, d = header_bytes(ts, {"format": "pt", "notes": "x" * 50000000})
+        st_file(p, h, d)
+    return pair(cdir, make)
+
+
+@good("4000 metadata entries in the base")
+def _(cdir):
+    def make(p, delta):
+        ts = [(n, "F32", s, floats(numel(s), delta)) for n, s in NAMES]
+        meta = {"k%d" % i: "v\u001b[31m%d" % i for i in range(4000)}  # values may hold anything
+        h, d = header_bytes(ts, meta)
+        st_file(p, h, d)
+    return pair(cdir, make)
+
+
+@good("header padded with spaces, mixed float dtypes")
+def _(cdir):
+    def make(p, delta):
+        ts = [("enc.layers.0.self_attn.q_proj.weight", "F16", [4, 4], floats(16, delta, fmt="e")),
+              ("enc.layers.0.mlp.fc1.weight", "F64", [4, 4], floats(16, delta, fmt="d")),
+              ("enc.layers.0.mlp.fc1.bias", "BF16", [4], floats(2, delta))]
+        h, d = header_bytes(ts)
+        st_file(p, h + " " * 13, d)
+    return pair(cdir, make)
+
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+
+
 def run(nufilt, args, timeout=60):
-    try:
-        r = subprocess.run([nufilt] + args, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None, "", "timeout"
-    return r.returncode, r.stdout, r.stderr
+    """(exit status or None on timeout, stdout, stderr, peak RSS in MB)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        p = subprocess.Popen([nufilt] + args, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        status, ru = None, None
+        while True:
+            pid, st, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                status = os.waitstatus_to_exitcode(st)
+                p.returncode = status
+                break
+            if time.monotonic() > deadline:
+                p.kill()
+                _, _, ru = os.wait4(p.pid, 0)
+                p.returncode = -9
+                break
+            time.sleep(0.02)
+        out.seek(0)
+        err.seek(0)
+        return (status, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                ru.ru_maxrss / 1024.0 if ru else 0.0)
+
+
+def check(c, rc, se, rss, named, out_exists, leftovers):
+    problems = []
+    if rc is None:
+        problems.append("hung (timeout %d s)" % c.timeout)
+    elif rc < 0:
+        problems.append("crashed with signal %d" % -rc)
+    elif rc == 0:
+        problems.append("exit status 0")
+    lines = [l for l in se.strip().splitlines() if l.strip()]
+    if rc is not None and len(lines) != 1:
+        problems.append("%d lines on stderr (want one message)" % len(lines))
+    msg = lines[-1] if lines else ""
+    for kw in c.keywords:
+        if kw not in msg:
+            problems.append("message lacks %r" % kw)
+    if named and named not in msg:
+        problems.append("message does not name %s" % named)
+    if CONTROL.search(se):
+        problems.append("control characters on stderr")
+    if c.max_rss_mb and rss > c.max_rss_mb:
+        problems.append("peak memory %.0f MB over the %d MB bound" % (rss, c.max_rss_mb))
+    if out_exists:
+        problems.append("output file written")
+    if leftovers:
+        problems.append("temporary files left: %s" % leftovers)
+    return problems, msg
+
+
+def report(c, label, problems, msg, counts):
+    if c.xfail and problems:
+        counts["xfail"] += 1
+        print("XFAIL %-52s %s\n      known issue: %s" % (label, "; ".join(problems)[:200], c.xfail))
+    elif problems:
+        counts["fail"] += 1
+        print("FAIL %-53s %s\n     stderr: %s" % (label, "; ".join(problems), msg))
+    elif c.xfail:
+        counts["xpass"] += 1
+        print("XPASS %-52s %s (known issue fixed? drop the mark: %s)" % (label, msg[:100], c.xfail))
+    else:
+        counts["ok"] += 1
+        print("ok   %-53s %s" % (label, msg[:150]))
 
 
 def main():
@@ -399,15 +876,20 @@ def main():
     ap.add_argument("--nufilt", required=True)
     ap.add_argument("--workdir")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--only", help="run the cases whose name contains this")
     a = ap.parse_args()
     if a.list:
-        for name, kw, role, _fn in CASES:
-            print("%-50s %-16s %s" % (name, role, kw))
+        for c in CASES + GOOD:
+            print("%-56s %-14s %s%s" % (c.name, c.role, c.keywords,
+                                        "  [known issue]" if c.xfail else ""))
+        print("%d bad-input cases (%d also through inspect), %d valid inputs, 1 escape hatch"
+              % (len(CASES), sum(c.inspect for c in CASES), len(GOOD)))
         return 0
     if not os.path.exists(a.nufilt):
         print("SKIP: no nufilt binary at %s" % a.nufilt)
         return 77
-    work = a.workdir or tempfile.mkdtemp(prefix="nufilt-bad-")
+    nufilt = os.path.abspath(a.nufilt)
+    work = os.path.abspath(a.workdir or tempfile.mkdtemp(prefix="nufilt-bad-"))
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     base = os.path.join(work, "base.safetensors")
@@ -415,25 +897,35 @@ def main():
     model(base)
     model(task, delta=0.1)
     first = os.path.join(work, "first.safetensors")
-    rc, _, err = run(a.nufilt, ["step", "--base", base, "--task", task, "--out", first,
-                                "--null-rank", "2", "--task-rank", "1", "--lora-rank", "2"])
+    rc, _, err, _ = run(nufilt, ["step", "--base", base, "--task", task, "--out", first,
+                                 "--null-rank", "2", "--task-rank", "1", "--lora-rank", "2"])
     if rc != 0:
         print("FAIL setup: a good first step failed: " + err)
         return 1
-    failures = 0
-    for i, (name, keywords, role, fn) in enumerate(CASES):
+    with open(first, "rb") as f:
+        hl = struct.unpack("<Q", f.read(8))[0]
+        first_meta = json.loads(f.read(hl))["__metadata__"]
+    counts = {"ok": 0, "fail": 0, "xfail": 0, "xpass": 0}
+    for i, c in enumerate(CASES):
+        if a.only and a.only not in c.name:
+            continue
+        name, role, fn = c.name, c.role, c.fn
         cdir = os.path.join(work, "case%02d" % i)
         os.makedirs(cdir)
         out = os.path.join(cdir, "out.safetensors")
         bad = os.path.join(cdir, "bad.safetensors")
         args = None
-        if role == "base":
+        if role in ("base", "base-nan"):
             fn(bad)
             args = ["step", "--base", bad, "--task", task, "--out", out]
             named = bad
         elif role == "base-dir":
             bad = os.path.join(cdir, "model")
             fn(bad)
+            args = ["step", "--base", bad, "--task", task, "--out", out]
+            named = bad
+        elif role == "base-custom":
+            bad = fn(cdir)
             args = ["step", "--base", bad, "--task", task, "--out", out]
             named = bad
         elif role == "base-missing":
@@ -448,11 +940,22 @@ def main():
             fn(bad)
             args = ["step", "--base", base, "--task", task, "--prev", bad, "--out", out]
             named = bad
+        elif role == "prev-meta":
+            meta = dict(first_meta)
+            fn(meta)
+            model(bad, delta=0.05, metadata=meta)
+            args = ["step", "--base", base, "--task", task, "--prev", bad, "--out", out]
+            named = bad
+        elif role == "prev-inf":
+            model(bad, delta=0.05, metadata=first_meta,
+                  nan_at="enc.layers.0.self_attn.q_proj.weight:inf")
+            args = ["step", "--base", base, "--task", task, "--prev", bad, "--out", out]
+            named = bad
         elif role == "prev-otherbase":
             other = os.path.join(cdir, "otherbase.safetensors")
             model(other, delta=0.02)
             prev = os.path.join(cdir, "prev.safetensors")
-            rc, _, err = run(a.nufilt, ["step", "--base", other, "--task", task, "--out", prev])
+            rc, _, err, _ = run(nufilt, ["step", "--base", other, "--task", task, "--out", prev])
             args = ["step", "--base", base, "--task", task, "--prev", prev, "--out", out]
             named = prev
         elif role == "prev-method":
@@ -473,52 +976,71 @@ def main():
             args = ["step", "--base", base, "--task", task, "--prev", first, "--out", out,
                     "--null-rank", "3"]
             named = first
-        rc, so, se = run(a.nufilt, args)
+        runs = [("", args)]
+        if c.inspect:
+            runs.append(("[inspect] ", ["inspect", bad]))
+        for label, rargs in runs:
+            rc, so, se, rss = run(nufilt, rargs, timeout=c.timeout)
+            if role == "out-exists":
+                out_exists = open(out).read() != "keep me"
+            else:
+                out_exists = os.path.exists(out)
+            leftovers = [f for f in os.listdir(cdir) if f.startswith(".")]
+            problems, msg = check(c, rc, se, rss, named, out_exists, leftovers)
+            if c.max_rss_mb:
+                msg = "[peak %.0f MB] %s" % (rss, msg)
+            if label and CONTROL.search(so):
+                problems.append("control characters on stdout")
+            report(c, label + name, problems, msg, counts)
+        # the big generated files go as soon as they are done with
+        for f in os.listdir(cdir):
+            fp = os.path.join(cdir, f)
+            if not os.path.islink(fp) and os.path.isfile(fp) and os.path.getsize(fp) > 10 << 20:
+                os.unlink(fp)
+    # awkward but valid inputs
+    for i, c in enumerate(GOOD):
+        if a.only and a.only not in c.name:
+            continue
+        cdir = os.path.join(work, "good%02d" % i)
+        os.makedirs(cdir)
+        b, t = c.fn(cdir)
+        out = os.path.join(cdir, "out.safetensors")
         problems = []
-        if rc is None:
-            problems.append("hung (timeout)")
-        elif rc < 0:
-            problems.append("crashed with signal %d" % -rc)
-        elif rc == 0:
-            problems.append("exit status 0")
-        lines = [l for l in se.strip().splitlines() if l.strip()]
-        if len(lines) != 1:
-            problems.append("%d lines on stderr (want one message)" % len(lines))
-        msg = lines[-1] if lines else ""
-        for kw in keywords:
-            if kw not in msg:
-                problems.append("message lacks %r" % kw)
-        if named not in msg:
-            problems.append("message does not name %s" % named)
-        if role == "out-exists":
-            if open(out).read() != "keep me":
-                problems.append("existing output was modified")
-        elif os.path.exists(out):
-            problems.append("output file written")
+        for label, rargs in (("inspect", ["inspect", b]),
+                             ("step", ["step", "--base", b, "--task", t, "--out", out])):
+            rc, so, se, rss = run(nufilt, rargs, timeout=c.timeout)
+            if rc != 0:
+                problems.append("%s: exit status %s: %s" % (label, rc, se.strip()[-200:]))
+            if CONTROL.search(so + se):
+                problems.append("%s: control characters in its output" % label)
+        if not problems:
+            rc, so, se, rss = run(nufilt, ["inspect", out], timeout=c.timeout)
+            if rc != 0:
+                problems.append("the output does not read back: %s" % se.strip()[-200:])
         leftovers = [f for f in os.listdir(cdir) if f.startswith(".")]
         if leftovers:
             problems.append("temporary files left: %s" % leftovers)
-        if problems:
-            failures += 1
-            print("FAIL %-48s %s\n     stderr: %s" % (name, "; ".join(problems), msg))
-        else:
-            print("ok   %-48s %s" % (name, msg[:150]))
+        report(c, "[valid] " + c.name, problems, "accepted", counts)
+        shutil.rmtree(cdir, ignore_errors=True)
     # the escape hatch for non-finite task models
-    nan_task = os.path.join(work, "nan.safetensors")
-    model(nan_task, delta=0.1, nan_at="enc.layers.0.mlp.fc2.weight")
-    out = os.path.join(work, "allowed.safetensors")
-    rc, _, err = run(a.nufilt, ["step", "--base", base, "--task", nan_task, "--out", out,
-                                "--allow-nonfinite"])
-    if rc != 0 or not os.path.exists(out):
-        failures += 1
-        print("FAIL --allow-nonfinite did not let a NaN task through: " + err.strip())
-    else:
-        print("ok   --allow-nonfinite merges a task holding NaN")
-    total = len(CASES) + 1
-    print("%d cases, %d failed" % (total, failures))
-    if not a.workdir and failures == 0:
+    if not a.only:
+        nan_task = os.path.join(work, "nan.safetensors")
+        model(nan_task, delta=0.1, nan_at="enc.layers.0.mlp.fc2.weight")
+        out = os.path.join(work, "allowed.safetensors")
+        rc, _, err, _ = run(nufilt, ["step", "--base", base, "--task", nan_task, "--out", out,
+                                     "--allow-nonfinite"])
+        if rc != 0 or not os.path.exists(out):
+            counts["fail"] += 1
+            print("FAIL --allow-nonfinite did not let a NaN task through: " + err.strip())
+        else:
+            counts["ok"] += 1
+            print("ok   --allow-nonfinite merges a task holding NaN")
+    total = sum(counts.values())
+    print("%d checks: %d ok, %d failed, %d known issues (xfail), %d known issues now passing "
+          "(xpass)" % (total, counts["ok"], counts["fail"], counts["xfail"], counts["xpass"]))
+    if not a.workdir and counts["fail"] == 0:
         shutil.rmtree(work, ignore_errors=True)
-    return 1 if failures else 0
+    return 1 if counts["fail"] else 0
 
 
 if __name__ == "__main__":

@@ -105,6 +105,20 @@ int nf_cpu_qr(int m, int n, float *a, int lda, nf_error *err)
     return NF_OK;
 }
 
+/* LAPACK's bidiagonal QR iteration (sbdsqr, under sgesdd) never returns on a matrix holding
+ * Inf, and LAPACKE screens only NaN: every SVD input is checked first. a is column-major
+ * rows x cols with leading dimension ld. */
+static int finite_cm(int rows, int cols, const float *a, int ld)
+{
+    for (int j = 0; j < cols; j++)
+        for (int i = 0; i < rows; i++)
+            if (!isfinite(a[i + (size_t)j * ld]))
+                return 0;
+    return 1;
+}
+
+#define NOT_FINITE -100000 /* an info value LAPACK never gives */
+
 /* Thin SVD of the row-major m x n matrix a. A row-major matrix is the column-major transpose,
  * so LAPACK sees X^T = V S U^T: its left vectors are our right ones, written straight into vt
  * (row j = v_j) without transposing copies. */
@@ -114,6 +128,9 @@ int nf_cpu_svd(int m, int n, float *a, int lda, float *s, float *vt, int ldvt, f
     int k = m < n ? m : n;
     if (k == 0)
         return NF_OK;
+    if (!finite_cm(n, m, a, lda))
+        return nf_error_set(err, NF_E_NONFINITE,
+                            "SVD of a %d x %d matrix: it holds NaN or Inf", m, n);
     /* column-major X^T is n x m with leading dimension lda; its "U" is n x k (ld = ldvt) and
      * its "VT" is k x m (our U^T, column-major, ld = k). */
     /* LAPACK's VT (our U^T) is computed with jobz = 'S' whether wanted or not */
@@ -153,6 +170,9 @@ int nf_cpu_svd_right(int m, int n, float *a, int lda, int r, float *s, float *vt
         return NF_OK;
     if (r > k)
         r = k;
+    if (!finite_cm(n, m, a, lda))
+        return nf_error_set(err, NF_E_NONFINITE,
+                            "SVD of a %d x %d matrix: it holds NaN or Inf", m, n);
     int tall = m >= n;
     int big = tall ? m : n;
     if (5 * big < 6 * k) {
@@ -183,6 +203,8 @@ int nf_cpu_svd_right(int m, int n, float *a, int lda, int r, float *s, float *vt
         for (int j = 0; j < n && info == 0; j++)
             for (int i = j; i < n; i++)
                 t[i + (size_t)j * k] = a[i + (size_t)j * lda];
+        if (info == 0 && !finite_cm(k, k, t, k)) /* overflow in the factorisation */
+            info = NOT_FINITE;
         if (info == 0)
             info = LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'S', k, k, t, k, s, lv, k, rv, k);
         /* left vectors of L, column j = v_j: row j of our V^T */
@@ -194,6 +216,8 @@ int nf_cpu_svd_right(int m, int n, float *a, int lda, int r, float *s, float *vt
         for (int j = 0; j < m && info == 0; j++)
             for (int i = 0; i <= j; i++)
                 t[i + (size_t)j * k] = a[i + (size_t)j * lda];
+        if (info == 0 && !finite_cm(k, k, t, k)) /* overflow in the factorisation */
+            info = NOT_FINITE;
         if (info == 0)
             info = LAPACKE_sgesdd(LAPACK_COL_MAJOR, 'S', k, k, t, k, s, lv, k, rv, k);
         if (info == 0) {
@@ -207,7 +231,10 @@ int nf_cpu_svd_right(int m, int n, float *a, int lda, int r, float *s, float *vt
             info = LAPACKE_sormqr(LAPACK_COL_MAJOR, 'L', 'N', n, r, k, a, lda, tau, vt, ldvt);
         }
     }
-    if (info < 0)
+    if (info == NOT_FINITE)
+        rc = nf_error_set(err, NF_E_NONFINITE,
+                          "SVD of a %d x %d matrix: its factorisation overflowed to Inf", m, n);
+    else if (info < 0)
         rc = nf_error_set(err, NF_E_NOMEM, "SVD of a %d x %d matrix failed (LAPACK info %d)", m,
                           n, (int)info);
     else if (info > 0)
