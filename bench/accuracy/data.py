@@ -112,26 +112,24 @@ def _wordnet_synsets(pos):
                    "pointers": ptrs}
 
 
-def task_noun_supersense():
+def _supersense_task(pos, desc, prompt):
+    """Synset lemmas + definition -> its lexicographer file (noun.animal, verb.motion, ...)."""
     items = []
-    for s in _wordnet_synsets("noun"):
-        if s["lex"] in NOUN_DESC and s["definition"]:
+    for s in _wordnet_synsets(pos):
+        if s["lex"] in desc and s["definition"]:
             items.append((f"{', '.join(s['words'][:3])}: {s['definition']}", s["lex"]))
-    classes = sorted(NOUN_DESC)
-    return {"name": "noun_supersense", "source": "wordnet-base data.noun (lexicographer file)",
-            "classes": classes,
-            "prompts": [f"This is a word for {NOUN_DESC[c]}." for c in classes], "items": items}
+    classes = sorted(desc)
+    return {"name": f"{pos}_supersense", "source": f"wordnet-base data.{pos} (lexicographer file)",
+            "classes": classes, "prompts": [prompt.format(desc[c]) for c in classes],
+            "items": items}
+
+
+def task_noun_supersense():
+    return _supersense_task("noun", NOUN_DESC, "This is a word for {}.")
 
 
 def task_verb_supersense():
-    items = []
-    for s in _wordnet_synsets("verb"):
-        if s["lex"] in VERB_DESC and s["definition"]:
-            items.append((f"{', '.join(s['words'][:3])}: {s['definition']}", s["lex"]))
-    classes = sorted(VERB_DESC)
-    return {"name": "verb_supersense", "source": "wordnet-base data.verb (lexicographer file)",
-            "classes": classes,
-            "prompts": [f"This is a verb about {VERB_DESC[c]}." for c in classes], "items": items}
+    return _supersense_task("verb", VERB_DESC, "This is a verb about {}.")
 
 
 def task_gloss_pos():
