@@ -65,7 +65,8 @@ static const opt opts[] = {
      "[auto: real GPUs, else the CPU]"},
     {"svd", "MODE", CMD_RUN, K_SPECIAL,
      "exact (LAPACK gesdd) or randomized (range finder, 10 extra columns, 2 power "
-     "iterations) [exact]"},
+     "iterations: faster, but on task vectors without a spectral gap at the cut it moves the "
+     "null space and the merged weights by up to 10-15%; see docs/performance.md) [exact]"},
     {"threads", "N", CMD_RUN, K_INT, "worker threads [all cores]"},
     {"max-memory", "SIZE", CMD_RUN, K_SIZE,
      "cap on the estimated working memory of the tensors in flight (e.g. 500MB); fewer run at "
