@@ -184,6 +184,115 @@ START_TEST(test_svd_exact_vs_jacobi)
 }
 END_TEST
 
+START_TEST(test_svd_gram_vs_jacobi)
+{
+    /* --svd gram: the top singular values and vectors from the Gram matrix in double agree
+     * with a float64 Jacobi SVD, on tall, wide, square and single-row/column shapes */
+    int m = shapes[_i][0], n = shapes[_i][1], k = m < n ? m : n;
+    float *x = malloc(sizeof(float) * m * n);
+    tu_fill(x, (size_t)m * n, 11 + _i, 1.0);
+    double *xd = malloc(sizeof(double) * m * n), s[64], vt[64 * 64];
+    for (int i = 0; i < m * n; i++)
+        xd[i] = x[i];
+    jacobi_svd(m, n, xd, s, vt);
+    nf_mat X, V;
+    ck_assert_int_eq(nf_la_alloc(&la, m, n, &X), NF_OK);
+    ck_assert_int_eq(nf_la_upload(&la, &X, x), NF_OK);
+    float sv[64];
+    int r = 0, want = k > 4 ? 4 : k;
+    nf_svd_args a = {want, 1e-6, NF_LA_SVD_GRAM, 0, 0, 0};
+    ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &V, &r, sv), NF_OK);
+    ck_assert_int_eq(r, want);
+    for (int j = 0; j < r; j++)
+        ck_assert_msg(fabs(sv[j] - s[j]) <= 1e-5 * s[0] + 1e-6, "sigma %d: %g vs %g", j,
+                      (double)sv[j], s[j]);
+    float *hv = nf_la_host(&la, &V);
+    for (int i = 0; i < r; i++)
+        for (int j = 0; j < r; j++) {
+            double d = 0;
+            for (int p = 0; p < n; p++)
+                d += (double)hv[i * n + p] * hv[j * n + p];
+            ck_assert(fabs(d - (i == j)) < 1e-5);
+        }
+    /* each vector, not only the subspace, where its singular value stands apart */
+    for (int j = 0; j < r; j++) {
+        double gap = s[0];
+        if (j > 0 && s[j - 1] - s[j] < gap)
+            gap = s[j - 1] - s[j];
+        if (j + 1 < k && s[j] - s[j + 1] < gap)
+            gap = s[j] - s[j + 1];
+        if (gap < 0.05 * s[0])
+            continue;
+        double c = 0;
+        for (int p = 0; p < n; p++)
+            c += (double)hv[j * n + p] * vt[j * n + p];
+        ck_assert_msg(fabs(fabs(c) - 1.0) < 1e-5, "vector %d: |cos| %g", j, fabs(c));
+    }
+    nf_la_free(&la, &X);
+    nf_la_free(&la, &V);
+    free(x);
+    free(xd);
+}
+END_TEST
+
+START_TEST(test_svd_gram_rank_and_decay)
+{
+    /* rank 3 of 30 x 20 and its transpose: gram keeps 3 of the 6 asked for in paper mode,
+     * and an all-zero matrix has rank 0; on a decaying spectrum with a gap after 16 its top-16
+     * subspace matches the exact (gesdd) one */
+    for (int wide = 0; wide < 2; wide++) {
+        int m = wide ? 20 : 30, n = wide ? 30 : 20;
+        double s[20] = {5, 3, 1};
+        float *x = malloc(sizeof(float) * m * n);
+        make_spectrum(m, n, s, 5, x);
+        nf_mat X, V;
+        nf_la_alloc(&la, m, n, &X);
+        nf_la_upload(&la, &X, x);
+        int r;
+        nf_svd_args a = {6, 1e-6, NF_LA_SVD_GRAM, 0, 0, 0};
+        ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &V, &r, NULL), NF_OK);
+        ck_assert_int_eq(r, 3);
+        nf_la_free(&la, &V);
+        memset(x, 0, sizeof(float) * m * n);
+        nf_la_upload(&la, &X, x);
+        ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &V, &r, NULL), NF_OK);
+        ck_assert_int_eq(r, 0);
+        nf_la_free(&la, &V);
+        nf_la_free(&la, &X);
+        free(x);
+    }
+    for (int wide = 0; wide < 2; wide++) {
+        int m = wide ? 200 : 300, n = wide ? 300 : 200, r = 16;
+        double s[200];
+        for (int j = 0; j < 200; j++)
+            s[j] = (j < r ? 1.0 : 0.1) * pow(j + 1.0, -0.7);
+        float *x = malloc(sizeof(float) * m * n);
+        make_spectrum(m, n, s, 9, x);
+        nf_mat X, Ve, Vg;
+        nf_la_alloc(&la, m, n, &X);
+        nf_la_upload(&la, &X, x);
+        int re, rg;
+        nf_svd_args a = {r, 1e-6, NF_LA_SVD_EXACT, 0, 0, 0};
+        ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &Ve, &re, NULL), NF_OK);
+        a.mode = NF_LA_SVD_GRAM;
+        ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &Vg, &rg, NULL), NF_OK);
+        ck_assert_int_eq(rg, r);
+        float *he = nf_la_host(&la, &Ve), *hg = nf_la_host(&la, &Vg);
+        double *hed = malloc(sizeof(double) * r * n);
+        for (int i = 0; i < r * n; i++)
+            hed[i] = he[i];
+        double sine = subspace_sine(r, n, hg, hed);
+        ck_assert_msg(sine < 1e-5, "%s: largest principal angle sine %g", wide ? "wide" : "tall",
+                      sine);
+        nf_la_free(&la, &X);
+        nf_la_free(&la, &Ve);
+        nf_la_free(&la, &Vg);
+        free(x);
+        free(hed);
+    }
+}
+END_TEST
+
 START_TEST(test_svd_rank_tolerance)
 {
     /* rank 3: paper mode keeps 3 of the 6 asked for, reference mode keeps all 6 */
@@ -368,6 +477,8 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_loop_test(tc, test_svd_exact_vs_jacobi, 0, (int)(sizeof shapes / sizeof shapes[0]));
+    tcase_add_loop_test(tc, test_svd_gram_vs_jacobi, 0, (int)(sizeof shapes / sizeof shapes[0]));
+    tcase_add_test(tc, test_svd_gram_rank_and_decay);
     tcase_add_test(tc, test_svd_rank_tolerance);
     tcase_add_test(tc, test_svd_randomized);
     tcase_add_test(tc, test_gemm_views);

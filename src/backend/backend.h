@@ -166,6 +166,10 @@ int nf_cpu_svd(int m, int n, float *a, int lda, float *s, float *vt, int ldvt, f
 /* Top r right singular vectors (rows of vt) and all singular values of a (destroyed). */
 int nf_cpu_svd_right(int m, int n, float *a, int lda, int r, float *s, float *vt, int ldvt,
                      nf_error *err);
+/* Top r right singular vectors and their r singular values of a (not modified), from the
+ * Gram matrix in double precision. */
+int nf_cpu_svd_right_gram(int m, int n, const float *a, int lda, int r, float *s, float *vt,
+                          int ldvt, nf_error *err);
 /* Number of threads OpenBLAS may use in the calling thread's BLAS/LAPACK calls. */
 void nf_cpu_set_threads(int n);
 

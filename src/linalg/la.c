@@ -358,6 +358,30 @@ static int svd_host(nf_la *la, const nf_mat *x, int r, float **vt_out, float **s
     return NF_OK;
 }
 
+/* Top r right singular vectors and singular values from the Gram matrix in double (the rest of
+ * the k singular values are left 0: only the leading r are known). */
+static int svd_gram_host(nf_la *la, const nf_mat *x, int r, float **vt_out, float **s_out)
+{
+    int m = x->rows, n = x->cols, k = m < n ? m : n;
+    size_t na = (size_t)m * (size_t)n, nv = (size_t)r * (size_t)n;
+    float *a = malloc((na ? na : 1) * sizeof *a);
+    float *vt = malloc((nv ? nv : 1) * sizeof *vt);
+    float *s = calloc(k ? (size_t)k : 1, sizeof *s);
+    int rc = (!a || !vt || !s) ? nf_error_set(la->err, NF_E_NOMEM, "out of memory in SVD")
+                               : nf_la_download(la, x, a);
+    if (!rc)
+        rc = nf_cpu_svd_right_gram(m, n, a, n, r, s, vt, n, la->err);
+    free(a);
+    if (rc) {
+        free(vt);
+        free(s);
+        return rc;
+    }
+    *vt_out = vt;
+    *s_out = s;
+    return NF_OK;
+}
+
 static int keep_count(const float *s, int k, int want, double tol)
 {
     if (want > k)
@@ -481,7 +505,8 @@ int nf_la_svd_right(nf_la *la, const nf_mat *x, const nf_svd_args *a, nf_mat *vt
         goto done;
     }
     float *hvt = NULL, *hs = NULL;
-    rc = svd_host(la, x, a->rank < k ? a->rank : k, &hvt, &hs);
+    rc = a->mode == NF_LA_SVD_GRAM ? svd_gram_host(la, x, a->rank < k ? a->rank : k, &hvt, &hs)
+                                   : svd_host(la, x, a->rank < k ? a->rank : k, &hvt, &hs);
     if (rc)
         goto done;
     int r = keep_count(hs, k, a->rank, a->rank_tol);

@@ -62,7 +62,7 @@ int nf_la_adam(nf_la *la, nf_mat *x, const nf_mat *g, nf_mat *m, nf_mat *v, doub
 /* Thin QR in place: a (m x n, m >= n) becomes Q */
 int nf_la_qr(nf_la *la, nf_mat *a);
 
-enum { NF_LA_SVD_EXACT = 0, NF_LA_SVD_RANDOMIZED = 1 };
+enum { NF_LA_SVD_EXACT = 0, NF_LA_SVD_RANDOMIZED = 1, NF_LA_SVD_GRAM = 2 };
 
 typedef struct nf_svd_args {
     int rank;            /* wanted number of right singular vectors (capped at min(m, n)) */
@@ -75,7 +75,8 @@ typedef struct nf_svd_args {
 
 /* Top right singular vectors of x (m x n, not modified): allocates *vt (rank x n rows =
  * vectors), sets *rank to how many were kept (possibly 0: then vt is empty), and, when s is
- * not NULL, writes the first min(m, n) singular values (exact) or rank values (randomized). */
+ * not NULL, writes the first min(m, n) singular values (exact) or rank values (randomized,
+ * gram; the rest 0). */
 int nf_la_svd_right(nf_la *la, const nf_mat *x, const nf_svd_args *a, nf_mat *vt, int *rank,
                     float *s);
 

@@ -301,7 +301,9 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     run.err = err;
     run.step_in_run = step_in_run;
     run.nsteps = nsteps;
-    run.svd_mode = o->svd == NF_SVD_RANDOMIZED ? NF_LA_SVD_RANDOMIZED : NF_LA_SVD_EXACT;
+    run.svd_mode = o->svd == NF_SVD_RANDOMIZED ? NF_LA_SVD_RANDOMIZED
+                   : o->svd == NF_SVD_GRAM     ? NF_LA_SVD_GRAM
+                                               : NF_LA_SVD_EXACT;
     nf_device **devs = NULL;
     int ndev = 0;
     int rc = NF_OK;

@@ -231,6 +231,9 @@ static int nufilt_tensor(nf_job *job)
     int rp = p->null_rank < kmax ? p->null_rank : kmax;
     int rv = p->task_rank < kmax ? p->task_rank : kmax;
     uint64_t svd_seed = nf_rng_key(p->seed, (uint64_t)run->step, job->base->name) ^ 0x5356445ull;
+    /* --compat reference keeps vectors of zero singular value, which only LAPACK's gesdd
+     * chooses the way the reference does: --svd gram falls back to it there */
+    int svd_mode = !paper && run->svd_mode == NF_LA_SVD_GRAM ? NF_LA_SVD_EXACT : run->svd_mode;
     if (first) {
         /* --compat reference: the SVD of an all-zero prev gives the first r_p axes */
         if ((rc = nf_la_alloc(la, rp, n, &x.vt_p)))
@@ -247,12 +250,12 @@ static int nufilt_tensor(nf_job *job)
         if (rc)
             goto out;
     } else {
-        nf_svd_args sa = {rp, tol, run->svd_mode, 10, 2, svd_seed};
+        nf_svd_args sa = {rp, tol, svd_mode, 10, 2, svd_seed};
         if ((rc = nf_la_svd_right(la, &x.prev, &sa, &x.vt_p, &rp, NULL)))
             goto out;
     }
     {
-        nf_svd_args sa = {rv, tol, run->svd_mode, 10, 2, svd_seed + 1};
+        nf_svd_args sa = {rv, tol, svd_mode, 10, 2, svd_seed + 1};
         if ((rc = nf_la_svd_right(la, &x.tau, &sa, &x.vt_t, &rv, NULL)))
             goto out;
     }

@@ -29,7 +29,8 @@ import st  # noqa: E402
 TOL = {"gap": 1e-4, "decay": 2e-3, "lowrank": 1e-4}
 CLI_DEFAULTS = {"null_rank": 128, "task_rank": 8, "lora_rank": 64}
 ALL_CASES = ["default", "decay", "lora0", "null0", "task0", "reference", "merge-vs-steps", "seed",
-             "f16", "bf16", "sharded-in", "sharded-out", "lowrank", "preset-auto"]
+             "f16", "bf16", "sharded-in", "sharded-out", "lowrank", "preset-auto", "svd-gram",
+             "svd-gram-decay"]
 SKIP = 77
 
 
@@ -446,6 +447,11 @@ def run_case(ctx, case):
         return case_default(ctx, case, spectrum="gap")
     if case == "decay":
         return case_default(ctx, case, spectrum="decay")
+    if case in ("svd-gram", "svd-gram-decay"):
+        # --svd gram: the top vectors from the Gram matrix in double, same tolerances
+        spectrum = "decay" if case.endswith("decay") else None
+        fx = fixtures(ctx, case, spectrum=spectrum)
+        return merge_and_compare(ctx, case, fx, spectrum=spectrum, extra=["--svd", "gram"])[0]
     if case == "lora0":
         fx = fixtures(ctx, case)
         return merge_and_compare(ctx, case, fx, r_l=0)[0]

@@ -249,6 +249,114 @@ out:
     return rc;
 }
 
+/* Top r right singular vectors of the row-major m x n matrix a (not modified) and their
+ * singular values, from the Gram matrix in double precision (the `--svd gram` mode):
+ *  - n <= m: K = X^T X (n x n), accumulated over blocks of rows converted to double, so
+ *    memory stays n^2 + GRAM_ROWS n doubles; its top r eigenvectors are the right singular
+ *    vectors and s_j = sqrt(lambda_j);
+ *  - n >  m: K = X X^T (m x m) gives the left vectors U; V = X^T U diag(1/s), then one QR
+ *    re-orthonormalises V.
+ * Only the top r eigenpairs are computed (dsyevr with an index range). Squaring the matrix
+ * costs nothing at double precision for the leading vectors; singular values below about
+ * 1e-7 of the largest lose their relative accuracy (they only matter to --rank-tol).
+ * s receives r values. */
+#define GRAM_ROWS 256
+int nf_cpu_svd_right_gram(int m, int n, const float *a, int lda, int r, float *s, float *vt,
+                          int ldvt, nf_error *err)
+{
+    int k = m < n ? m : n;
+    if (k == 0 || r == 0)
+        return NF_OK;
+    if (r > k)
+        r = k;
+    if (!finite_cm(n, m, a, lda))
+        return nf_error_set(err, NF_E_NONFINITE,
+                            "SVD of a %d x %d matrix: it holds NaN or Inf", m, n);
+    int wide = n > m;
+    int g = wide ? m : n; /* order of the Gram matrix */
+    size_t nb = wide ? (size_t)m * (size_t)n : (size_t)GRAM_ROWS * (size_t)n;
+    double *K = malloc((size_t)g * (size_t)g * sizeof *K);
+    double *xb = malloc(nb * sizeof *xb);
+    double *w = malloc((size_t)g * sizeof *w);
+    double *z = malloc((size_t)g * (size_t)r * sizeof *z);
+    lapack_int *isuppz = malloc(2 * (size_t)r * sizeof *isuppz);
+    double *v = wide ? malloc((size_t)n * (size_t)r * sizeof *v) : NULL;
+    double *tq = wide ? malloc((size_t)r * sizeof *tq) : NULL;
+    int rc = NF_OK;
+    lapack_int info = 0, found = 0;
+    if (!K || !xb || !w || !z || !isuppz || (wide && (!v || !tq))) {
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory in SVD");
+        goto out;
+    }
+    if (!wide) {
+        /* a block of b rows, row-major b x n, is the column-major n x b matrix Xb^T:
+         * K += Xb^T Xb */
+        for (int r0 = 0; r0 < m; r0 += GRAM_ROWS) {
+            int b = m - r0 < GRAM_ROWS ? m - r0 : GRAM_ROWS;
+            for (int i = 0; i < b; i++)
+                for (int j = 0; j < n; j++)
+                    xb[(size_t)i * n + j] = a[(size_t)(r0 + i) * lda + j];
+            cblas_dsyrk(CblasColMajor, CblasLower, CblasNoTrans, n, b, 1.0, xb, n,
+                        r0 == 0 ? 0.0 : 1.0, K, n);
+        }
+    } else {
+        /* row-major X (m x n) is the column-major n x m matrix X^T: K = X X^T */
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++)
+                xb[(size_t)i * n + j] = a[(size_t)i * lda + j];
+        cblas_dsyrk(CblasColMajor, CblasLower, CblasTrans, m, n, 1.0, xb, n, 0.0, K, m);
+    }
+    info = LAPACKE_dsyevr(LAPACK_COL_MAJOR, 'V', 'I', 'L', g, K, g, 0.0, 0.0, g - r + 1, g, 0.0,
+                          &found, w, z, g, isuppz);
+    if (info == 0 && found != r)
+        info = 1;
+    if (info == 0) {
+        /* eigenvalues ascend: the j-th largest is column r - 1 - j */
+        for (int j = 0; j < r; j++) {
+            double l = w[r - 1 - j];
+            s[j] = (float)sqrt(l > 0.0 ? l : 0.0);
+        }
+        if (!wide) {
+            for (int j = 0; j < r; j++)
+                for (int p = 0; p < n; p++)
+                    vt[(size_t)j * ldvt + p] = (float)z[(size_t)(r - 1 - j) * g + p];
+        } else {
+            /* V (column-major n x r, largest first) = X^T U diag(1/s), then V = Q of its QR */
+            for (int j = 0; j < r; j++) {
+                const double *u = z + (size_t)(r - 1 - j) * g;
+                double sj = s[j] > 0.0f ? (double)s[j] : 1.0;
+                cblas_dgemv(CblasColMajor, CblasNoTrans, n, m, 1.0 / sj, xb, n, u, 1, 0.0,
+                            v + (size_t)j * n, 1);
+            }
+            info = LAPACKE_dgeqrf(LAPACK_COL_MAJOR, n, r, v, n, tq);
+            /* keep each column's direction: Q e_j has the sign of R_jj */
+            double *sign = w; /* w is no longer needed: r <= g entries */
+            for (int j = 0; j < r && info == 0; j++)
+                sign[j] = v[(size_t)j * n + j] < 0.0 ? -1.0 : 1.0;
+            if (info == 0)
+                info = LAPACKE_dorgqr(LAPACK_COL_MAJOR, n, r, r, v, n, tq);
+            for (int j = 0; j < r && info == 0; j++)
+                for (int p = 0; p < n; p++)
+                    vt[(size_t)j * ldvt + p] = (float)(sign[j] * v[(size_t)j * n + p]);
+        }
+    }
+    if (info < 0)
+        rc = nf_error_set(err, NF_E_NOMEM, "SVD of a %d x %d matrix failed (LAPACK info %d)", m,
+                          n, (int)info);
+    else if (info > 0)
+        rc = nf_error_set(err, NF_E_NUMERIC,
+                          "SVD of a %d x %d matrix: the eigensolver did not converge", m, n);
+out:
+    free(K);
+    free(xb);
+    free(w);
+    free(z);
+    free(isuppz);
+    free(v);
+    free(tq);
+    return rc;
+}
+
 /* ---- the backend table ---- */
 
 static int cpu_count(int *n, const char **why)
