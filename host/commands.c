@@ -157,16 +157,13 @@ int cmd_inspect(cli *c)
     if (width > 80)
         width = 80;
     unsigned char *tr = calloc(n ? n : 1, 1);
-    for (size_t i = 0; tr && i < n; i++) {
-        int t = nf_tensor_treated(m, i, c->o.layers ? NULL : preset, c->o.layers, &err);
-        if (t < 0) {
-            free(tr);
-            nf_model_close(m);
-            return fail(&err);
-        }
-        tr[i] = (unsigned char)t;
-        treated += (size_t)t;
+    if (tr && nf_select(m, c->o.layers ? NULL : preset, c->o.layers, tr, &err)) {
+        free(tr);
+        nf_model_close(m);
+        return fail(&err);
     }
+    for (size_t i = 0; tr && i < n; i++)
+        treated += tr[i];
     if (c->o.layers)
         printf("  selection --layers '%s': %zu tensors treated by nufilt\n", c->o.layers, treated);
     else

@@ -132,33 +132,29 @@ def task_verb_supersense():
     return _supersense_task("verb", VERB_DESC, "This is a verb about {}.")
 
 
-def task_gloss_pos():
-    items = []
-    for pos in ("noun", "verb", "adj", "adv"):
-        for s in _wordnet_synsets(pos):
-            if s["definition"]:
-                p = "a" if s["ss_type"] == "s" else s["ss_type"]
-                items.append((s["definition"], POS_NAMES[p]))
-    classes = ["noun", "verb", "adjective", "adverb"]
-    return {"name": "gloss_pos", "source": "wordnet-base data.* definitions (synset type)",
-            "classes": classes,
-            "prompts": [f"This is the dictionary definition of {'an' if c[0] in 'aeiou' else 'a'} {c}."
-                        for c in classes], "items": items}
-
-
-def task_example_pos():
+def _pos_task(name, source, texts_of, prompt):
+    """Texts drawn from every synset (texts_of(synset) -> list) -> the synset's part of speech."""
     items = []
     for pos in ("noun", "verb", "adj", "adv"):
         for s in _wordnet_synsets(pos):
             p = "a" if s["ss_type"] == "s" else s["ss_type"]
-            for e in s["examples"][:1]:
-                if len(e.split()) >= 3:
-                    items.append((e, POS_NAMES[p]))
+            items += [(t, POS_NAMES[p]) for t in texts_of(s)]
     classes = ["noun", "verb", "adjective", "adverb"]
-    return {"name": "example_pos", "source": "wordnet-base data.* usage examples (synset type)",
-            "classes": classes,
-            "prompts": [f"An example sentence showing how to use {'an' if c[0] in 'aeiou' else 'a'} {c}."
-                        for c in classes], "items": items}
+    return {"name": name, "source": source, "classes": classes,
+            "prompts": [prompt.format(("an " if c[0] in "aeiou" else "a ") + c) for c in classes],
+            "items": items}
+
+
+def task_gloss_pos():
+    return _pos_task("gloss_pos", "wordnet-base data.* definitions (synset type)",
+                     lambda s: [s["definition"]] if s["definition"] else [],
+                     "This is the dictionary definition of {}.")
+
+
+def task_example_pos():
+    return _pos_task("example_pos", "wordnet-base data.* usage examples (synset type)",
+                     lambda s: [e for e in s["examples"][:1] if len(e.split()) >= 3],
+                     "An example sentence showing how to use {}.")
 
 
 def task_wordnet_domain():

@@ -127,7 +127,7 @@ char *nf_path_join(const char *dir, const char *name)
     return p;
 }
 
-char *nf_path_stem(const char *path)
+size_t nf_path_last(const char *path, size_t *len)
 {
     size_t n = strlen(path);
     while (n > 1 && path[n - 1] == '/')
@@ -135,7 +135,13 @@ char *nf_path_stem(const char *path)
     size_t start = n;
     while (start > 0 && path[start - 1] != '/')
         start--;
-    size_t len = n - start;
+    *len = n - start;
+    return start;
+}
+
+char *nf_path_stem(const char *path)
+{
+    size_t len, start = nf_path_last(path, &len), n = start + len;
     const char *ext = ".safetensors";
     size_t el = strlen(ext);
     if (len > el && memcmp(path + n - el, ext, el) == 0)

@@ -41,6 +41,8 @@ double nf_now(void); /* monotonic seconds */
 char *nf_strdup(const char *s);
 char *nf_strndup(const char *s, size_t n);
 char *nf_path_join(const char *dir, const char *name);
+/* The last component of a path, trailing slashes ignored: its offset, and its length in *len */
+size_t nf_path_last(const char *path, size_t *len);
 /* Last path component without a trailing ".safetensors" (for task names). */
 char *nf_path_stem(const char *path);
 int nf_is_dir(const char *path);

@@ -100,6 +100,9 @@ NF_API int nf_preset_resolve(const nf_model *m, const char *preset, const char *
 /* 1 if the tensor would get the NUFILT update under this preset or regex (regex wins). */
 NF_API int nf_tensor_treated(const nf_model *m, size_t i, const char *preset, const char *layers,
                              nf_error *err);
+/* The same for every tensor at once: treated[i] for i < the model's tensor count. */
+NF_API int nf_select(const nf_model *m, const char *preset, const char *layers,
+                     unsigned char *treated, nf_error *err);
 
 /* ---- methods --------------------------------------------------------------------------- */
 

@@ -394,16 +394,8 @@ static char *dir_of(const char *path)
 static char *tmp_template(const char *out)
 {
     char *dir = dir_of(out);
-    char *stem = NULL;
-    {
-        size_t n = strlen(out);
-        while (n > 1 && out[n - 1] == '/')
-            n--;
-        size_t s = n;
-        while (s > 0 && out[s - 1] != '/')
-            s--;
-        stem = nf_strndup(out + s, n - s);
-    }
+    size_t len, s = nf_path_last(out, &len);
+    char *stem = nf_strndup(out + s, len);
     char *res = NULL;
     if (dir && stem) {
         nf_sb sb = {0};

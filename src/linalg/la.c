@@ -334,33 +334,10 @@ int nf_la_qr(nf_la *la, nf_mat *a)
     return rc;
 }
 
-/* Exact SVD of a host copy: the top r right singular vectors (vt, r x n) and all min(m, n)
- * singular values (s), in host memory. */
-static int svd_host(nf_la *la, const nf_mat *x, int r, float **vt_out, float **s_out)
-{
-    int m = x->rows, n = x->cols, k = m < n ? m : n;
-    size_t na = (size_t)m * (size_t)n, nv = (size_t)r * (size_t)n;
-    float *a = malloc((na ? na : 1) * sizeof *a);
-    float *vt = malloc((nv ? nv : 1) * sizeof *vt);
-    float *s = malloc((k ? (size_t)k : 1) * sizeof *s);
-    int rc = (!a || !vt || !s) ? nf_error_set(la->err, NF_E_NOMEM, "out of memory in SVD")
-                               : nf_la_download(la, x, a);
-    if (!rc)
-        rc = nf_cpu_svd_right(m, n, a, n, r, s, vt, n, la->err);
-    free(a);
-    if (rc) {
-        free(vt);
-        free(s);
-        return rc;
-    }
-    *vt_out = vt;
-    *s_out = s;
-    return NF_OK;
-}
-
-/* Top r right singular vectors and singular values from the Gram matrix in double (the rest of
- * the k singular values are left 0: only the leading r are known). */
-static int svd_gram_host(nf_la *la, const nf_mat *x, int r, float **vt_out, float **s_out)
+/* Exact SVD of a host copy: the top r right singular vectors (vt, r x n) and the singular
+ * values (s, min(m, n) of them; with gram, the Gram-matrix method, only the first r, the rest
+ * 0), in host memory. */
+static int svd_host(nf_la *la, const nf_mat *x, int r, int gram, float **vt_out, float **s_out)
 {
     int m = x->rows, n = x->cols, k = m < n ? m : n;
     size_t na = (size_t)m * (size_t)n, nv = (size_t)r * (size_t)n;
@@ -370,7 +347,8 @@ static int svd_gram_host(nf_la *la, const nf_mat *x, int r, float **vt_out, floa
     int rc = (!a || !vt || !s) ? nf_error_set(la->err, NF_E_NOMEM, "out of memory in SVD")
                                : nf_la_download(la, x, a);
     if (!rc)
-        rc = nf_cpu_svd_right_gram(m, n, a, n, r, s, vt, n, la->err);
+        rc = gram ? nf_cpu_svd_right_gram(m, n, a, n, r, s, vt, n, la->err)
+                  : nf_cpu_svd_right(m, n, a, n, r, s, vt, n, la->err);
     free(a);
     if (rc) {
         free(vt);
@@ -505,8 +483,7 @@ int nf_la_svd_right(nf_la *la, const nf_mat *x, const nf_svd_args *a, nf_mat *vt
         goto done;
     }
     float *hvt = NULL, *hs = NULL;
-    rc = a->mode == NF_LA_SVD_GRAM ? svd_gram_host(la, x, a->rank < k ? a->rank : k, &hvt, &hs)
-                                   : svd_host(la, x, a->rank < k ? a->rank : k, &hvt, &hs);
+    rc = svd_host(la, x, a->rank < k ? a->rank : k, a->mode == NF_LA_SVD_GRAM, &hvt, &hs);
     if (rc)
         goto done;
     int r = keep_count(hs, k, a->rank, a->rank_tol);

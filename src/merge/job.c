@@ -210,3 +210,8 @@ uint64_t nf_mem_copies(const nf_run *run, size_t i, double k)
     double b = k * (double)run->base->tensors[i].numel * sizeof(float);
     return b > NF_STREAM_MEMORY ? (uint64_t)b : NF_STREAM_MEMORY;
 }
+
+uint64_t nf_mem_matrix_copies(const nf_run *run, size_t i, double k)
+{
+    return run->base->tensors[i].ndim == 2 ? nf_mem_copies(run, i, k) : NF_STREAM_MEMORY;
+}

@@ -76,6 +76,8 @@ typedef struct nf_method_ops {
 #define NF_STREAM_MEMORY (2u << 20)
 /* Working memory of a job that holds k float32 copies of tensor i (at least the stream's). */
 uint64_t nf_mem_copies(const nf_run *run, size_t i, double k);
+/* The same for a method that holds k copies of each matrix and streams everything else. */
+uint64_t nf_mem_matrix_copies(const nf_run *run, size_t i, double k);
 
 enum {
     NF_P_NULL_RANK = 1u << 0, NF_P_TASK_RANK = 1u << 1, NF_P_LORA_RANK = 1u << 2,

@@ -80,31 +80,57 @@ int nf_preset_resolve(const nf_model *m, const char *preset, const char **resolv
     return NF_OK;
 }
 
+/* The rule in force: --layers (a regular expression over 2-D float tensors) or a preset
+ * (resolved, so that "auto" looks at the model once). */
+typedef struct rule {
+    regex_t re;
+    int has_re;
+    const char *preset;
+} rule;
+
+static int rule_open(rule *r, const nf_model *m, const char *preset, const char *layers,
+                     nf_error *err)
+{
+    r->has_re = 0;
+    r->preset = NULL;
+    if (!layers)
+        return nf_preset_resolve(m, preset, &r->preset, err);
+    int rc = regcomp(&r->re, layers, REG_EXTENDED | REG_NOSUB);
+    if (rc != 0) {
+        char msg[200];
+        regerror(rc, &r->re, msg, sizeof msg);
+        return nf_error_set(err, NF_E_ARG, "--layers \"%s\": bad regular expression: %s", layers,
+                            msg);
+    }
+    r->has_re = 1;
+    return NF_OK;
+}
+
+static int rule_matches(const rule *r, const nf_tensor *t)
+{
+    if (!nf_dtype_is_float(t->dtype))
+        return 0;
+    if (r->has_re)
+        return t->ndim == 2 && regexec(&r->re, t->name, 0, NULL, 0) == 0;
+    return nf_preset_matches(r->preset, t->name, t->ndim);
+}
+
+static void rule_close(rule *r)
+{
+    if (r->has_re)
+        regfree(&r->re);
+}
+
 int nf_select(const nf_model *m, const char *preset, const char *layers, unsigned char *treated,
               nf_error *err)
 {
-    if (layers) {
-        regex_t re;
-        int rc = regcomp(&re, layers, REG_EXTENDED | REG_NOSUB);
-        if (rc != 0) {
-            char msg[200];
-            regerror(rc, &re, msg, sizeof msg);
-            return nf_error_set(err, NF_E_ARG, "--layers \"%s\": bad regular expression: %s",
-                                layers, msg);
-        }
-        for (size_t i = 0; i < m->ntensors; i++)
-            treated[i] = m->tensors[i].ndim == 2 && nf_dtype_is_float(m->tensors[i].dtype) &&
-                         regexec(&re, m->tensors[i].name, 0, NULL, 0) == 0;
-        regfree(&re);
-        return NF_OK;
-    }
-    const char *res;
-    int rc = nf_preset_resolve(m, preset, &res, err);
+    rule r;
+    int rc = rule_open(&r, m, preset, layers, err);
     if (rc)
         return rc;
     for (size_t i = 0; i < m->ntensors; i++)
-        treated[i] = nf_dtype_is_float(m->tensors[i].dtype) &&
-                     nf_preset_matches(res, m->tensors[i].name, m->tensors[i].ndim);
+        treated[i] = (unsigned char)rule_matches(&r, &m->tensors[i]);
+    rule_close(&r);
     return NF_OK;
 }
 
@@ -114,25 +140,11 @@ int nf_tensor_treated(const nf_model *m, size_t i, const char *preset, const cha
 {
     if (!m || i >= m->ntensors)
         return nf_error_set(err, NF_E_ARG, "no tensor %zu", i);
-    const nf_tensor *t = &m->tensors[i];
-    if (!nf_dtype_is_float(t->dtype))
-        return 0;
-    if (layers) {
-        regex_t re;
-        int rc = regcomp(&re, layers, REG_EXTENDED | REG_NOSUB);
-        if (rc != 0) {
-            char msg[200];
-            regerror(rc, &re, msg, sizeof msg);
-            return nf_error_set(err, NF_E_ARG, "--layers \"%s\": bad regular expression: %s",
-                                layers, msg);
-        }
-        int hit = t->ndim == 2 && regexec(&re, t->name, 0, NULL, 0) == 0;
-        regfree(&re);
-        return hit;
-    }
-    const char *res;
-    int rc = nf_preset_resolve(m, preset, &res, err);
+    rule r;
+    int rc = rule_open(&r, m, preset, layers, err);
     if (rc)
         return rc;
-    return nf_preset_matches(res, t->name, t->ndim);
+    int hit = rule_matches(&r, &m->tensors[i]);
+    rule_close(&r);
+    return hit;
 }

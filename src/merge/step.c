@@ -223,17 +223,12 @@ static int spill_open(nf_run *run, const char *out, nf_error *err)
         if (nf_dtype_is_float(t->dtype))
             total += t->numel * sizeof(float);
     }
-    size_t n = strlen(out);
-    while (n > 1 && out[n - 1] == '/')
-        n--;
-    size_t s = n;
-    while (s > 0 && out[s - 1] != '/')
-        s--;
+    size_t len, s = nf_path_last(out, &len);
     nf_sb sb = {0};
     if (s == 0)
-        nf_sb_printf(&sb, "./.%.*s.spill-XXXXXX", (int)(n - s), out + s);
+        nf_sb_printf(&sb, "./.%.*s.spill-XXXXXX", (int)len, out + s);
     else
-        nf_sb_printf(&sb, "%.*s.%.*s.spill-XXXXXX", (int)s, out, (int)(n - s), out + s);
+        nf_sb_printf(&sb, "%.*s.%.*s.spill-XXXXXX", (int)s, out, (int)len, out + s);
     if (sb.oom)
         return nf_error_set(err, NF_E_NOMEM, "out of memory");
     run->spill_path = sb.s;

@@ -61,8 +61,7 @@ static int isoc_tensor(nf_job *job)
  * 3072 x 768 tensor, rounded up) */
 static uint64_t isoc_memory(const nf_run *run, size_t i)
 {
-    const nf_tensor *t = &run->base->tensors[i];
-    return t->ndim == 2 ? nf_mem_copies(run, i, 5) : NF_STREAM_MEMORY;
+    return nf_mem_matrix_copies(run, i, 5);
 }
 
 const nf_method_ops nf_method_isoc = {

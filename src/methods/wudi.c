@@ -122,8 +122,7 @@ static int wudi_tensor(nf_job *job)
  * 3072 x 768 tensor, rounded up) */
 static uint64_t wudi_memory(const nf_run *run, size_t i)
 {
-    const nf_tensor *t = &run->base->tensors[i];
-    return t->ndim == 2 ? nf_mem_copies(run, i, 8) : NF_STREAM_MEMORY;
+    return nf_mem_matrix_copies(run, i, 8);
 }
 
 const nf_method_ops nf_method_wudi = {

@@ -119,6 +119,35 @@ static int finite_cm(int rows, int cols, const float *a, int ld)
 
 #define NOT_FINITE -100000 /* an info value LAPACK never gives */
 
+/* The status of an SVD of an m x n matrix from LAPACK's info (or NOT_FINITE). */
+static int svd_status(lapack_int info, int m, int n, nf_error *err)
+{
+    if (info == NOT_FINITE)
+        return nf_error_set(err, NF_E_NONFINITE,
+                            "SVD of a %d x %d matrix: its factorisation overflowed to Inf", m, n);
+    if (info < 0)
+        return nf_error_set(err, NF_E_NOMEM, "SVD of a %d x %d matrix failed (LAPACK info %d)",
+                            m, n, (int)info);
+    if (info > 0)
+        return nf_error_set(err, NF_E_NUMERIC,
+                            "SVD of a %d x %d matrix did not converge (LAPACK info %d)", m, n,
+                            (int)info);
+    return NF_OK;
+}
+
+/* Common start of the top-r right-vector SVDs: caps *r at min(m, n) (0 when there is
+ * nothing to compute) and refuses a matrix holding NaN or Inf. */
+static int svd_right_start(int m, int n, const float *a, int lda, int *r, nf_error *err)
+{
+    int k = m < n ? m : n;
+    if (*r > k)
+        *r = k;
+    if (*r > 0 && !finite_cm(n, m, a, lda))
+        return nf_error_set(err, NF_E_NONFINITE,
+                            "SVD of a %d x %d matrix: it holds NaN or Inf", m, n);
+    return NF_OK;
+}
+
 /* Thin SVD of the row-major m x n matrix a. A row-major matrix is the column-major transpose,
  * so LAPACK sees X^T = V S U^T: its left vectors are our right ones, written straight into vt
  * (row j = v_j) without transposing copies. */
@@ -145,14 +174,7 @@ int nf_cpu_svd(int m, int n, float *a, int lda, float *s, float *vt, int ldvt, f
                 u[(size_t)i * ldu + j] = ut[(size_t)j + (size_t)i * k];
     }
     free(ut);
-    if (info < 0)
-        return nf_error_set(err, NF_E_NOMEM, "SVD of a %d x %d matrix failed (LAPACK info %d)",
-                            m, n, (int)info);
-    if (info > 0)
-        return nf_error_set(err, NF_E_NUMERIC,
-                            "SVD of a %d x %d matrix did not converge (LAPACK info %d)", m, n,
-                            (int)info);
-    return NF_OK;
+    return svd_status(info, m, n, err);
 }
 
 /* Top r right singular vectors of the row-major m x n matrix a (destroyed) and all min(m, n)
@@ -166,13 +188,9 @@ int nf_cpu_svd_right(int m, int n, float *a, int lda, int r, float *s, float *vt
                      nf_error *err)
 {
     int k = m < n ? m : n;
-    if (k == 0 || r == 0)
-        return NF_OK;
-    if (r > k)
-        r = k;
-    if (!finite_cm(n, m, a, lda))
-        return nf_error_set(err, NF_E_NONFINITE,
-                            "SVD of a %d x %d matrix: it holds NaN or Inf", m, n);
+    int rc = svd_right_start(m, n, a, lda, &r, err);
+    if (rc || r == 0)
+        return rc;
     int tall = m >= n;
     int big = tall ? m : n;
     if (5 * big < 6 * k) {
@@ -180,7 +198,7 @@ int nf_cpu_svd_right(int m, int n, float *a, int lda, int r, float *s, float *vt
         float *v = malloc((size_t)k * (size_t)n * sizeof *v);
         if (!v)
             return nf_error_set(err, NF_E_NOMEM, "out of memory in SVD");
-        int rc = nf_cpu_svd(m, n, a, lda, s, v, n, NULL, 0, err);
+        rc = nf_cpu_svd(m, n, a, lda, s, v, n, NULL, 0, err);
         if (rc == NF_OK)
             for (int i = 0; i < r; i++)
                 memcpy(vt + (size_t)i * ldvt, v + (size_t)i * n, (size_t)n * sizeof *v);
@@ -191,7 +209,6 @@ int nf_cpu_svd_right(int m, int n, float *a, int lda, int r, float *s, float *vt
     float *t = calloc((size_t)k * (size_t)k, sizeof *t);     /* L or R, column-major k x k */
     float *lv = malloc((size_t)k * (size_t)k * sizeof *lv);  /* its left vectors */
     float *rv = malloc((size_t)k * (size_t)k * sizeof *rv);  /* its right vectors */
-    int rc = NF_OK;
     lapack_int info = 0;
     if (!tau || !t || !lv || !rv) {
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory in SVD");
@@ -231,16 +248,7 @@ int nf_cpu_svd_right(int m, int n, float *a, int lda, int r, float *s, float *vt
             info = LAPACKE_sormqr(LAPACK_COL_MAJOR, 'L', 'N', n, r, k, a, lda, tau, vt, ldvt);
         }
     }
-    if (info == NOT_FINITE)
-        rc = nf_error_set(err, NF_E_NONFINITE,
-                          "SVD of a %d x %d matrix: its factorisation overflowed to Inf", m, n);
-    else if (info < 0)
-        rc = nf_error_set(err, NF_E_NOMEM, "SVD of a %d x %d matrix failed (LAPACK info %d)", m,
-                          n, (int)info);
-    else if (info > 0)
-        rc = nf_error_set(err, NF_E_NUMERIC,
-                          "SVD of a %d x %d matrix did not converge (LAPACK info %d)", m, n,
-                          (int)info);
+    rc = svd_status(info, m, n, err);
 out:
     free(tau);
     free(t);
@@ -264,14 +272,9 @@ out:
 int nf_cpu_svd_right_gram(int m, int n, const float *a, int lda, int r, float *s, float *vt,
                           int ldvt, nf_error *err)
 {
-    int k = m < n ? m : n;
-    if (k == 0 || r == 0)
-        return NF_OK;
-    if (r > k)
-        r = k;
-    if (!finite_cm(n, m, a, lda))
-        return nf_error_set(err, NF_E_NONFINITE,
-                            "SVD of a %d x %d matrix: it holds NaN or Inf", m, n);
+    int rc = svd_right_start(m, n, a, lda, &r, err);
+    if (rc || r == 0)
+        return rc;
     int wide = n > m;
     int g = wide ? m : n; /* order of the Gram matrix */
     size_t nb = wide ? (size_t)m * (size_t)n : (size_t)GRAM_ROWS * (size_t)n;
@@ -282,7 +285,6 @@ int nf_cpu_svd_right_gram(int m, int n, const float *a, int lda, int r, float *s
     lapack_int *isuppz = malloc(2 * (size_t)r * sizeof *isuppz);
     double *v = wide ? malloc((size_t)n * (size_t)r * sizeof *v) : NULL;
     double *tq = wide ? malloc((size_t)r * sizeof *tq) : NULL;
-    int rc = NF_OK;
     lapack_int info = 0, found = 0;
     if (!K || !xb || !w || !z || !isuppz || (wide && (!v || !tq))) {
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory in SVD");
@@ -328,24 +330,16 @@ int nf_cpu_svd_right_gram(int m, int n, const float *a, int lda, int r, float *s
                 cblas_dgemv(CblasColMajor, CblasNoTrans, n, m, 1.0 / sj, xb, n, u, 1, 0.0,
                             v + (size_t)j * n, 1);
             }
+            /* (a vector's sign is arbitrary in any SVD, and nothing depends on it) */
             info = LAPACKE_dgeqrf(LAPACK_COL_MAJOR, n, r, v, n, tq);
-            /* keep each column's direction: Q e_j has the sign of R_jj */
-            double *sign = w; /* w is no longer needed: r <= g entries */
-            for (int j = 0; j < r && info == 0; j++)
-                sign[j] = v[(size_t)j * n + j] < 0.0 ? -1.0 : 1.0;
             if (info == 0)
                 info = LAPACKE_dorgqr(LAPACK_COL_MAJOR, n, r, r, v, n, tq);
             for (int j = 0; j < r && info == 0; j++)
                 for (int p = 0; p < n; p++)
-                    vt[(size_t)j * ldvt + p] = (float)(sign[j] * v[(size_t)j * n + p]);
+                    vt[(size_t)j * ldvt + p] = (float)v[(size_t)j * n + p];
         }
     }
-    if (info < 0)
-        rc = nf_error_set(err, NF_E_NOMEM, "SVD of a %d x %d matrix failed (LAPACK info %d)", m,
-                          n, (int)info);
-    else if (info > 0)
-        rc = nf_error_set(err, NF_E_NUMERIC,
-                          "SVD of a %d x %d matrix: the eigensolver did not converge", m, n);
+    rc = svd_status(info, m, n, err);
 out:
     free(K);
     free(xb);
