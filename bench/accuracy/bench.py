@@ -326,7 +326,8 @@ class Bench:
         t_start = time.time()
         methods = [m for m in METHODS if m[0] in a.methods.split(",")] if a.methods else METHODS
         orders = task_orders(self.names, a.orders)
-        summary = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "nufilt": self.nufilt_source,
+        summary = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": common.machine(),
+                   "nufilt": self.nufilt_source,
                    "nufilt_sha256": self.nufilt_sha, "orders": orders, "tasks": self.tasks_meta(),
                    "references": self.refs, "ckpt_dir": self.ckpt_dir, "runs": [],
                    "sweep_runs": [], "sweep": [(k, l, m) for k, l, m in SWEEP] if a.sweep else [],

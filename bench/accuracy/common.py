@@ -72,6 +72,28 @@ def base_dir():
     return out
 
 
+def machine():
+    """One line: CPU model and cores, memory, OS, torch version (for the report)."""
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+    osname = "unknown OS"
+    try:
+        for line in open("/etc/os-release"):
+            if line.startswith("PRETTY_NAME="):
+                osname = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GB, {osname}, kernel {os.uname().release}, "
+            f"torch {torch.__version__}")
+
+
 def file_sha256(path, limit=None):
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -465,6 +465,10 @@ def markdown(summary, images):
     w("")
     w("Wall-clock seconds on the machine that ran this, and CPU seconds (user + system, all "
       "threads; less sensitive to other load on a shared machine).")
+    if summary.get("machine"):
+        w("")
+        w(f"Machine: {summary['machine']}. Command: `bench/accuracy/run.sh` (benchmark started "
+          f"{summary.get('started', '?')}).")
     w("")
     ft_steps = [refs[n]["seconds_per_step"] for n in names]
     ft_tot = sum(refs[n]["train_seconds"] for n in names)
