@@ -64,11 +64,15 @@ static const opt opts[] = {
      "compute devices: auto, cpu, opencl:N, vulkan:N or a comma list (`nufilt devices`) "
      "[auto: real GPUs, else the CPU]"},
     {"svd", "MODE", CMD_RUN, K_SPECIAL,
-     "exact (LAPACK gesdd, the method's definition), gram (only the top vectors, as "
-     "eigenvectors of the Gram matrix in double precision: at least as accurate, faster on "
-     "large matrices; --compat reference keeps gesdd) or randomized (range finder, 10 extra columns, 2 power iterations: faster "
-     "still, but on task vectors without a spectral gap at the cut it moves the null space "
-     "and the merged weights by up to 10-15%; see docs/performance.md) [exact]"},
+     "how NUFILT finds its top singular vectors. exact: LAPACK gesdd, the method's "
+     "definition. gram: only the top vectors, as eigenvectors of the Gram matrix in double "
+     "precision; at least as accurate, faster. fast: the same in float32, sharing the task "
+     "vector's Gram matrix with the adapter's training; about as accurate as exact on task "
+     "vectors whose 128th singular value is above 1% of the largest, and gram is used for a "
+     "matrix where it is not; the fastest of the accurate modes. (--compat reference keeps "
+     "gesdd for gram and fast.) randomized: range finder, 10 extra columns, 2 power "
+     "iterations; on task vectors without a spectral gap at the cut it moves the null space "
+     "and the merged weights by up to 10-15%. See docs/performance.md [exact]"},
     {"threads", "N", CMD_RUN, K_INT, "worker threads [all cores]"},
     {"max-memory", "SIZE", CMD_RUN, K_SIZE,
      "cap on the estimated working memory of the tensors in flight (e.g. 500MB); fewer run at "
@@ -266,7 +270,8 @@ int cli_parse(int cmd, int argc, char **argv, int first, cli *c)
             if (!strcmp(val, "exact")) o->svd = NF_SVD_EXACT;
             else if (!strcmp(val, "randomized")) o->svd = NF_SVD_RANDOMIZED;
             else if (!strcmp(val, "gram")) o->svd = NF_SVD_GRAM;
-            else rc = bad(name, val, "expected exact, gram or randomized");
+            else if (!strcmp(val, "fast")) o->svd = NF_SVD_FAST;
+            else rc = bad(name, val, "expected exact, gram, fast or randomized");
         } else if (!strcmp(name, "threads")) rc = parse_int(name, val, 1, 4096, &o->threads);
         else if (!strcmp(name, "report")) o->report_path = val;
         else if (!strcmp(name, "quiet")) c->quiet = !negated;

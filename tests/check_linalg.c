@@ -146,14 +146,18 @@ static double subspace_sine(int r, int n, const float *a, const double *b)
 
 static const int shapes[][2] = {{20, 12}, {12, 20}, {37, 53}, {64, 64}, {1, 9}, {9, 1}};
 
-/* Loop index: shape _i % NSHAPES, with the exact SVD (gesdd) for the first NSHAPES and the
- * Gram-matrix method (--svd gram) for the next NSHAPES. */
+/* Loop index: shape _i % NSHAPES, and the method _i / NSHAPES: the exact SVD (gesdd), the
+ * Gram-matrix method in double (--svd gram), the same in float32 (--svd fast). */
 #define NSHAPES ((int)(sizeof shapes / sizeof shapes[0]))
+
+static const int modes[] = {NF_LA_SVD_EXACT, NF_LA_SVD_GRAM, NF_LA_SVD_FAST};
+static const char *const mode_names[] = {"exact", "gram", "fast"};
 
 START_TEST(test_svd_vs_jacobi)
 {
     int m = shapes[_i % NSHAPES][0], n = shapes[_i % NSHAPES][1], k = m < n ? m : n;
-    int gram = _i >= NSHAPES;
+    int mode = modes[_i / NSHAPES], gram = mode != NF_LA_SVD_EXACT;
+    const char *name = mode_names[_i / NSHAPES];
     float *x = malloc(sizeof(float) * m * n);
     tu_fill(x, (size_t)m * n, 11 + _i % NSHAPES, 1.0);
     double *xd = malloc(sizeof(double) * m * n), s[64], vt[64 * 64];
@@ -165,13 +169,13 @@ START_TEST(test_svd_vs_jacobi)
     ck_assert_int_eq(nf_la_upload(&la, &X, x), NF_OK);
     float sv[64];
     int r = 0, want = k > 4 ? 4 : k;
-    nf_svd_args a = {want, 1e-6, gram ? NF_LA_SVD_GRAM : NF_LA_SVD_EXACT, 0, 0, 0};
+    nf_svd_args a = {want, 1e-6, mode, 0, 0, 0};
     ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &V, &r, sv), NF_OK);
     ck_assert_int_eq(r, want);
-    /* gesdd gives every singular value, the Gram method the top r */
+    /* gesdd gives every singular value, the Gram methods the top r */
     for (int j = 0; j < (gram ? r : k); j++)
-        ck_assert_msg(fabs(sv[j] - s[j]) <= 1e-5 * s[0] + 1e-6, "%s sigma %d: %g vs %g",
-                      gram ? "gram" : "exact", j, (double)sv[j], s[j]);
+        ck_assert_msg(fabs(sv[j] - s[j]) <= 1e-5 * s[0] + 1e-6, "%s sigma %d: %g vs %g", name,
+                      j, (double)sv[j], s[j]);
     float *hv = nf_la_host(&la, &V);
     /* orthonormal rows, and the same top subspace (when the gap allows) */
     for (int i = 0; i < r; i++)
@@ -195,8 +199,8 @@ START_TEST(test_svd_vs_jacobi)
         double c = 0;
         for (int p = 0; p < n; p++)
             c += (double)hv[j * n + p] * vt[j * n + p];
-        ck_assert_msg(fabs(fabs(c) - 1.0) < 1e-5, "%s vector %d: |cos| %g",
-                      gram ? "gram" : "exact", j, fabs(c));
+        ck_assert_msg(fabs(fabs(c) - 1.0) < 1e-5, "%s vector %d: |cos| %g", name, j,
+                      fabs(c));
     }
     nf_la_free(&la, &X);
     nf_la_free(&la, &V);
@@ -205,11 +209,13 @@ START_TEST(test_svd_vs_jacobi)
 }
 END_TEST
 
-/* Loop index: bit 0 = wide (m < n), bit 1 = the Gram-matrix method instead of gesdd. */
+/* Loop index: bit 0 = wide (m < n), the rest the method (modes[]). */
 START_TEST(test_svd_rank_tolerance)
 {
-    /* rank 3: paper mode keeps 3 of the 6 asked for, reference mode keeps all 6 */
-    int wide = _i & 1, gram = _i >> 1;
+    /* rank 3: paper mode keeps 3 of the 6 asked for, reference mode keeps all 6 (--svd fast
+     * sees eigenvalues at rounding level and hands the matrix to the double-precision Gram
+     * method) */
+    int wide = _i & 1, mode = modes[_i >> 1];
     int m = wide ? 20 : 30, n = wide ? 30 : 20;
     double s[20] = {5, 3, 1};
     float *x = malloc(sizeof(float) * m * n);
@@ -218,9 +224,11 @@ START_TEST(test_svd_rank_tolerance)
     nf_la_alloc(&la, m, n, &X);
     nf_la_upload(&la, &X, x);
     int r;
-    nf_svd_args a = {6, 1e-6, gram ? NF_LA_SVD_GRAM : NF_LA_SVD_EXACT, 0, 0, 0};
+    nf_svd_args a = {6, 1e-6, mode, 0, 0, 0};
+    unsigned precise = la.stats.svd_precise;
     ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &V, &r, NULL), NF_OK);
     ck_assert_int_eq(r, 3);
+    ck_assert_uint_eq(la.stats.svd_precise - precise, mode == NF_LA_SVD_FAST);
     nf_la_free(&la, &V);
     a.rank_tol = -1;
     ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &V, &r, NULL), NF_OK);
@@ -238,13 +246,16 @@ START_TEST(test_svd_rank_tolerance)
 }
 END_TEST
 
-/* Loop index: bit 0 = wide (m < n), bit 1 = the Gram-matrix method instead of the randomized
- * range finder. */
+/* Loop index: bit 0 = wide (m < n), the rest the method: the randomized range finder, the
+ * Gram-matrix method in double, in float32. */
 START_TEST(test_svd_other_modes_vs_exact)
 {
     /* a decaying spectrum with a gap after 16: the randomized range finder (to 1e-4) and the
-     * Gram-matrix method (to 1e-5) find the same top-16 subspace as gesdd */
-    int wide = _i & 1, gram = _i >> 1;
+     * Gram-matrix methods (to 1e-5) find the same top-16 subspace as gesdd; --svd fast takes
+     * its float32 path here on tall matrices (and counts no hand-over to gram) */
+    static const int other[] = {NF_LA_SVD_RANDOMIZED, NF_LA_SVD_GRAM, NF_LA_SVD_FAST};
+    static const char *const other_names[] = {"randomized", "gram", "fast"};
+    int wide = _i & 1, mode = other[_i >> 1], gram = mode != NF_LA_SVD_RANDOMIZED;
     int m = wide ? 200 : 300, n = wide ? 300 : 200, r = 16;
     double s[200];
     for (int j = 0; j < 200; j++)
@@ -257,16 +268,19 @@ START_TEST(test_svd_other_modes_vs_exact)
     int re, rr;
     nf_svd_args a = {r, 1e-6, NF_LA_SVD_EXACT, 10, 2, 1234};
     ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &Ve, &re, NULL), NF_OK);
-    a.mode = gram ? NF_LA_SVD_GRAM : NF_LA_SVD_RANDOMIZED;
+    a.mode = mode;
+    unsigned precise = la.stats.svd_precise;
     ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &Vr, &rr, NULL), NF_OK);
     ck_assert_int_eq(rr, r);
+    if (mode == NF_LA_SVD_FAST)
+        ck_assert_uint_eq(la.stats.svd_precise - precise, wide);
     float *he = nf_la_host(&la, &Ve), *hr = nf_la_host(&la, &Vr);
     double *hed = malloc(sizeof(double) * r * n);
     for (int i = 0; i < r * n; i++)
         hed[i] = he[i];
     double sine = subspace_sine(r, n, hr, hed);
     ck_assert_msg(sine < (gram ? 1e-5 : 1e-4), "%s, %s: largest principal angle sine %g",
-                  gram ? "gram" : "randomized", wide ? "wide" : "tall", sine);
+                  other_names[_i >> 1], wide ? "wide" : "tall", sine);
     nf_la_free(&la, &X);
     nf_la_free(&la, &Ve);
     nf_la_free(&la, &Vr);
@@ -394,9 +408,9 @@ int main(void)
     TCase *tc = tcase_create("cpu");
     tcase_set_timeout(tc, 60);
     tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_add_loop_test(tc, test_svd_vs_jacobi, 0, 2 * NSHAPES);
-    tcase_add_loop_test(tc, test_svd_rank_tolerance, 0, 4);
-    tcase_add_loop_test(tc, test_svd_other_modes_vs_exact, 0, 4);
+    tcase_add_loop_test(tc, test_svd_vs_jacobi, 0, 3 * NSHAPES);
+    tcase_add_loop_test(tc, test_svd_rank_tolerance, 0, 6);
+    tcase_add_loop_test(tc, test_svd_other_modes_vs_exact, 0, 6);
     tcase_add_test(tc, test_gemm_views);
     tcase_add_test(tc, test_adam_pytorch_semantics);
     tcase_add_test(tc, test_qr_dot_axpby);

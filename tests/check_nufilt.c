@@ -165,7 +165,7 @@ START_TEST(test_gradients_vs_finite_differences)
     float fa[R * N], fb[N * R];
     memcpy(fa, hga, sizeof fa);
     memcpy(fb, hgb, sizeof fb);
-    ck_assert_int_eq(nf_nufilt_gram_setup(&la, &ws, &gram), NF_OK);
+    ck_assert_int_eq(nf_nufilt_gram_setup(&la, &ws, &gram, 0), NF_OK);
     ck_assert_int_eq(nf_nufilt_grad_gram(&la, &ws, &gram), NF_OK);
     double gd2 = 0, gn2 = 0;
     for (int i = 0; i < R * N; i++) {

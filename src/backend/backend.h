@@ -170,6 +170,9 @@ int nf_cpu_svd_right(int m, int n, float *a, int lda, int r, float *s, float *vt
  * Gram matrix in double precision. */
 int nf_cpu_svd_right_gram(int m, int n, const float *a, int lda, int r, float *s, float *vt,
                           int ldvt, nf_error *err);
+/* Top r eigenpairs (values w, vectors as rows of vt) of the symmetric n x n matrix k
+ * (destroyed), largest first, in float32 (LAPACK ssyevr). */
+int nf_cpu_eig_top(int n, float *k, int r, float *w, float *vt, int ldvt, nf_error *err);
 /* Number of threads OpenBLAS may use in the calling thread's BLAS/LAPACK calls. */
 void nf_cpu_set_threads(int n);
 

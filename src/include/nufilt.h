@@ -126,7 +126,7 @@ NF_API int nf_method_from_name(const char *name); /* id, or -1 */
 /* ---- options --------------------------------------------------------------------------- */
 
 enum { NF_COMPAT_UNSET = 0, NF_COMPAT_PAPER = 1, NF_COMPAT_REFERENCE = 2 };
-enum { NF_SVD_EXACT = 0, NF_SVD_RANDOMIZED = 1, NF_SVD_GRAM = 2 };
+enum { NF_SVD_EXACT = 0, NF_SVD_RANDOMIZED = 1, NF_SVD_GRAM = 2, NF_SVD_FAST = 3 };
 
 typedef struct nf_progress {
     int step, nsteps;             /* 1-based continual step, and how many in this run */

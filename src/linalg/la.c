@@ -466,9 +466,88 @@ out:
     return rc;
 }
 
+/* Uploads the first keep_count rows of the host vectors hvt (r x n) to a new *vt. */
+static int svd_keep(nf_la *la, const float *hvt, const float *hs, int k, int n,
+                    const nf_svd_args *a, nf_mat *vt, int *rank)
+{
+    int r = keep_count(hs, k, a->rank, a->rank_tol);
+    int rc = nf_la_alloc(la, r, n, vt);
+    if (!rc && r > 0)
+        rc = la->be->upload(la->dev, vt->buf, 0, hvt, (size_t)r * n * 4, la->err);
+    if (!rc)
+        *rank = r;
+    else
+        nf_la_free(la, vt);
+    return rc;
+}
+
+#define FAST_MIN_RATIO 1e-4 /* smallest wanted eigenvalue / largest for the float32 path */
+
+int nf_la_svd_right_fast(nf_la *la, const nf_mat *x, const nf_mat *k, const nf_svd_args *a,
+                         nf_mat *vt, int *rank, float *s)
+{
+    double t0 = nf_now();
+    memset(vt, 0, sizeof *vt);
+    *rank = 0;
+    int m = x->rows, n = x->cols, kmin = m < n ? m : n;
+    int want = a->rank < kmin ? a->rank : kmin;
+    nf_svd_args precise = *a;
+    precise.mode = NF_LA_SVD_GRAM;
+    if (want <= 0 || n > m) {
+        la->stats.svd_s += nf_now() - t0;
+        if (want > 0)
+            la->stats.svd_precise++;
+        return nf_la_svd_right(la, x, &precise, vt, rank, s);
+    }
+    nf_mat own = {0};
+    float *hk = malloc((size_t)n * (size_t)n * sizeof *hk);
+    float *hw = malloc((size_t)want * sizeof *hw);
+    float *hvt = malloc((size_t)want * (size_t)n * sizeof *hvt);
+    int rc = (!hk || !hw || !hvt) ? nf_error_set(la->err, NF_E_NOMEM, "out of memory in SVD")
+                                  : NF_OK;
+    if (!rc && !k) {
+        rc = nf_la_alloc(la, n, n, &own);
+        if (!rc)
+            rc = nf_la_gemm(la, 1, 0, 1.0f, x, x, 0.0f, &own);
+        k = &own;
+    }
+    if (!rc)
+        rc = nf_la_download(la, k, hk);
+    nf_la_free(la, &own);
+    int fast = 0;
+    if (!rc) {
+        /* an eigen-solver failure (K overflowed, say) is left to the precise path, which
+         * reports it against x itself */
+        fast = nf_cpu_eig_top(n, hk, want, hw, hvt, n, la->err) == NF_OK && hw[0] > 0.0f &&
+               hw[want - 1] >= (float)FAST_MIN_RATIO * hw[0];
+        nf_error_clear(la->err);
+    }
+    if (!rc && fast) {
+        float *hs = hk; /* n >= want floats, no longer needed */
+        for (int j = 0; j < want; j++)
+            hs[j] = sqrtf(hw[j]);
+        if (s) {
+            memset(s, 0, (size_t)kmin * sizeof *s);
+            memcpy(s, hs, (size_t)want * sizeof *hs);
+        }
+        rc = svd_keep(la, hvt, hs, want, n, a, vt, rank);
+    }
+    free(hk);
+    free(hw);
+    free(hvt);
+    la->stats.svd_s += nf_now() - t0;
+    if (rc || fast)
+        return rc;
+    la->stats.svd_precise++;
+    return nf_la_svd_right(la, x, &precise, vt, rank, s);
+}
+
 int nf_la_svd_right(nf_la *la, const nf_mat *x, const nf_svd_args *a, nf_mat *vt, int *rank,
                     float *s)
 {
+    if (a->mode == NF_LA_SVD_FAST)
+        return nf_la_svd_right_fast(la, x, NULL, a, vt, rank, s);
+
     double t0 = nf_now();
     memset(vt, 0, sizeof *vt);
     *rank = 0;
@@ -486,16 +565,9 @@ int nf_la_svd_right(nf_la *la, const nf_mat *x, const nf_svd_args *a, nf_mat *vt
     rc = svd_host(la, x, a->rank < k ? a->rank : k, a->mode == NF_LA_SVD_GRAM, &hvt, &hs);
     if (rc)
         goto done;
-    int r = keep_count(hs, k, a->rank, a->rank_tol);
     if (s)
         memcpy(s, hs, (size_t)k * sizeof *hs);
-    rc = nf_la_alloc(la, r, n, vt);
-    if (!rc && r > 0)
-        rc = la->be->upload(la->dev, vt->buf, 0, hvt, (size_t)r * n * 4, la->err);
-    if (!rc)
-        *rank = r;
-    else
-        nf_la_free(la, vt);
+    rc = svd_keep(la, hvt, hs, k, n, a, vt, rank);
     free(hvt);
     free(hs);
 done:

@@ -16,6 +16,7 @@ typedef struct nf_la_stats {
     double train_s;    /* wall time in iterative optimisation loops */
     double flops;      /* GEMM flops issued */
     unsigned fallbacks;/* operations that ran on the CPU for lack of a device slot */
+    unsigned svd_precise; /* --svd fast: matrices handed to the double-precision Gram method */
 } nf_la_stats;
 
 typedef struct nf_la {
@@ -62,7 +63,7 @@ int nf_la_adam(nf_la *la, nf_mat *x, const nf_mat *g, nf_mat *m, nf_mat *v, doub
 /* Thin QR in place: a (m x n, m >= n) becomes Q */
 int nf_la_qr(nf_la *la, nf_mat *a);
 
-enum { NF_LA_SVD_EXACT = 0, NF_LA_SVD_RANDOMIZED = 1, NF_LA_SVD_GRAM = 2 };
+enum { NF_LA_SVD_EXACT = 0, NF_LA_SVD_RANDOMIZED = 1, NF_LA_SVD_GRAM = 2, NF_LA_SVD_FAST = 3 };
 
 typedef struct nf_svd_args {
     int rank;            /* wanted number of right singular vectors (capped at min(m, n)) */
@@ -76,9 +77,18 @@ typedef struct nf_svd_args {
 /* Top right singular vectors of x (m x n, not modified): allocates *vt (rank x n rows =
  * vectors), sets *rank to how many were kept (possibly 0: then vt is empty), and, when s is
  * not NULL, writes the first min(m, n) singular values (exact) or rank values (randomized,
- * gram; the rest 0). */
+ * gram, fast; the rest 0). */
 int nf_la_svd_right(nf_la *la, const nf_mat *x, const nf_svd_args *a, nf_mat *vt, int *rank,
                     float *s);
+
+/* The `--svd fast` method on its own, for a caller that already holds the Gram matrix:
+ * the top right singular vectors of x (m x n) as the top eigenvectors of k = x^T x (n x n,
+ * float32; NULL: formed here). Float32 squares the condition number, so when the smallest
+ * wanted eigenvalue is below 1e-4 of the largest (singular values below 1e-2 of the largest),
+ * or when n > m, the double-precision Gram method (NF_LA_SVD_GRAM) on x is used instead and
+ * stats.svd_precise counts it. Arguments and results as nf_la_svd_right (mode ignored). */
+int nf_la_svd_right_fast(nf_la *la, const nf_mat *x, const nf_mat *k, const nf_svd_args *a,
+                         nf_mat *vt, int *rank, float *s);
 
 /* Full thin SVD of x (m x n, not modified; may be a strided view), k = min(m, n):
  * allocates *u (m x k; pass u NULL when the left vectors are not wanted) and *vt (k x n), and

@@ -248,6 +248,7 @@ int nf_sched_pass(nf_run *run, int pass, nf_device **devs, int ndev, int cpu_wor
         stats->train_s += ws[i].la.stats.train_s;
         stats->flops += ws[i].la.stats.flops;
         stats->fallbacks += ws[i].la.stats.fallbacks;
+        stats->svd_precise += ws[i].la.stats.svd_precise;
     }
     free(ws);
     free(order);

@@ -298,6 +298,7 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     run.nsteps = nsteps;
     run.svd_mode = o->svd == NF_SVD_RANDOMIZED ? NF_LA_SVD_RANDOMIZED
                    : o->svd == NF_SVD_GRAM     ? NF_LA_SVD_GRAM
+                   : o->svd == NF_SVD_FAST     ? NF_LA_SVD_FAST
                                                : NF_LA_SVD_EXACT;
     nf_device **devs = NULL;
     int ndev = 0;

@@ -88,9 +88,9 @@ int nf_nufilt_constant(nf_la *la, const nf_mat *tau, const nf_mat *prev, const n
     return rc;
 }
 
-int nf_nufilt_gram_setup(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g)
+int nf_nufilt_gram_setup(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g, int have_k)
 {
-    int rc = nf_la_gemm(la, 1, 0, 1.0f, x->tau, x->tau, 0.0f, g->k);
+    int rc = have_k ? NF_OK : nf_la_gemm(la, 1, 0, 1.0f, x->tau, x->tau, 0.0f, g->k);
     if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, x->tau, x->c, 0.0f, g->d);
     return rc;
 }
@@ -118,7 +118,8 @@ static nf_nufilt_ws workspace(mats *x)
     return w;
 }
 
-/* The adapter's training; on return x->t holds tau B for the final product. */
+/* The adapter's training; on return x->t holds tau B for the final product. x->k may already
+ * hold K = tau^T tau (--svd fast computed it for V_t). */
 static int train(nf_job *job, mats *x, int m, int n, int k, int r, nf_tensor_report *rep)
 {
     nf_la *la = job->la;
@@ -153,18 +154,22 @@ static int train(nf_job *job, mats *x, int m, int n, int k, int r, nf_tensor_rep
     int gram = n < 2 * m;
     nf_nufilt_gram g = {&x->k, &x->d, &x->kb, &x->g1, &x->s, &x->q};
     if (gram) {
-        if ((rc = nf_la_alloc(la, n, n, &x->k)) || (rc = nf_la_alloc(la, n, k, &x->d)) ||
+        int have_k = x->k.buf != NULL;
+        if ((!have_k && (rc = nf_la_alloc(la, n, n, &x->k))) ||
+            (rc = nf_la_alloc(la, n, k, &x->d)) ||
             (rc = nf_la_alloc(la, n, r, &x->kb)) || (rc = nf_la_alloc(la, r, r, &x->g1)) ||
             (rc = nf_la_alloc(la, r, k, &x->s)) || (rc = nf_la_alloc(la, r, r, &x->q)) ||
-            (rc = nf_nufilt_gram_setup(la, &w, &g)))
+            (rc = nf_nufilt_gram_setup(la, &w, &g, have_k)))
             return rc;
+    } else {
+        nf_la_free(la, &x->k);
     }
     rep->gram = gram;
     for (int s = 1; s <= p->iters && !rc; s++) {
         double loss;
         if (gram) {
-            if (s == 1)
-                rc = nf_nufilt_residual(la, &w, &loss);
+            if (s == 1) /* B = 0: the residual is C */
+                rc = nf_la_dot(la, &x->c, NULL, &loss);
             if (!rc)
                 rc = nf_nufilt_grad_gram(la, &w, &g);
         } else {
@@ -232,8 +237,10 @@ static int nufilt_tensor(nf_job *job)
     int rv = p->task_rank < kmax ? p->task_rank : kmax;
     uint64_t svd_seed = nf_rng_key(p->seed, (uint64_t)run->step, job->base->name) ^ 0x5356445ull;
     /* --compat reference keeps vectors of zero singular value, which only LAPACK's gesdd
-     * chooses the way the reference does: --svd gram falls back to it there */
-    int svd_mode = !paper && run->svd_mode == NF_LA_SVD_GRAM ? NF_LA_SVD_EXACT : run->svd_mode;
+     * chooses the way the reference does: --svd gram and fast fall back to it there */
+    int svd_mode = run->svd_mode;
+    if (!paper && (svd_mode == NF_LA_SVD_GRAM || svd_mode == NF_LA_SVD_FAST))
+        svd_mode = NF_LA_SVD_EXACT;
     if (first) {
         /* --compat reference: the SVD of an all-zero prev gives the first r_p axes */
         if ((rc = nf_la_alloc(la, rp, n, &x.vt_p)))
@@ -256,8 +263,15 @@ static int nufilt_tensor(nf_job *job)
     }
     {
         nf_svd_args sa = {rv, tol, svd_mode, 10, 2, svd_seed + 1};
-        if ((rc = nf_la_svd_right(la, &x.tau, &sa, &x.vt_t, &rv, NULL)))
+        if (svd_mode == NF_LA_SVD_FAST && !first && p->lora_rank > 0 && n < 2 * m) {
+            /* K = tau^T tau serves V_t here and the training's Gram form later */
+            if ((rc = nf_la_alloc(la, n, n, &x.k)) ||
+                (rc = nf_la_gemm(la, 1, 0, 1.0f, &x.tau, &x.tau, 0.0f, &x.k)) ||
+                (rc = nf_la_svd_right_fast(la, &x.tau, &x.k, &sa, &x.vt_t, &rv, NULL)))
+                goto out;
+        } else if ((rc = nf_la_svd_right(la, &x.tau, &sa, &x.vt_t, &rv, NULL))) {
             goto out;
+        }
     }
     rep->rank_null = rp;
     rep->rank_task = rv;

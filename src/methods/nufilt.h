@@ -32,7 +32,8 @@ typedef struct nf_nufilt_gram {
     nf_mat *k, *d, *kb, *g1, *s, *q;
 } nf_nufilt_gram;
 
-int nf_nufilt_gram_setup(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g);
+/* have_k: g->k already holds K (only D is computed) */
+int nf_nufilt_gram_setup(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g, int have_k);
 int nf_nufilt_grad_gram(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g);
 
 #endif

@@ -3,7 +3,8 @@
 
 For the device given (opencl:0, vulkan:0, ...), merges 4 generated CLIP-style task models with
 NUFILT (default options scaled to the fixture's width), task arithmetic, OPCM and WUDI, on the
-device and on the CPU backend with the exact SVD, and compares every merged tensor: relative
+device and on the CPU backend with the exact SVD (NUFILT also with --svd fast, whose Gram
+matrices are device GEMMs, on both), and compares every merged tensor: relative
 Frobenius error of the merged task vector (merged - base) at most 1e-4 on well-conditioned
 inputs (spectral gaps at the rank cuts) and 2e-3 on smoothly decaying spectra.
 
@@ -26,6 +27,8 @@ import st  # noqa: E402
 TOL = {"gap": 1e-4, "decay": 2e-3}
 METHODS = {
     "nufilt": ["--null-rank", "16", "--task-rank", "4", "--lora-rank", "8", "--preset", "clip"],
+    "nufilt --svd fast": ["--null-rank", "16", "--task-rank", "4", "--lora-rank", "8",
+                          "--preset", "clip", "--svd", "fast"],
     "ta": ["--scale", "0.3"],
     "opcm": [],
     "wudi": ["--iters", "20"],
@@ -66,8 +69,9 @@ def main():
         for method, opts in METHODS.items():
             outs = {}
             for dev in ("cpu", a.device):
-                o = os.path.join(fx, "%s-%s.safetensors" % (method, dev.replace(":", "")))
-                rc, _, err = run([a.nufilt, "merge", "--method", method, "--base",
+                o = os.path.join(fx, "%s-%s.safetensors" % (method.replace(" --svd ", "-"),
+                                                             dev.replace(":", "")))
+                rc, _, err = run([a.nufilt, "merge", "--method", method.split()[0], "--base",
                                   os.path.join(fx, "base.safetensors"), "--out", o, "--device",
                                   dev, "--quiet"] + opts + tasks)
                 if rc != 0:
@@ -90,7 +94,7 @@ def main():
                     worst, where = e, name
             ok = worst <= TOL[spectrum]
             failures += not ok
-            print("%s %-5s %-6s on %s vs cpu: max rel error of merged task vectors %.2e (%s), "
+            print("%s %-5s %-17s on %s vs cpu: max rel error of merged task vectors %.2e (%s), "
                   "tolerance %.0e" % ("PASS" if ok else "FAIL", spectrum, method, a.device,
                                       worst, where or "-", TOL[spectrum]))
     # --device auto never picks a software device (PoCL, lavapipe) for real work

@@ -30,7 +30,7 @@ TOL = {"gap": 1e-4, "decay": 2e-3, "lowrank": 1e-4}
 CLI_DEFAULTS = {"null_rank": 128, "task_rank": 8, "lora_rank": 64}
 ALL_CASES = ["default", "decay", "lora0", "null0", "task0", "reference", "merge-vs-steps", "seed",
              "f16", "bf16", "sharded-in", "sharded-out", "lowrank", "preset-auto", "svd-gram",
-             "svd-gram-decay"]
+             "svd-gram-decay", "svd-fast", "svd-fast-decay"]
 SKIP = 77
 
 
@@ -447,11 +447,13 @@ def run_case(ctx, case):
         return case_default(ctx, case, spectrum="gap")
     if case == "decay":
         return case_default(ctx, case, spectrum="decay")
-    if case in ("svd-gram", "svd-gram-decay"):
-        # --svd gram: the top vectors from the Gram matrix in double, same tolerances
+    if case in ("svd-gram", "svd-gram-decay", "svd-fast", "svd-fast-decay"):
+        # --svd gram: the top vectors from the Gram matrix in double; --svd fast: in float32
+        # (handing ill-conditioned matrices to gram); same tolerances as the default
         spectrum = "decay" if case.endswith("decay") else None
         fx = fixtures(ctx, case, spectrum=spectrum)
-        return merge_and_compare(ctx, case, fx, spectrum=spectrum, extra=["--svd", "gram"])[0]
+        mode = case.split("-")[1]
+        return merge_and_compare(ctx, case, fx, spectrum=spectrum, extra=["--svd", mode])[0]
     if case == "lora0":
         fx = fixtures(ctx, case)
         return merge_and_compare(ctx, case, fx, r_l=0)[0]

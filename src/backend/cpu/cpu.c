@@ -38,6 +38,16 @@ void nf_cpu_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *
     if (beta == 0.0f) /* BLAS may read C when beta is 0; make NaN in C harmless */
         for (int i = 0; i < m; i++)
             memset(c + (size_t)i * ldc, 0, (size_t)n * sizeof *c);
+    if (a == b && lda == ldb && ta != tb && m == n && beta == 0.0f) {
+        /* a Gram matrix, A^T A or A A^T: symmetric, so half the work (ssyrk fills the lower
+         * triangle of the row-major result, which is then mirrored) */
+        cblas_ssyrk(CblasRowMajor, CblasLower, ta ? CblasTrans : CblasNoTrans, m, k, alpha, a,
+                    lda, beta, c, ldc);
+        for (int i = 0; i < m; i++)
+            for (int j = i + 1; j < m; j++)
+                c[(size_t)i * ldc + j] = c[(size_t)j * ldc + i];
+        return;
+    }
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, m,
                 n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
@@ -349,6 +359,47 @@ out:
     free(v);
     free(tq);
     return rc;
+}
+
+/* Top r eigenpairs of the symmetric n x n matrix k (float32, destroyed; row-major and
+ * column-major are the same matrix), largest first: w receives r eigenvalues, vt r
+ * eigenvectors as rows (ld ldvt). One tridiagonal reduction and MRRR for the wanted index
+ * range only (ssyevr, RANGE='I'). This is the eigen-solve of `--svd fast`: K = X^T X in
+ * float32 and its top vectors, the right singular vectors of X. */
+int nf_cpu_eig_top(int n, float *k, int r, float *w, float *vt, int ldvt, nf_error *err)
+{
+    if (r > n)
+        r = n;
+    if (r <= 0)
+        return NF_OK;
+    if (!finite_cm(n, n, k, n))
+        return nf_error_set(err, NF_E_NONFINITE,
+                            "eigen-decomposition of a %d x %d matrix: it holds NaN or Inf", n,
+                            n);
+    float *ev = malloc((size_t)n * sizeof *ev);
+    float *z = malloc((size_t)n * (size_t)r * sizeof *z);
+    lapack_int *isuppz = malloc(2 * (size_t)r * sizeof *isuppz);
+    lapack_int info = 0, found = 0;
+    if (!ev || !z || !isuppz) {
+        free(ev);
+        free(z);
+        free(isuppz);
+        return nf_error_set(err, NF_E_NOMEM, "out of memory in eigen-decomposition");
+    }
+    info = LAPACKE_ssyevr(LAPACK_COL_MAJOR, 'V', 'I', 'L', n, k, n, 0.0f, 0.0f, n - r + 1, n,
+                          0.0f, &found, ev, z, n, isuppz);
+    if (info == 0 && found != r)
+        info = 1;
+    if (info == 0)
+        /* eigenvalues ascend: the j-th largest is column r - 1 - j */
+        for (int j = 0; j < r; j++) {
+            w[j] = ev[r - 1 - j];
+            memcpy(vt + (size_t)j * ldvt, z + (size_t)(r - 1 - j) * n, (size_t)n * sizeof *z);
+        }
+    free(ev);
+    free(z);
+    free(isuppz);
+    return svd_status(info, n, n, err);
 }
 
 /* ---- the backend table ---- */
