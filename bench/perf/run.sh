@@ -14,6 +14,7 @@
 #  ViT step t = 2 (prev = nufilt's merged model after step 1, paper mode, default ranks):
 #    cpu-exact   nufilt --device cpu --svd exact        (the defaults)
 #    cpu-gram    nufilt --device cpu --svd gram
+#    cpu-fast    nufilt --device cpu --svd fast
 #    cpu-rand    nufilt --device cpu --svd randomized
 #    opencl      nufilt --device opencl:0 (if listed; PoCL is a software device on this CPU)
 #    vulkan      nufilt --device vulkan:0 (only with --vulkan: lavapipe, a software device,
@@ -27,7 +28,7 @@
 #  --report; then the relative error of every configuration's merged task vectors against
 #  cpu-exact and against torch (bench/perf/compare.py).
 #  LLaMA-style step t = 2 with the default settings (--llama-reps, default 1), and with
-#  --svd gram and --svd randomized once: time and peak RssAnon.
+#  --svd gram, --svd fast and --svd randomized once: time and peak RssAnon.
 #  --small runs everything on one-layer models (quick check of the pipeline, not a benchmark).
 #  --rsvd also runs bench/perf/rsvd_accuracy.py and bench/perf/svd_bench (the randomized-SVD
 #  study and the micro-benchmarks of docs/performance.md).
@@ -117,7 +118,7 @@ say "ViT: step 1 (nufilt, paper mode: base + tau_1 on treated matrices)"
 V1=$WORK/vit-step1.safetensors
 [ -f "$V1" ] || "$NUFILT" step --base "$VIT/base.safetensors" --task "$VIT/task01.safetensors" --out "$V1" --quiet
 STEP2=(step --base "$VIT/base.safetensors" --task "$VIT/task02.safetensors" --prev "$V1" --force --quiet)
-CONFIGS=(cpu-exact cpu-gram cpu-rand)
+CONFIGS=(cpu-exact cpu-gram cpu-fast cpu-rand)
 DEVS=$("$NUFILT" devices 2>/dev/null || true)
 if [ "$DO_GPU" = 1 ]; then
   grep -q '^opencl:0' <<<"$DEVS" && CONFIGS+=(opencl)
@@ -135,6 +136,7 @@ for rep in $(seq 1 "$REPS"); do
     case $c in
       cpu-exact) measure "vit-$c-$rep" -- "$NUFILT" "${STEP2[@]}" --device cpu --svd exact --out "$out" --report "$RES/vit-$c-$rep.report.json" ;;
       cpu-gram) measure "vit-$c-$rep" -- "$NUFILT" "${STEP2[@]}" --device cpu --svd gram --out "$out" --report "$RES/vit-$c-$rep.report.json" ;;
+      cpu-fast) measure "vit-$c-$rep" -- "$NUFILT" "${STEP2[@]}" --device cpu --svd fast --out "$out" --report "$RES/vit-$c-$rep.report.json" ;;
       cpu-rand) measure "vit-$c-$rep" -- "$NUFILT" "${STEP2[@]}" --device cpu --svd randomized --out "$out" --report "$RES/vit-$c-$rep.report.json" ;;
       opencl) measure "vit-$c-$rep" -- "$NUFILT" "${STEP2[@]}" --device opencl:0 --out "$out" --report "$RES/vit-$c-$rep.report.json" ;;
       vulkan) measure "vit-$c-$rep" -- "$NUFILT" "${STEP2[@]}" --device vulkan:0 --out "$out" --report "$RES/vit-$c-$rep.report.json" ;;
@@ -167,10 +169,13 @@ if [ "$DO_LLAMA" = 1 ]; then
   done
   measure "llama-cpu-gram-1" -- "$NUFILT" "${LSTEP2[@]}" --svd gram --out "$WORK/llama-step2-cpu-gram.safetensors" \
     --report "$RES/llama-cpu-gram-1.report.json"
+  measure "llama-cpu-fast-1" -- "$NUFILT" "${LSTEP2[@]}" --svd fast --out "$WORK/llama-step2-cpu-fast.safetensors" \
+    --report "$RES/llama-cpu-fast-1.report.json"
   measure "llama-cpu-rand-1" -- "$NUFILT" "${LSTEP2[@]}" --svd randomized --out "$WORK/llama-step2-cpu-rand.safetensors" \
     --report "$RES/llama-cpu-rand-1.report.json"
   "$SYSPY" "$HERE/compare.py" --preset llama --base "$LLAMA/base.safetensors" --ref "$WORK/llama-step2-cpu-exact.safetensors" \
-    --json "$RES/llama-err-vs-exact.json" "$WORK/llama-step2-cpu-gram.safetensors" "$WORK/llama-step2-cpu-rand.safetensors" >&2
+    --json "$RES/llama-err-vs-exact.json" "$WORK/llama-step2-cpu-gram.safetensors" "$WORK/llama-step2-cpu-fast.safetensors" \
+    "$WORK/llama-step2-cpu-rand.safetensors" >&2
 fi
 
 # ---------------------------------------------------------------- randomized-SVD study

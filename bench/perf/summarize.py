@@ -105,7 +105,7 @@ def main():
     out = ["# bench/perf results: %s" % os.path.basename(os.path.normpath(res)), "", "```"]
     out += open(os.path.join(res, "machine.txt")).read().rstrip().split("\n")
     out += ["```", ""]
-    order = ["cpu-exact", "cpu-gram", "cpu-rand", "opencl", "vulkan", "torch"]
+    order = ["cpu-exact", "cpu-gram", "cpu-fast", "cpu-rand", "opencl", "vulkan", "torch"]
     vit = load_runs(res, "vit")
     if vit:
         out += ["## ViT-B/32-shaped step t=2 (medians)", "", table(vit, order)]
