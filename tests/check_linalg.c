@@ -289,6 +289,57 @@ START_TEST(test_svd_other_modes_vs_exact)
 }
 END_TEST
 
+/* Block Krylov for a few eigenvectors (--svd fast's V_t). Loop index: 0 = a decaying
+ * spectrum: it converges and agrees with a float64 Jacobi SVD; 1 = a nearly flat spectrum,
+ * whose top vectors no float32 solver determines: it must decline (NF_E_UNSUPPORTED) rather
+ * than return them. */
+START_TEST(test_eig_krylov)
+{
+    int n = 300, r = 8, b = 16, depth = 8, flat = _i;
+    double s[300];
+    for (int j = 0; j < n; j++)
+        s[j] = flat ? 1.0 - 1e-4 * j / n : pow(j + 1.0, -0.7);
+    float *x = malloc(sizeof(float) * n * n), *k = malloc(sizeof(float) * n * n);
+    float *x0 = malloc(sizeof(float) * n * b), w[8], *vt = malloc(sizeof(float) * r * n);
+    make_spectrum(n, n, s, 21, x);
+    /* K = X^T X in double, rounded once */
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) {
+            double t = 0;
+            for (int p = 0; p < n; p++)
+                t += (double)x[p * n + i] * x[p * n + j];
+            k[i * n + j] = (float)t;
+        }
+    uint64_t st = 5;
+    for (int i = 0; i < n * b; i++)
+        x0[i] = (float)tu_normal(&st);
+    nf_error err = {0};
+    int rc = nf_cpu_eig_top_krylov(n, k, r, x0, b, depth, w, vt, n, &err);
+    if (flat) {
+        ck_assert_int_eq(rc, NF_E_UNSUPPORTED);
+    } else {
+        ck_assert_int_eq(rc, NF_OK);
+        double *xd = malloc(sizeof(double) * n * n), *sd = malloc(sizeof(double) * n);
+        double *vd = malloc(sizeof(double) * n * n);
+        for (int i = 0; i < n * n; i++)
+            xd[i] = x[i];
+        jacobi_svd(n, n, xd, sd, vd);
+        for (int j = 0; j < r; j++)
+            ck_assert_msg(fabs(w[j] - sd[j] * sd[j]) <= 1e-5 * sd[0] * sd[0],
+                          "eigenvalue %d: %g vs %g", j, (double)w[j], sd[j] * sd[j]);
+        double sine = subspace_sine(r, n, vt, vd);
+        ck_assert_msg(sine < 1e-4, "largest principal angle sine %g", sine);
+        free(xd);
+        free(sd);
+        free(vd);
+    }
+    free(x);
+    free(k);
+    free(x0);
+    free(vt);
+}
+END_TEST
+
 START_TEST(test_gemm_views)
 {
     /* C (sub-view with ld) = alpha op(A) op(B) + beta C, every transpose, against loops */
@@ -411,6 +462,7 @@ int main(void)
     tcase_add_loop_test(tc, test_svd_vs_jacobi, 0, 3 * NSHAPES);
     tcase_add_loop_test(tc, test_svd_rank_tolerance, 0, 6);
     tcase_add_loop_test(tc, test_svd_other_modes_vs_exact, 0, 6);
+    tcase_add_loop_test(tc, test_eig_krylov, 0, 2);
     tcase_add_test(tc, test_gemm_views);
     tcase_add_test(tc, test_adam_pytorch_semantics);
     tcase_add_test(tc, test_qr_dot_axpby);

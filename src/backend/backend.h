@@ -173,6 +173,11 @@ int nf_cpu_svd_right_gram(int m, int n, const float *a, int lda, int r, float *s
 /* Top r eigenpairs (values w, vectors as rows of vt) of the symmetric n x n matrix k
  * (destroyed), largest first, in float32 (LAPACK ssyevr). */
 int nf_cpu_eig_top(int n, float *k, int r, float *w, float *vt, int ldvt, nf_error *err);
+/* The same for a symmetric positive semi-definite k (not modified) by block Krylov from the
+ * n x b start block x0 (r < b), depth blocks deep; NF_E_UNSUPPORTED when the result would
+ * not be as accurate as a dense solver's (the caller then uses nf_cpu_eig_top). */
+int nf_cpu_eig_top_krylov(int n, const float *k, int r, const float *x0, int b, int depth,
+                          float *w, float *vt, int ldvt, nf_error *err);
 /* Number of threads OpenBLAS may use in the calling thread's BLAS/LAPACK calls. */
 void nf_cpu_set_threads(int n);
 

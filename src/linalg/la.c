@@ -482,6 +482,26 @@ static int svd_keep(nf_la *la, const float *hvt, const float *hs, int k, int n,
 }
 
 #define FAST_MIN_RATIO 1e-4 /* smallest wanted eigenvalue / largest for the float32 path */
+#define KRYLOV_DEPTH 8
+
+/* Top r eigenpairs of the host Gram matrix k (n x n, destroyed): a few vectors of a large
+ * matrix by block Krylov (blocks of r + 8 from a Gaussian start drawn from key), everything
+ * else, and whatever Krylov declines, by the dense solver. */
+static int eig_top(nf_la *la, int n, float *k, int r, uint64_t key, float *w, float *vt)
+{
+    int b = r + 8;
+    if (b * KRYLOV_DEPTH <= n / 2) {
+        float *x0 = malloc((size_t)n * (size_t)b * sizeof *x0);
+        if (!x0)
+            return nf_error_set(la->err, NF_E_NOMEM, "out of memory in SVD");
+        nf_rng_normal(key, 1.0, x0, (size_t)n * (size_t)b);
+        int rc = nf_cpu_eig_top_krylov(n, k, r, x0, b, KRYLOV_DEPTH, w, vt, n, la->err);
+        free(x0);
+        if (rc != NF_E_UNSUPPORTED)
+            return rc;
+    }
+    return nf_cpu_eig_top(n, k, r, w, vt, n, la->err);
+}
 
 int nf_la_svd_right_fast(nf_la *la, const nf_mat *x, const nf_mat *k, const nf_svd_args *a,
                          nf_mat *vt, int *rank, float *s)
@@ -518,7 +538,7 @@ int nf_la_svd_right_fast(nf_la *la, const nf_mat *x, const nf_mat *k, const nf_s
     if (!rc) {
         /* an eigen-solver failure (K overflowed, say) is left to the precise path, which
          * reports it against x itself */
-        fast = nf_cpu_eig_top(n, hk, want, hw, hvt, n, la->err) == NF_OK && hw[0] > 0.0f &&
+        fast = eig_top(la, n, hk, want, a->seed, hw, hvt) == NF_OK && hw[0] > 0.0f &&
                hw[want - 1] >= (float)FAST_MIN_RATIO * hw[0];
         nf_error_clear(la->err);
     }

@@ -402,6 +402,131 @@ int nf_cpu_eig_top(int n, float *k, int r, float *w, float *vt, int ldvt, nf_err
     return svd_status(info, n, n, err);
 }
 
+/* Orthonormalises the n x b column-major block y in place against the first c columns of q
+ * (orthonormal) and within itself: classical Gram-Schmidt twice, then a QR. */
+static int orth_block(int n, int b, const float *q, int c, float *y, float *proj, float *tau)
+{
+    for (int pass = 0; pass < 2 && c > 0; pass++) {
+        cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, c, b, n, 1.0f, q, n, y, n, 0.0f,
+                    proj, c);
+        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, b, c, -1.0f, q, n, proj, c,
+                    1.0f, y, n);
+    }
+    lapack_int info = LAPACKE_sgeqrf(LAPACK_COL_MAJOR, n, b, y, n, tau);
+    if (info == 0)
+        info = LAPACKE_sorgqr(LAPACK_COL_MAJOR, n, b, b, y, n, tau);
+    return (int)info;
+}
+
+#define KRYLOV_ROWS 256
+
+/* Top r eigenpairs of the symmetric positive semi-definite n x n matrix k (not modified) by
+ * block Krylov: the Rayleigh-Ritz pairs in the space spanned by X0, K X0, ...,
+ * K^(depth-1) X0 (X0 = x0, n x b), built with full re-orthogonalisation. The result is
+ * accepted only when it is as good as a dense solver's: the basis is orthonormal to 1e-4,
+ * and the residual R = K V - V diag(theta), computed in double, bounds the sine of the
+ * largest angle between span(V) and K's true top-r eigenspace (|R|_F / gap, the
+ * Davis-Kahan sin-theta bound, the gap theta_r - theta_(r+1) taken from the Ritz values) by
+ * 1e-3; a dense float32 solver (ssyevr) is off by 7e-4 on NUFILT's V_t of the generated
+ * ViT task vectors (docs/performance.md). Otherwise NF_E_UNSUPPORTED (nothing written): the caller solves densely. About
+ * 2 (depth + 1) n^2 b flops of GEMM instead of the O(n^3) tridiagonal reduction: worth it
+ * for a few vectors of a matrix whose spectrum decays (NUFILT's V_t). */
+int nf_cpu_eig_top_krylov(int n, const float *k, int r, const float *x0, int b, int depth,
+                          float *w, float *vt, int ldvt, nf_error *err)
+{
+    int d = b * depth;
+    if (r <= 0 || r >= b || depth < 2 || d > n)
+        return NF_E_UNSUPPORTED;
+    size_t nd = (size_t)n * (size_t)d, nr = (size_t)n * (size_t)(r + 1);
+    float *q = malloc(nd * sizeof *q), *kq = malloc(nd * sizeof *kq);
+    float *h = malloc((size_t)d * (size_t)d * sizeof *h);
+    float *tau = malloc((size_t)b * sizeof *tau);
+    float *ev = malloc((size_t)d * sizeof *ev), *z = malloc((size_t)d * (r + 1) * sizeof *z);
+    float *v = malloc(nr * sizeof *v);
+    double *kd = malloc((size_t)n * KRYLOV_ROWS * sizeof *kd);
+    double *vd = malloc(nr * sizeof *vd), *rd = malloc(nr * sizeof *rd);
+    lapack_int *isuppz = malloc(2 * (size_t)(r + 1) * sizeof *isuppz);
+    int rc = NF_E_UNSUPPORTED;
+    lapack_int found = 0;
+    if (!q || !kq || !h || !tau || !ev || !z || !v || !kd || !vd || !rd || !isuppz) {
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory in eigen-decomposition");
+        goto out;
+    }
+    memcpy(q, x0, (size_t)n * (size_t)b * sizeof *q);
+    if (orth_block(n, b, q, 0, q, h, tau))
+        goto out;
+    for (int j = 0; j < depth; j++) {
+        float *qj = q + (size_t)j * b * n, *kqj = kq + (size_t)j * b * n;
+        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, b, n, 1.0f, k, n, qj, n, 0.0f,
+                    kqj, n);
+        if (j + 1 < depth) {
+            float *y = qj + (size_t)b * n;
+            memcpy(y, kqj, (size_t)n * (size_t)b * sizeof *y);
+            if (orth_block(n, b, q, (j + 1) * b, y, h, tau))
+                goto out;
+        }
+    }
+    /* a block that fell into the span of the earlier ones (K of low rank, say) leaves QR's
+     * arbitrary completion in the basis: it must still be orthonormal */
+    cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, d, d, n, 1.0f, q, n, q, n, 0.0f, h, d);
+    for (int i = 0; i < d; i++)
+        for (int j = 0; j < d; j++)
+            if (!(fabsf(h[i + (size_t)j * d] - (i == j)) <= 1e-4f))
+                goto out;
+    /* Rayleigh-Ritz: H = Q^T K Q (symmetrised), its top r + 1 eigenpairs, V = Q Z */
+    cblas_sgemm(CblasColMajor, CblasTrans, CblasNoTrans, d, d, n, 1.0f, q, n, kq, n, 0.0f, h, d);
+    for (int i = 0; i < d; i++)
+        for (int j = i + 1; j < d; j++)
+            h[j + (size_t)i * d] = h[i + (size_t)j * d] =
+                0.5f * (h[i + (size_t)j * d] + h[j + (size_t)i * d]);
+    if (LAPACKE_ssyevr(LAPACK_COL_MAJOR, 'V', 'I', 'U', d, h, d, 0.0f, 0.0f, d - r, d, 0.0f,
+                       &found, ev, z, d, isuppz) != 0 || found != r + 1)
+        goto out;
+    /* ascending: theta_(r+1) is ev[0], the wanted pairs are columns 1..r */
+    cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, r, d, 1.0f, q, n, z + d, d, 0.0f, v,
+                n);
+    double gap = (double)ev[1] - (double)ev[0];
+    if (!(gap > 0.0) || !(ev[r] > 0.0f))
+        goto out;
+    for (size_t i = 0; i < (size_t)n * r; i++)
+        vd[i] = v[i];
+    /* K V in double, KRYLOV_ROWS rows at a time (rows of K are its columns) */
+    for (int i0 = 0; i0 < n; i0 += KRYLOV_ROWS) {
+        int rows = n - i0 < KRYLOV_ROWS ? n - i0 : KRYLOV_ROWS;
+        for (size_t i = 0; i < (size_t)n * rows; i++)
+            kd[i] = k[(size_t)i0 * n + i];
+        cblas_dgemm(CblasColMajor, CblasTrans, CblasNoTrans, rows, r, n, 1.0, kd, n, vd, n, 0.0,
+                    rd + i0, n);
+    }
+    double res = 0;
+    for (int j = 0; j < r; j++)
+        for (int i = 0; i < n; i++) {
+            double e = rd[i + (size_t)j * n] - (double)ev[j + 1] * vd[i + (size_t)j * n];
+            res += e * e;
+        }
+    if (!(sqrt(res) <= 1e-3 * gap))
+        goto out;
+    /* the j-th largest is column r - j */
+    for (int j = 0; j < r; j++) {
+        w[j] = ev[r - j];
+        memcpy(vt + (size_t)j * ldvt, v + (size_t)(r - 1 - j) * n, (size_t)n * sizeof *v);
+    }
+    rc = NF_OK;
+out:
+    free(q);
+    free(kq);
+    free(h);
+    free(tau);
+    free(ev);
+    free(z);
+    free(v);
+    free(kd);
+    free(vd);
+    free(rd);
+    free(isuppz);
+    return rc;
+}
+
 /* ---- the backend table ---- */
 
 static int cpu_count(int *n, const char **why)
