@@ -733,9 +733,16 @@ int nf_writer_put(nf_writer *w, size_t i, uint64_t off, const void *bytes, size_
     if (i >= w->a.ntensors || off + len > w->a.tensors[i].nbytes)
         return nf_error_set(err, NF_E_INTERNAL, "writer: tensor %zu write out of range", i);
     out_file *f = &w->files[w->file_of[i]];
-    if (write_all(f->fd, bytes, len, 8 + f->hdr_len + w->offset_of[i] + off))
+    uint64_t at = 8 + f->hdr_len + w->offset_of[i] + off;
+    if (write_all(f->fd, bytes, len, at))
         return nf_error_set(err, NF_E_IO, "%s: write failed for tensor \"%s\": %s", w->out,
                             w->a.tensors[i].name, strerror(errno));
+#ifdef SYNC_FILE_RANGE_WRITE
+    /* start writing this range back now, while other tensors compute, so that the fsync at
+     * the commit has little left to wait for (0.48 s of a ViT-B/32 step otherwise); only a
+     * hint: a write error still surfaces at that fsync */
+    sync_file_range(f->fd, (off_t)at, (off_t)len, SYNC_FILE_RANGE_WRITE);
+#endif
     return NF_OK;
 }
 
