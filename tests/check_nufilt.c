@@ -154,14 +154,12 @@ START_TEST(test_gradients_vs_finite_differences)
     ck_assert_msg(sqrt(diff / gnorm) < 1e-4, "gradient relative error %g", sqrt(diff / gnorm));
 
     /* the Gram form gives the same gradients */
-    nf_mat gk, gd, gkb, gg1, gs, gq;
+    nf_mat gk, gdk, gw, gsq;
     nf_la_alloc(&la, N, N, &gk);
-    nf_la_alloc(&la, N, K, &gd);
-    nf_la_alloc(&la, N, R, &gkb);
-    nf_la_alloc(&la, R, R, &gg1);
-    nf_la_alloc(&la, R, K, &gs);
-    nf_la_alloc(&la, R, R, &gq);
-    nf_nufilt_gram gram = {&gk, &gd, &gkb, &gg1, &gs, &gq};
+    nf_la_alloc(&la, N, K + R, &gdk);
+    nf_la_alloc(&la, K + R, R, &gw);
+    nf_la_alloc(&la, R, K + R, &gsq);
+    nf_nufilt_gram gram = {&gk, &gdk, &gw, &gsq};
     float fa[R * N], fb[N * R];
     memcpy(fa, hga, sizeof fa);
     memcpy(fb, hgb, sizeof fb);
@@ -177,8 +175,8 @@ START_TEST(test_gradients_vs_finite_differences)
         gn2 += (double)fb[i] * fb[i];
     }
     ck_assert_msg(sqrt(gd2 / gn2) < 1e-5, "Gram-form gradients differ by %g", sqrt(gd2 / gn2));
-    nf_mat *gall[] = {&gk, &gd, &gkb, &gg1, &gs, &gq};
-    for (size_t i = 0; i < 6; i++)
+    nf_mat *gall[] = {&gk, &gdk, &gw, &gsq};
+    for (size_t i = 0; i < 4; i++)
         nf_la_free(&la, gall[i]);
 
     /* with B = 0 the gradient with respect to A is exactly zero (the spec's step-1 note) */

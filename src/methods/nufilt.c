@@ -30,14 +30,14 @@
 
 typedef struct mats {
     nf_mat w0, tau, prev, taup, vt_t, vt_p, v, c, a, b, ma, va, mb, vb, ga, gb, t, av, e, h, te;
-    nf_mat k, d, kb, g1, s, q; /* Gram form (see train) */
+    nf_mat k, dk, w, sq; /* Gram form (see train) */
 } mats;
 
 static void free_all(nf_la *la, mats *x)
 {
     nf_mat *all[] = {&x->w0, &x->tau, &x->prev, &x->taup, &x->vt_t, &x->vt_p, &x->v, &x->c,
                      &x->a, &x->b, &x->ma, &x->va, &x->mb, &x->vb, &x->ga, &x->gb, &x->t,
-                     &x->av, &x->e, &x->h, &x->te, &x->k, &x->d, &x->kb, &x->g1, &x->s, &x->q};
+                     &x->av, &x->e, &x->h, &x->te, &x->k, &x->dk, &x->w, &x->sq};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         nf_la_free(la, all[i]);
 }
@@ -90,24 +90,30 @@ int nf_nufilt_constant(nf_la *la, const nf_mat *tau, const nf_mat *prev, const n
 
 int nf_nufilt_gram_setup(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g, int have_k)
 {
+    int n = x->tau->cols, k = x->c->cols;
+    nf_mat d = nf_la_sub(g->dk, 0, 0, n, k);
     int rc = have_k ? NF_OK : nf_la_gemm(la, 1, 0, 1.0f, x->tau, x->tau, 0.0f, g->k);
-    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, x->tau, x->c, 0.0f, g->d);
+    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, x->tau, x->c, 0.0f, &d);
     return rc;
 }
 
 int nf_nufilt_grad_gram(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g)
 {
-    int rc = nf_la_gemm(la, 0, 1, 1.0f, x->a, x->v, 0.0f, x->av);
-    if (!rc) rc = nf_la_gemm(la, 0, 0, 1.0f, g->k, x->b, 0.0f, g->kb);
-    if (!rc) rc = nf_la_gemm(la, 0, 1, 1.0f, x->av, x->av, 0.0f, g->g1);
-    /* dL/dB = -2 D (AV)^T + 2 (K B)(AV (AV)^T) */
-    if (!rc) rc = nf_la_gemm(la, 0, 1, -2.0f, g->d, x->av, 0.0f, x->gb);
-    if (!rc) rc = nf_la_gemm(la, 0, 0, 2.0f, g->kb, g->g1, 1.0f, x->gb);
-    /* dL/dA = -2 (B^T D - (B^T K B) AV) V^T */
-    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, x->b, g->d, 0.0f, g->s);
-    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, x->b, g->kb, 0.0f, g->q);
-    if (!rc) rc = nf_la_gemm(la, 0, 0, -1.0f, g->q, x->av, 1.0f, g->s);
-    if (!rc) rc = nf_la_gemm(la, 0, 0, -2.0f, g->s, x->v, 0.0f, x->ga);
+    int n = x->tau->cols, k = x->c->cols, r = x->a->rows;
+    nf_mat kb = nf_la_sub(g->dk, 0, k, n, r);     /* K B, beside D */
+    nf_mat wt = nf_la_sub(g->w, 0, 0, k, r);      /* -(AV)^T */
+    nf_mat g1 = nf_la_sub(g->w, k, 0, r, r);      /* AV (AV)^T */
+    nf_mat s = nf_la_sub(g->sq, 0, 0, r, k);      /* B^T D */
+    nf_mat q = nf_la_sub(g->sq, 0, k, r, r);      /* B^T K B */
+    int rc = nf_la_gemm(la, 0, 1, -1.0f, x->v, x->a, 0.0f, &wt);
+    if (!rc) rc = nf_la_gemm(la, 0, 0, 1.0f, g->k, x->b, 0.0f, &kb);
+    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, &wt, &wt, 0.0f, &g1);
+    /* dL/dB = 2 [D | K B] [-(AV)^T; AV (AV)^T] */
+    if (!rc) rc = nf_la_gemm(la, 0, 0, 2.0f, g->dk, g->w, 0.0f, x->gb);
+    /* [B^T D | B^T K B], then dL/dA = -2 (B^T D - (B^T K B) AV) V^T */
+    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, x->b, g->dk, 0.0f, g->sq);
+    if (!rc) rc = nf_la_gemm(la, 0, 1, 1.0f, &q, &wt, 1.0f, &s);
+    if (!rc) rc = nf_la_gemm(la, 0, 0, -2.0f, &s, x->v, 0.0f, x->ga);
     return rc;
 }
 
@@ -152,13 +158,12 @@ static int train(nf_job *job, mats *x, int m, int n, int k, int r, nf_tensor_rep
     /* The Gram form's large product is n x n x r, the direct form's two are m x n x r: the
      * Gram form wins unless the matrix is much wider than tall (n >= 2m). */
     int gram = n < 2 * m;
-    nf_nufilt_gram g = {&x->k, &x->d, &x->kb, &x->g1, &x->s, &x->q};
+    nf_nufilt_gram g = {&x->k, &x->dk, &x->w, &x->sq};
     if (gram) {
         int have_k = x->k.buf != NULL;
         if ((!have_k && (rc = nf_la_alloc(la, n, n, &x->k))) ||
-            (rc = nf_la_alloc(la, n, k, &x->d)) ||
-            (rc = nf_la_alloc(la, n, r, &x->kb)) || (rc = nf_la_alloc(la, r, r, &x->g1)) ||
-            (rc = nf_la_alloc(la, r, k, &x->s)) || (rc = nf_la_alloc(la, r, r, &x->q)) ||
+            (rc = nf_la_alloc(la, n, k + r, &x->dk)) || (rc = nf_la_alloc(la, k + r, r, &x->w)) ||
+            (rc = nf_la_alloc(la, r, k + r, &x->sq)) ||
             (rc = nf_nufilt_gram_setup(la, &w, &g, have_k)))
             return rc;
     } else {

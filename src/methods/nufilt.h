@@ -26,13 +26,16 @@ int nf_nufilt_grad(nf_la *la, const nf_nufilt_ws *x, double *loss);
  *   dL/dB = -2 D (AV)^T + 2 (K B)(AV (AV)^T)
  *   dL/dA = -2 (B^T D - (B^T K B) AV) V^T
  * so an iteration's one large product is K B (n x n x r) instead of two m x n x r ones.
- * Workspace: kb (n x r), g1 (r x r), s (r x k), q (r x r); fills x->av, x->ga, x->gb (not the
- * residual: call nf_nufilt_residual for the objective). */
+ * The products are fused in pairs through side-by-side storage: dk (n x (k + r)) holds
+ * [D | K B], w ((k + r) x r) holds [-(AV)^T; AV (AV)^T], sq (r x (k + r)) holds
+ * [B^T D | B^T K B], so that dL/dB = 2 dk w and the two B^T products are one GEMM.
+ * nf_nufilt_grad_gram fills x->ga and x->gb (not the residual: call nf_nufilt_residual for
+ * the objective). */
 typedef struct nf_nufilt_gram {
-    nf_mat *k, *d, *kb, *g1, *s, *q;
+    nf_mat *k, *dk, *w, *sq;
 } nf_nufilt_gram;
 
-/* have_k: g->k already holds K (only D is computed) */
+/* K and D (into the first k columns of g->dk); have_k: g->k already holds K */
 int nf_nufilt_gram_setup(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g, int have_k);
 int nf_nufilt_grad_gram(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g);
 
