@@ -69,6 +69,13 @@ def figures(summary, img_dir):
 
     os.makedirs(img_dir, exist_ok=True)
     written = []
+
+    def save(fig, name, rect=None):
+        fig.tight_layout(**({"rect": rect} if rect else {}))
+        path = os.path.join(img_dir, name)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
     by = group_runs(summary)
     keys = [k for k in ordered_methods(summary) if ok_runs(by.get(k, []))]
     names = [t["name"] for t in summary["tasks"]]
@@ -105,11 +112,7 @@ def figures(summary, img_dir):
                    frameon=False)
         fig.suptitle("Accuracy of each task after each merge step (dotted: its fine-tuned "
                      "model)", fontsize=11)
-        fig.tight_layout(rect=(0, 0.05, 1, 0.97))
-        p = os.path.join(img_dir, "acc_by_step.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        save(fig, "acc_by_step.png", rect=(0, 0.05, 1, 0.97))
 
     # 2. ACC vs number of tasks (mean over the tasks merged so far; mean over full orders)
     if keys:
@@ -149,11 +152,7 @@ def figures(summary, img_dir):
                      f"order{'s' if n_full != 1 else ''})", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, ncol=2)
-        fig.tight_layout()
-        p = os.path.join(img_dir, "acc_vs_tasks.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        save(fig, "acc_vs_tasks.png")
 
     # 3. per-layer surrogates
     sur = {k: r["surrogates"] for k in keys for r in ok_runs(by[k])
@@ -180,11 +179,7 @@ def figures(summary, img_dir):
         axes[0].legend(fontsize=8, ncol=4)
         fig.suptitle("Per-layer surrogates (paper eqs. 3-4), order 0, mean over steps",
                      fontsize=11)
-        fig.tight_layout()
-        p = os.path.join(img_dir, "surrogates_per_layer.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        save(fig, "surrogates_per_layer.png")
 
     # 4. subspace affinity
     aff = summary.get("affinity")
@@ -219,11 +214,7 @@ def figures(summary, img_dir):
         fig.colorbar(im, ax=axes[1], fraction=0.046)
         fig.suptitle("Subspace affinity between task data and task vectors (paper eq. 5)",
                      fontsize=11)
-        fig.tight_layout()
-        p = os.path.join(img_dir, "subspace_affinity.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
+        save(fig, "subspace_affinity.png")
     return written
 
 

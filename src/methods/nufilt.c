@@ -117,6 +117,10 @@ int nf_nufilt_grad_gram(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *
     return rc;
 }
 
+/* The Gram form's large product is n x n x r, the direct form's two are m x n x r: the Gram
+ * form wins unless the matrix is much wider than tall. */
+static int gram_form(int m, int n) { return n < 2 * m; }
+
 static nf_nufilt_ws workspace(mats *x)
 {
     nf_nufilt_ws w = {&x->tau, &x->c, &x->v, &x->a, &x->b, &x->t,
@@ -155,9 +159,7 @@ static int train(nf_job *job, mats *x, int m, int n, int k, int r, nf_tensor_rep
     for (size_t i = 0; i < 5 && !rc; i++)
         rc = nf_la_fill(la, zero[i], 0.0f);
     nf_nufilt_ws w = workspace(x);
-    /* The Gram form's large product is n x n x r, the direct form's two are m x n x r: the
-     * Gram form wins unless the matrix is much wider than tall (n >= 2m). */
-    int gram = n < 2 * m;
+    int gram = gram_form(m, n);
     nf_nufilt_gram g = {&x->k, &x->dk, &x->w, &x->sq};
     if (gram) {
         int have_k = x->k.buf != NULL;
@@ -268,7 +270,7 @@ static int nufilt_tensor(nf_job *job)
     }
     {
         nf_svd_args sa = {rv, tol, svd_mode, 10, 2, svd_seed + 1};
-        if (svd_mode == NF_LA_SVD_FAST && !first && p->lora_rank > 0 && n < 2 * m) {
+        if (svd_mode == NF_LA_SVD_FAST && !first && p->lora_rank > 0 && gram_form(m, n)) {
             /* K = tau^T tau serves V_t here and the training's Gram form later */
             if ((rc = nf_la_alloc(la, n, n, &x.k)) ||
                 (rc = nf_la_gemm(la, 1, 0, 1.0f, &x.tau, &x.tau, 0.0f, &x.k)) ||

@@ -505,19 +505,18 @@ def main():
     todo = a.only or SCENARIOS
     setup(c)
     skipped = []
+    # interruption scenarios: the command, the signal, the output it must not leave behind
+    signalled = {
+        "kill9-step": ("step", signal.SIGKILL, "out.safetensors"),
+        "kill9-merge": ("merge", signal.SIGKILL, "out.safetensors"),
+        "kill9-merge-dir": ("merge-dir", signal.SIGKILL, "out"),
+        "sigint-step": ("step", signal.SIGINT, "out.safetensors"),
+        "sigterm-merge": ("merge", signal.SIGTERM, "out.safetensors"),
+        "sigint-merge-dir": ("merge-dir", signal.SIGINT, "out"),
+    }
     for s in todo:
-        if s == "kill9-step":
-            interrupted(c, s, "step", signal.SIGKILL, "out.safetensors")
-        elif s == "kill9-merge":
-            interrupted(c, s, "merge", signal.SIGKILL, "out.safetensors")
-        elif s == "kill9-merge-dir":
-            interrupted(c, s, "merge-dir", signal.SIGKILL, "out")
-        elif s == "sigint-step":
-            interrupted(c, s, "step", signal.SIGINT, "out.safetensors")
-        elif s == "sigterm-merge":
-            interrupted(c, s, "merge", signal.SIGTERM, "out.safetensors")
-        elif s == "sigint-merge-dir":
-            interrupted(c, s, "merge-dir", signal.SIGINT, "out")
+        if s in signalled:
+            interrupted(c, s, *signalled[s])
         elif s == "enospc":
             why = scenario_enospc(c)
             if why:
