@@ -49,6 +49,7 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
+#include "backend/cpu/sgemm.h"
 #include "io/dtype.h"
 #include "linalg/la.h"
 
@@ -312,6 +313,9 @@ static const int small_shapes[][3] = {
     {1, 1, 1},   {1, 53, 101}, {37, 1, 101}, {37, 53, 1},  {37, 53, 101},
     {101, 37, 53}, {64, 64, 64}, {2, 3, 300}, {5, 7, 0},   {0, 5, 3},
     {4, 0, 3},
+    /* NUFILT's adapter products (136 x 64 x 768, 64 x 200 x 768, 768 x 64 x 200) at prime
+     * sizes near them: edges of the 6 x 16 register tiles and of the 256-deep k-blocks */
+    {131, 61, 521}, {61, 197, 263}, {257, 67, 199},
 };
 static const float ab[][2] = {{1.0f, 0.0f}, {0.7f, -1.3f}, {-2.0f, 1.0f}, {0.0f, 0.5f}};
 
@@ -329,7 +333,10 @@ START_TEST(test_gemm_small)
                         gemm_case(d, dn, small_shapes[s][0], small_shapes[s][1],
                                   small_shapes[s][2], t & 1, t >> 1, pad, ab[a][0], ab[a][1],
                                   &st);
-        printf("  %s: gemm small shapes: worst err/tol %.3f\n", dn, st.worst);
+        printf("  %s: gemm small shapes: worst err/tol %.3f%s\n", dn, st.worst,
+               strcmp(g_be->api, "cpu") != 0 ? ""
+               : nf_cpu_sgemm_available() ? " (own AVX2/FMA kernel)"
+                                          : " (OpenBLAS)");
     }
 }
 END_TEST

@@ -10,6 +10,7 @@
 
 #include "../../io/dtype.h"
 #include "../backend.h"
+#include "sgemm.h"
 
 struct nf_buffer {
     float *p;
@@ -35,10 +36,16 @@ void nf_cpu_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *
                 c[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[(size_t)i * ldc + j];
         return;
     }
+    int gram = a == b && lda == ldb && ta != tb && m == n && beta == 0.0f;
+    /* skinny products (one side at most 64 wide, as in NUFILT's adapter, 50 times per
+     * matrix) run 10-20% faster in sgemm.c; OpenBLAS stays ahead once both sides are wide */
+    if (!gram && (m <= 64 || n <= 64) && nf_cpu_sgemm_available() &&
+        nf_cpu_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc))
+        return;
     if (beta == 0.0f) /* BLAS may read C when beta is 0; make NaN in C harmless */
         for (int i = 0; i < m; i++)
             memset(c + (size_t)i * ldc, 0, (size_t)n * sizeof *c);
-    if (a == b && lda == ldb && ta != tb && m == n && beta == 0.0f) {
+    if (gram) {
         /* a Gram matrix, A^T A or A A^T: symmetric, so half the work (ssyrk fills the lower
          * triangle of the row-major result, which is then mirrored) */
         cblas_ssyrk(CblasRowMajor, CblasLower, ta ? CblasTrans : CblasNoTrans, m, k, alpha, a,

@@ -1,0 +1,16 @@
+/* The CPU backend's own float32 GEMM (sgemm.c): row-major C = alpha op(A) op(B) + beta C,
+ * single-threaded, for x86-64 processors with AVX2 and FMA. */
+#ifndef NF_CPU_SGEMM_H
+#define NF_CPU_SGEMM_H
+
+/* 1 when this processor can run nf_cpu_sgemm and NUFILT_NO_OWN_GEMM is not set (the switch
+ * that hands every product back to OpenBLAS, for comparisons). Read once. */
+int nf_cpu_sgemm_available(void);
+
+/* Computes the product and returns 1, or returns 0 without touching C when the processor
+ * lacks AVX2/FMA or no packing buffer could be had (the caller then uses BLAS). beta == 0
+ * never reads C. */
+int nf_cpu_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+                 const float *b, int ldb, float beta, float *c, int ldc);
+
+#endif
