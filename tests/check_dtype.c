@@ -147,6 +147,40 @@ START_TEST(test_bulk_and_nonfinite)
 }
 END_TEST
 
+START_TEST(test_count_nonfinite)
+{
+    /* the bit test agrees with conversion + isfinite on every 16-bit pattern, on float32's
+     * edges, and on F64 values that overflow float32; unaligned sources throughout */
+    static unsigned char buf[2 * 65536 + 1];
+    float tmp[1];
+    nf_dtype d16[2] = {NF_F16, NF_BF16};
+    for (int t = 0; t < 2; t++) {
+        size_t want = 0;
+        for (uint32_t v = 0; v < 65536; v++) {
+            uint16_t h = (uint16_t)v;
+            memcpy(buf + 1 + 2 * v, &h, 2);
+            size_t one = nf_count_nonfinite(buf + 1 + 2 * v, d16[t], 1);
+            ck_assert_uint_eq(one, nf_to_f32(buf + 1 + 2 * v, d16[t], tmp, 1));
+            want += one;
+        }
+        ck_assert_uint_eq(nf_count_nonfinite(buf + 1, d16[t], 65536), want);
+        ck_assert_uint_eq(want, (t == 0 ? 2048u : 256u)); /* exponent all ones, any sign/mantissa */
+    }
+    uint32_t f32[] = {0x00000000u, 0x80000000u, 0x00000001u, 0x7F7FFFFFu, 0xFF7FFFFFu,
+                      0x7F800000u, 0xFF800000u, 0x7FC00000u, 0x7F800001u, 0xFFFFFFFFu,
+                      0x3F800000u, 0x807FFFFFu};
+    size_t nf = sizeof f32 / sizeof f32[0], want = 0;
+    memcpy(buf + 1, f32, sizeof f32);
+    for (size_t i = 0; i < nf; i++)
+        want += nf_to_f32(buf + 1 + 4 * i, NF_F32, tmp, 1);
+    ck_assert_uint_eq(want, 5);
+    ck_assert_uint_eq(nf_count_nonfinite(buf + 1, NF_F32, nf), want);
+    double d[4] = {1e300, -3.5e38, 3.0e38, -1.0};
+    memcpy(buf + 1, d, sizeof d);
+    ck_assert_uint_eq(nf_count_nonfinite(buf + 1, NF_F64, 4), 2);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("dtype");
@@ -158,6 +192,7 @@ int main(void)
     tcase_add_test(tc, test_bf16_all);
     tcase_add_test(tc, test_bf16_rounding);
     tcase_add_test(tc, test_bulk_and_nonfinite);
+    tcase_add_test(tc, test_count_nonfinite);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

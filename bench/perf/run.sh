@@ -133,6 +133,7 @@ for rep in $(seq 1 "$REPS"); do
       torch) [ "$rep" -le "$TORCH_REPS" ] || continue ;;
     esac
     out=$WORK/vit-step2-$c.safetensors
+    rm -f "$out" # outside the clock: replacing a file costs the filesystem time, not the merge
     case $c in
       cpu-exact) measure "vit-$c-$rep" -- "$NUFILT" "${STEP2[@]}" --device cpu --svd exact --out "$out" --report "$RES/vit-$c-$rep.report.json" ;;
       cpu-gram) measure "vit-$c-$rep" -- "$NUFILT" "${STEP2[@]}" --device cpu --svd gram --out "$out" --report "$RES/vit-$c-$rep.report.json" ;;

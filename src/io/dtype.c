@@ -140,6 +140,42 @@ size_t nf_to_f32(const void *src, nf_dtype dt, float *dst, size_t n)
     return bad;
 }
 
+size_t nf_count_nonfinite(const void *src, nf_dtype dt, size_t n)
+{
+    const unsigned char *s = src;
+    size_t bad = 0;
+    switch (dt) {
+    case NF_F32: /* exponent all ones: Inf or NaN; a bit test the compiler vectorises */
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, s + 4 * i, 4);
+            bad += (u & 0x7F800000u) == 0x7F800000u;
+        }
+        break;
+    case NF_F16:
+    case NF_BF16: {
+        uint16_t e = dt == NF_F16 ? 0x7C00 : 0x7F80;
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            bad += (h & e) == e;
+        }
+        break;
+    }
+    case NF_F64: { /* also what would overflow float32 */
+        float buf[256];
+        for (size_t i = 0; i < n; i += 256) {
+            size_t c = n - i < 256 ? n - i : 256;
+            bad += nf_to_f32(s + 8 * i, dt, buf, c);
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    return bad;
+}
+
 void nf_from_f32(const float *src, nf_dtype dt, void *dst, size_t n)
 {
     unsigned char *d = dst;

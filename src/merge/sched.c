@@ -38,21 +38,16 @@ typedef struct worker {
 
 static int check_finite(const nf_model *m, const nf_tensor *t, nf_error *err)
 {
-    float buf[1024];
     size_t es = nf_dtype_size(t->dtype);
-    for (uint64_t s = 0; s < t->numel; s += 1024) {
-        size_t c = (size_t)(t->numel - s < 1024 ? t->numel - s : 1024);
-        if (nf_to_f32(t->data + s * es, t->dtype, buf, c)) {
-            size_t k = 0;
-            while (k < c && buf[k] - buf[k] == 0.0f)
-                k++;
-            return nf_error_set(err, NF_E_NONFINITE,
-                                "%s: tensor \"%s\" holds NaN or Inf (element %llu); refusing "
-                                "to merge it (--allow-nonfinite to proceed anyway)",
-                                m->path, t->name, (unsigned long long)(s + k));
-        }
-    }
-    return NF_OK;
+    if (!nf_count_nonfinite(t->data, t->dtype, t->numel))
+        return NF_OK;
+    uint64_t at = 0; /* the first offending element, for the message */
+    while (at < t->numel && !nf_count_nonfinite(t->data + at * es, t->dtype, 1))
+        at++;
+    return nf_error_set(err, NF_E_NONFINITE,
+                        "%s: tensor \"%s\" holds NaN or Inf (element %llu); refusing to merge "
+                        "it (--allow-nonfinite to proceed anyway)",
+                        m->path, t->name, (unsigned long long)at);
 }
 
 static int do_job(worker *w, size_t i)
