@@ -30,8 +30,8 @@
 #  LLaMA-style step t = 2 with the default settings (--llama-reps, default 1), and with
 #  --svd gram, --svd fast and --svd randomized once: time and peak RssAnon.
 #  --small runs everything on one-layer models (quick check of the pipeline, not a benchmark).
-#  --rsvd also runs bench/perf/rsvd_accuracy.py and bench/perf/svd_bench (the randomized-SVD
-#  study and the micro-benchmarks of docs/performance.md).
+#  --rsvd also runs bench/perf/rsvd_accuracy.py, bench/perf/svd_bench and bench/perf/gemm_bench
+#  (the randomized-SVD study and the micro-benchmarks of docs/performance.md).
 #
 # Results: $CACHE/results/<date>/ (JSON per run, summary.md); the summary is also printed.
 set -euo pipefail
@@ -201,6 +201,10 @@ if [ "$DO_RSVD" = 1 ]; then
     "$WORK/svd_bench" train "$WORK/fc1-2.f32" 3072 768 20
   } > "$RES/svd_bench.txt"
   cat "$RES/svd_bench.txt" >&2
+  cc -O2 -I "$ROOT/src/include" -I "$ROOT/src" -o "$WORK/gemm_bench" "$HERE/gemm_bench.c" \
+    "$BUILD/src/libnufilt.a" -llapacke -lopenblas -lm -lpthread
+  "$WORK/gemm_bench" > "$RES/gemm_bench.txt"
+  cat "$RES/gemm_bench.txt" >&2
 fi
 
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$RES/machine.txt"

@@ -55,6 +55,9 @@ struct nf_json;
 int nf_index_parse(const char *text, size_t len, const char *index_path, struct nf_json **root,
                    const char ***files, size_t *nfiles, nf_error *err);
 const nf_tensor *nf_model_tensor(const nf_model *m, const char *name);
+/* Maps in all pages of t's data with one system call where the kernel offers it, instead of
+ * a page fault every few pages as the data is first read. Best effort, no error. */
+void nf_tensor_prefault(const nf_tensor *t);
 /* Sum of tensor bytes. */
 uint64_t nf_model_total_bytes(const nf_model *m);
 

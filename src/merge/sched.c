@@ -69,6 +69,11 @@ static int do_job(worker *w, size_t i)
     };
     double t0 = nf_now();
     int rc = NF_OK;
+    if (w->pass == 0) {
+        nf_tensor_prefault(bt);
+        nf_tensor_prefault(job.task);
+        nf_tensor_prefault(job.prev);
+    }
     /* NaN or Inf in any input: refused (LAPACK's SVD would not even return on Inf) */
     if (w->pass == 0 && !run->opts->allow_nonfinite) {
         if (nf_dtype_is_float(job.task->dtype))

@@ -67,14 +67,18 @@ static void pack_b(int tb, const float *b, int ldb, int p0, int kc, int j0, int 
                         bp[j] = 0.0f;
                 }
             }
-        } else { /* op(B)[p][j] = b[j][p] */
-            for (int p = 0; p < kc; p++, bp += NR) {
-                int j = 0;
-                for (; j < nr; j++)
-                    bp[j] = b[(size_t)(j0 + jr + j) * ldb + p0 + p];
-                for (; j < NR; j++)
-                    bp[j] = 0.0f;
+        } else { /* op(B)[p][j] = b[j][p]: read each row of b once, write down the panel */
+            for (int j = 0; j < NR; j++) {
+                if (j < nr) {
+                    const float *s = b + (size_t)(j0 + jr + j) * ldb + p0;
+                    for (int p = 0; p < kc; p++)
+                        bp[(size_t)p * NR + j] = s[p];
+                } else {
+                    for (int p = 0; p < kc; p++)
+                        bp[(size_t)p * NR + j] = 0.0f;
+                }
             }
+            bp += (size_t)kc * NR;
         }
     }
 }
@@ -129,18 +133,16 @@ NF_AVX2 static void kernel_6x16(int kc, const float *a, const int *o, long cs, c
     }
 }
 
-/* A tile at the right or bottom edge (mr rows, nr columns), or one of a transposed C (element
- * (i, j) at c[i * ci + j * cj]): through a 6 x 16 scratch tile. The caller points A's missing
- * rows at a real one, so nothing outside A is read. */
-NF_AVX2 static void kernel_tile(int kc, const float *a, const int *o, long cs, const float *bp,
-                                float alpha, float beta, float *c, long ci, long cj, int mr,
-                                int nr)
+/* A tile at the right or bottom edge (mr rows, nr columns): through a 6 x 16 scratch tile.
+ * The caller points A's missing rows at a real one, so nothing outside A is read. */
+NF_AVX2 static void kernel_edge(int kc, const float *a, const int *o, long cs, const float *bp,
+                                float alpha, float beta, float *c, int ldc, int mr, int nr)
 {
     float t[MR * NR] __attribute__((aligned(32)));
     kernel_6x16(kc, a, o, cs, bp, alpha, 0.0f, t, NR);
     for (int i = 0; i < mr; i++)
         for (int j = 0; j < nr; j++) {
-            float *x = c + i * ci + j * cj;
+            float *x = c + (size_t)i * ldc + j;
             *x = beta == 0.0f ? t[i * NR + j] : t[i * NR + j] + beta * *x;
         }
 }
@@ -169,10 +171,20 @@ int nf_cpu_sgemm_available(void)
     return v;
 }
 
-/* C = alpha op(A) op(B) + beta C with C's element (i, j) at c[i * ci + j * cj]. */
-static void gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
-                 const float *b, int ldb, float beta, float *c, long ci, long cj, float *bb)
+int nf_cpu_sgemm_suits(int m, int n, int k)
 {
+    (void)m, (void)k;
+    return n <= 64 && nf_cpu_sgemm_available();
+}
+
+int nf_cpu_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
+                 const float *b, int ldb, float beta, float *c, int ldc)
+{
+    if (!have_avx2_fma() || m <= 0 || n <= 0 || k <= 0)
+        return 0;
+    float *bb = scratch();
+    if (!bb)
+        return 0;
     /* op(A)(i, p) = a[i * rs + p * cs] */
     const long rs = ta ? 1 : lda, cs = ta ? lda : 1;
     for (int j0 = 0; j0 < n; j0 += NC) {
@@ -191,38 +203,28 @@ static void gemm(int ta, int tb, int m, int n, int k, float alpha, const float *
                         for (int i = 0; i < MR; i++)
                             o[i] = (int)((i < mr ? i : mr - 1) * rs);
                         const float *ai = a + (size_t)(i0 + ir) * rs + (size_t)p0 * cs;
-                        float *ct = c + (i0 + ir) * ci + (j0 + jr) * cj;
-                        if (mr == MR && nr == NR && cj == 1)
-                            kernel_6x16(kc, ai, o, cs, bp, alpha, bet, ct, (int)ci);
+                        float *ct = c + (size_t)(i0 + ir) * ldc + j0 + jr;
+                        if (mr == MR && nr == NR)
+                            kernel_6x16(kc, ai, o, cs, bp, alpha, bet, ct, ldc);
                         else
-                            kernel_tile(kc, ai, o, cs, bp, alpha, bet, ct, ci, cj, mr, nr);
+                            kernel_edge(kc, ai, o, cs, bp, alpha, bet, ct, ldc, mr, nr);
                     }
                 }
             }
         }
     }
-}
-
-int nf_cpu_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
-                 const float *b, int ldb, float beta, float *c, int ldc)
-{
-    if (!have_avx2_fma() || m <= 0 || n <= 0 || k <= 0)
-        return 0;
-    float *bb = scratch();
-    if (!bb)
-        return 0;
-    /* B's panels are packed, A is read in place: pack the smaller side, so for a wide C
-     * compute its transpose, C^T = op(B)^T op(A)^T */
-    if (n > m)
-        gemm(!tb, !ta, n, m, k, alpha, b, ldb, a, lda, beta, c, 1, ldc, bb);
-    else
-        gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 1, bb);
     return 1;
 }
 
 #else /* not x86-64 with GCC/Clang: OpenBLAS does every product */
 
 int nf_cpu_sgemm_available(void) { return 0; }
+
+int nf_cpu_sgemm_suits(int m, int n, int k)
+{
+    (void)m, (void)n, (void)k;
+    return 0;
+}
 
 int nf_cpu_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
                  const float *b, int ldb, float beta, float *c, int ldc)

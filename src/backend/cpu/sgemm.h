@@ -7,6 +7,12 @@
  * that hands every product back to OpenBLAS, for comparisons). Read once. */
 int nf_cpu_sgemm_available(void);
 
+/* 1 when nf_cpu_sgemm is available and faster than OpenBLAS for an m x n x k product: a
+ * narrow C (n <= 64), as NUFILT's adapter computes 50 times per matrix (K B, [D | K B] W).
+ * OpenBLAS stays ahead once C is wide, and on short-and-wide products such as B^T [D | K B]
+ * (bench/perf/gemm_bench.c measures both). */
+int nf_cpu_sgemm_suits(int m, int n, int k);
+
 /* Computes the product and returns 1, or returns 0 without touching C when the processor
  * lacks AVX2/FMA or no packing buffer could be had (the caller then uses BLAS). beta == 0
  * never reads C. */
