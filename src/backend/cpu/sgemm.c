@@ -10,8 +10,8 @@
  * and written back through a small tile.
  *
  * Single-threaded by design: the host scheduler runs one tensor per worker thread. The packing
- * buffers are per thread, made on first use and freed when the thread ends. */
-#include <pthread.h>
+ * buffer lives for one call: at most 256 x 64 floats (64 KiB) for the narrow products nufilt
+ * sends here, which malloc serves from its heap without a system call. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,30 +22,6 @@
 #include <immintrin.h>
 
 enum { MR = 6, NR = 16, KC = 256, MC = 120, NC = 512 };
-
-/* ---- per-thread packing buffers ---- */
-
-static pthread_key_t g_key;
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static int g_key_ok;
-
-static void key_make(void) { g_key_ok = pthread_key_create(&g_key, free) == 0; }
-
-static float *scratch(void)
-{
-    pthread_once(&g_once, key_make);
-    if (!g_key_ok)
-        return NULL;
-    float *p = pthread_getspecific(g_key);
-    if (!p) {
-        p = aligned_alloc(64, (size_t)KC * NC * sizeof(float));
-        if (p && pthread_setspecific(g_key, p) != 0) {
-            free(p);
-            p = NULL;
-        }
-    }
-    return p;
-}
 
 /* ---- packing ---- */
 
@@ -182,7 +158,8 @@ int nf_cpu_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *
 {
     if (!have_avx2_fma() || m <= 0 || n <= 0 || k <= 0)
         return 0;
-    float *bb = scratch();
+    int kb = k < KC ? k : KC, nb = n < NC ? (n + NR - 1) / NR * NR : NC;
+    float *bb = aligned_alloc(64, ((size_t)kb * nb * sizeof(float) + 63) / 64 * 64);
     if (!bb)
         return 0;
     /* op(A)(i, p) = a[i * rs + p * cs] */
@@ -213,6 +190,7 @@ int nf_cpu_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *
             }
         }
     }
+    free(bb);
     return 1;
 }
 
