@@ -164,7 +164,7 @@ START_TEST(test_gradients_vs_finite_differences)
     memcpy(fa, hga, sizeof fa);
     memcpy(fb, hgb, sizeof fb);
     ck_assert_int_eq(nf_nufilt_gram_setup(&la, &ws, &gram, 0), NF_OK);
-    ck_assert_int_eq(nf_nufilt_grad_gram(&la, &ws, &gram), NF_OK);
+    ck_assert_int_eq(nf_nufilt_grad_gram(&la, &ws, &gram, 0), NF_OK);
     double gd2 = 0, gn2 = 0;
     for (int i = 0; i < R * N; i++) {
         gd2 += ((double)hga[i] - fa[i]) * ((double)hga[i] - fa[i]);
@@ -175,15 +175,30 @@ START_TEST(test_gradients_vs_finite_differences)
         gn2 += (double)fb[i] * fb[i];
     }
     ck_assert_msg(sqrt(gd2 / gn2) < 1e-5, "Gram-form gradients differ by %g", sqrt(gd2 / gn2));
-    nf_mat *gall[] = {&gk, &gdk, &gw, &gsq};
-    for (size_t i = 0; i < 4; i++)
-        nf_la_free(&la, gall[i]);
 
-    /* with B = 0 the gradient with respect to A is exactly zero (the spec's step-1 note) */
+    /* with B = 0 the gradient with respect to A is exactly zero (the spec's step-1 note), and
+     * the Gram form's B = 0 shortcut gives the full computation's gradients */
     nf_la_fill(&la, &b, 0.0f);
     ck_assert_int_eq(nf_nufilt_grad(&la, &ws, &loss), NF_OK);
     for (int i = 0; i < R * N; i++)
         ck_assert(hga[i] == 0.0f);
+    ck_assert_int_eq(nf_nufilt_grad_gram(&la, &ws, &gram, 0), NF_OK);
+    memcpy(fa, hga, sizeof fa);
+    memcpy(fb, hgb, sizeof fb);
+    nf_la_fill(&la, &ga, 1.0f); /* the shortcut must write the zeros */
+    ck_assert_int_eq(nf_nufilt_grad_gram(&la, &ws, &gram, 1), NF_OK);
+    gd2 = gn2 = 0;
+    for (int i = 0; i < R * N; i++)
+        ck_assert_msg(hga[i] == 0.0f && fa[i] == 0.0f, "dL/dA at B = 0: %g, %g", hga[i], fa[i]);
+    for (int i = 0; i < N * R; i++) {
+        gd2 += ((double)hgb[i] - fb[i]) * ((double)hgb[i] - fb[i]);
+        gn2 += (double)fb[i] * fb[i];
+    }
+    ck_assert_msg(gn2 > 0 && sqrt(gd2 / gn2) < 1e-6, "B = 0 shortcut: dL/dB differs by %g",
+                  sqrt(gd2 / gn2));
+    nf_mat *gall[] = {&gk, &gdk, &gw, &gsq};
+    for (size_t i = 0; i < 4; i++)
+        nf_la_free(&la, gall[i]);
 
     nf_mat *all[] = {&mt, &mp, &mtp, &mvt, &mvp, &v, &c, &a, &b, &t, &av, &e, &h, &te, &ga, &gb, &tv};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)

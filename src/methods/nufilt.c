@@ -97,15 +97,21 @@ int nf_nufilt_gram_setup(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram 
     return rc;
 }
 
-int nf_nufilt_grad_gram(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g)
+int nf_nufilt_grad_gram(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g, int b_zero)
 {
     int n = x->tau->cols, k = x->c->cols, r = x->a->rows;
+    nf_mat d = nf_la_sub(g->dk, 0, 0, n, k);      /* D */
     nf_mat kb = nf_la_sub(g->dk, 0, k, n, r);     /* K B, beside D */
     nf_mat wt = nf_la_sub(g->w, 0, 0, k, r);      /* -(AV)^T */
     nf_mat g1 = nf_la_sub(g->w, k, 0, r, r);      /* AV (AV)^T */
     nf_mat s = nf_la_sub(g->sq, 0, 0, r, k);      /* B^T D */
     nf_mat q = nf_la_sub(g->sq, 0, k, r, r);      /* B^T K B */
     int rc = nf_la_gemm(la, 0, 1, -1.0f, x->v, x->a, 0.0f, &wt);
+    if (b_zero) {
+        if (!rc) rc = nf_la_gemm(la, 0, 0, 2.0f, &d, &wt, 0.0f, x->gb);
+        if (!rc) rc = nf_la_fill(la, x->ga, 0.0f);
+        return rc;
+    }
     if (!rc) rc = nf_la_gemm(la, 0, 0, 1.0f, g->k, x->b, 0.0f, &kb);
     if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, &wt, &wt, 0.0f, &g1);
     /* dL/dB = 2 [D | K B] [-(AV)^T; AV (AV)^T] */
@@ -178,7 +184,7 @@ static int train(nf_job *job, mats *x, int m, int n, int k, int r, nf_tensor_rep
             if (s == 1) /* B = 0: the residual is C */
                 rc = nf_la_dot(la, &x->c, NULL, &loss);
             if (!rc)
-                rc = nf_nufilt_grad_gram(la, &w, &g);
+                rc = nf_nufilt_grad_gram(la, &w, &g, s == 1);
         } else {
             rc = nf_nufilt_grad(la, &w, s == 1 ? &loss : NULL);
         }

@@ -30,13 +30,14 @@ int nf_nufilt_grad(nf_la *la, const nf_nufilt_ws *x, double *loss);
  * [D | K B], w ((k + r) x r) holds [-(AV)^T; AV (AV)^T], sq (r x (k + r)) holds
  * [B^T D | B^T K B], so that dL/dB = 2 dk w and the two B^T products are one GEMM.
  * nf_nufilt_grad_gram fills x->ga and x->gb (not the residual: call nf_nufilt_residual for
- * the objective). */
+ * the objective). b_zero: B is known to be 0 (Adam's first iteration), so K B = 0,
+ * dL/dB = -2 D (AV)^T and dL/dA = 0, without the products that would give those zeros. */
 typedef struct nf_nufilt_gram {
     nf_mat *k, *dk, *w, *sq;
 } nf_nufilt_gram;
 
 /* K and D (into the first k columns of g->dk); have_k: g->k already holds K */
 int nf_nufilt_gram_setup(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g, int have_k);
-int nf_nufilt_grad_gram(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g);
+int nf_nufilt_grad_gram(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g, int b_zero);
 
 #endif
