@@ -10,8 +10,8 @@
  * and written back through a small tile.
  *
  * Single-threaded by design: the host scheduler runs one tensor per worker thread. The packing
- * buffer lives for one call: at most 256 x 64 floats (64 KiB) for the narrow products nufilt
- * sends here, which malloc serves from its heap without a system call. */
+ * buffer, one KC x NC block of B (64 KiB), lives on the stack: a buffer from malloc on every
+ * call fragmented the heap by a few MB over a merge (tests/e2e/memory_bound.py). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,7 +21,7 @@
 
 #include <immintrin.h>
 
-enum { MR = 6, NR = 16, KC = 256, MC = 120, NC = 512 };
+enum { MR = 6, NR = 16, KC = 256, MC = 120, NC = 64 };
 
 /* ---- packing ---- */
 
@@ -158,10 +158,7 @@ int nf_cpu_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *
 {
     if (!have_avx2_fma() || m <= 0 || n <= 0 || k <= 0)
         return 0;
-    int kb = k < KC ? k : KC, nb = n < NC ? (n + NR - 1) / NR * NR : NC;
-    float *bb = aligned_alloc(64, ((size_t)kb * nb * sizeof(float) + 63) / 64 * 64);
-    if (!bb)
-        return 0;
+    float bb[KC * NC] __attribute__((aligned(64)));
     /* op(A)(i, p) = a[i * rs + p * cs] */
     const long rs = ta ? 1 : lda, cs = ta ? lda : 1;
     for (int j0 = 0; j0 < n; j0 += NC) {
@@ -190,7 +187,6 @@ int nf_cpu_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *
             }
         }
     }
-    free(bb);
     return 1;
 }
 

@@ -14,8 +14,8 @@ int nf_cpu_sgemm_available(void);
 int nf_cpu_sgemm_suits(int m, int n, int k);
 
 /* Computes the product and returns 1, or returns 0 without touching C when the processor
- * lacks AVX2/FMA or no packing buffer could be had (the caller then uses BLAS). beta == 0
- * never reads C. */
+ * lacks AVX2/FMA (the caller then uses BLAS). beta == 0 never reads C. Uses 64 KiB of stack
+ * for its packing buffer. */
 int nf_cpu_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
                  const float *b, int ldb, float beta, float *c, int ldc);
 
