@@ -70,19 +70,40 @@ static int map_file(const char *path, nf_shard *sh, nf_error *err)
     return NF_OK;
 }
 
+/* the whole pages that t's data touches */
+static int tensor_pages(const nf_tensor *t, void **start, size_t *len)
+{
+    if (!t || !t->data || t->nbytes == 0)
+        return 0;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)t->data & ~(page - 1), e = (uintptr_t)t->data + t->nbytes;
+    *start = (void *)a;
+    *len = e - a;
+    return 1;
+}
+
 void nf_tensor_prefault(const nf_tensor *t)
 {
 #ifdef __linux__
-    if (!t || !t->data || t->nbytes == 0)
-        return;
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)t->data & ~(page - 1), e = (uintptr_t)t->data + t->nbytes;
+    void *p;
+    size_t n;
     /* 22 = MADV_POPULATE_READ (Linux 5.14); older kernels answer EINVAL, and the pages then
      * come in by faults as before */
-    (void)madvise((void *)a, e - a, 22);
+    if (tensor_pages(t, &p, &n))
+        (void)madvise(p, n, 22);
 #else
     (void)t;
 #endif
+}
+
+void nf_tensor_release(const nf_tensor *t)
+{
+    void *p;
+    size_t n;
+    /* a read-only private file mapping: the page-table entries go, the page cache stays, and a
+     * later read (a neighbour sharing the edge page) faults the same bytes back in */
+    if (tensor_pages(t, &p, &n))
+        (void)madvise(p, n, MADV_DONTNEED);
 }
 
 void nf_model_close(nf_model *m)

@@ -58,6 +58,10 @@ const nf_tensor *nf_model_tensor(const nf_model *m, const char *name);
 /* Maps in all pages of t's data with one system call where the kernel offers it, instead of
  * a page fault every few pages as the data is first read. Best effort, no error. */
 void nf_tensor_prefault(const nf_tensor *t);
+/* Unmaps t's pages from this process once nothing will read them again (the file stays
+ * mapped): the resident set stays at a few tensors, and the final unmapping has little left
+ * to tear down. Best effort, no error. */
+void nf_tensor_release(const nf_tensor *t);
 /* Sum of tensor bytes. */
 uint64_t nf_model_total_bytes(const nf_model *m);
 

@@ -93,6 +93,11 @@ static int do_job(worker *w, size_t i)
         rc = w->err.code;
     if (rc != NF_OK && w->err.code == NF_OK)
         nf_error_set(&w->err, rc, "tensor \"%s\": %s", bt->name, nf_status_message(rc));
+    if (last) {
+        nf_tensor_release(bt);
+        nf_tensor_release(job.task);
+        nf_tensor_release(job.prev);
+    }
     run->reports[i].seconds += nf_now() - t0;
     return rc;
 }
