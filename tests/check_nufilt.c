@@ -103,7 +103,7 @@ START_TEST(test_gradients_vs_finite_differences)
     nf_la_copy(&la, &mt, &mtp);
     nf_la_gemm(&la, 0, 1, 1.0f, &mt, &mvp, 0.0f, &tv);
     nf_la_gemm(&la, 0, 0, -1.0f, &tv, &mvp, 1.0f, &mtp);
-    ck_assert_int_eq(nf_nufilt_constant(&la, &mt, &mp, &mtp, &mvt, &mvp, &v, &c), NF_OK);
+    ck_assert_int_eq(nf_nufilt_constant(&la, &mt, &mp, &tv, &mvt, &mvp, &v, &c), NF_OK);
     nf_la_alloc(&la, R, N, &a);
     nf_la_alloc(&la, N, R, &b);
     nf_la_alloc(&la, M, R, &t);

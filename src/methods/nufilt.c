@@ -29,15 +29,16 @@
 #define ADAM_EPS 1e-8
 
 typedef struct mats {
-    nf_mat w0, tau, prev, taup, vt_t, vt_p, v, c, a, b, ma, va, mb, vb, ga, gb, t, av, e, h, te;
+    nf_mat w0, tau, prev, taup, tv, vt_t, vt_p, v, c, a, b, ma, va, mb, vb, ga, gb, t, av, e, h, te;
     nf_mat k, dk, w, sq; /* Gram form (see train) */
 } mats;
 
 static void free_all(nf_la *la, mats *x)
 {
-    nf_mat *all[] = {&x->w0, &x->tau, &x->prev, &x->taup, &x->vt_t, &x->vt_p, &x->v, &x->c,
-                     &x->a, &x->b, &x->ma, &x->va, &x->mb, &x->vb, &x->ga, &x->gb, &x->t,
-                     &x->av, &x->e, &x->h, &x->te, &x->k, &x->dk, &x->w, &x->sq};
+    nf_mat *all[] = {&x->w0, &x->tau, &x->prev, &x->taup, &x->tv, &x->vt_t, &x->vt_p,
+                     &x->v,  &x->c,   &x->a,    &x->b,    &x->ma, &x->va,   &x->mb,
+                     &x->vb, &x->ga,  &x->gb,   &x->t,    &x->av, &x->e,    &x->h,
+                     &x->te, &x->k,   &x->dk,   &x->w,    &x->sq};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         nf_la_free(la, all[i]);
 }
@@ -64,7 +65,7 @@ int nf_nufilt_grad(nf_la *la, const nf_nufilt_ws *x, double *loss)
     return rc;
 }
 
-int nf_nufilt_constant(nf_la *la, const nf_mat *tau, const nf_mat *prev, const nf_mat *taup,
+int nf_nufilt_constant(nf_la *la, const nf_mat *tau, const nf_mat *prev, const nf_mat *tv,
                        const nf_mat *vt_t, const nf_mat *vt_p, nf_mat *v, nf_mat *c)
 {
     int m = tau->rows, n = tau->cols, rv = vt_t->rows, rp = vt_p->rows, k = rv + rp;
@@ -78,12 +79,27 @@ int nf_nufilt_constant(nf_la *la, const nf_mat *tau, const nf_mat *prev, const n
         nf_mat dst = nf_la_sub(v, rv, 0, rp, n);
         rc = nf_la_copy(la, vt_p, &dst);
     }
-    if (!rc) rc = nf_la_gemm(la, 0, 1, -1.0f, taup, v, 0.0f, c);
-    if (!rc && rv > 0) {
+    if (!rc && rp > 0) {
+        /* C = tv G with G = [V_p^T V_t, V_p^T V_p - I] (r_p x k): -I uploaded, the rest
+         * accumulated onto it */
+        nf_mat g = {0};
+        float *h = calloc((size_t)rp * k, sizeof *h);
+        rc = h ? nf_la_alloc(la, rp, k, &g) : nf_error_set(la->err, NF_E_NOMEM, "out of memory");
+        if (!rc) {
+            for (int j = 0; j < rp; j++)
+                h[(size_t)j * k + rv + j] = -1.0f;
+            rc = nf_la_upload(la, &g, h);
+        }
+        free(h);
+        if (!rc) rc = nf_la_gemm(la, 0, 1, 1.0f, vt_p, v, 1.0f, &g);
+        if (!rc) rc = nf_la_gemm(la, 0, 0, 1.0f, tv, &g, 0.0f, c);
+        nf_la_free(la, &g);
+    } else if (!rc) {
+        rc = nf_la_fill(la, c, 0.0f); /* no filter: tau - tau P = 0 */
+    }
+    if (!rc && rv > 0 && prev) {
         nf_mat ct = nf_la_sub(c, 0, 0, m, rv);
-        rc = nf_la_gemm(la, 0, 1, 1.0f, tau, vt_t, 1.0f, &ct);
-        if (!rc && prev)
-            rc = nf_la_gemm(la, 0, 1, -1.0f, prev, vt_t, 1.0f, &ct);
+        rc = nf_la_gemm(la, 0, 1, -1.0f, prev, vt_t, 1.0f, &ct);
     }
     return rc;
 }
@@ -292,15 +308,10 @@ static int nufilt_tensor(nf_job *job)
     /* tau P = tau - (tau V_p) V_p^T */
     if ((rc = nf_la_alloc(la, m, n, &x.taup)) || (rc = nf_la_copy(la, &x.tau, &x.taup)))
         goto out;
-    if (rp > 0) {
-        nf_mat tv;
-        if ((rc = nf_la_alloc(la, m, rp, &tv)))
-            goto out;
-        rc = nf_la_gemm(la, 0, 1, 1.0f, &x.tau, &x.vt_p, 0.0f, &tv);
-        if (!rc)
-            rc = nf_la_gemm(la, 0, 0, -1.0f, &tv, &x.vt_p, 1.0f, &x.taup);
-        nf_la_free(la, &tv);
-        if (rc)
+    if (rp > 0) { /* tv = tau V_p is kept for the adapter's constant */
+        if ((rc = nf_la_alloc(la, m, rp, &x.tv)) ||
+            (rc = nf_la_gemm(la, 0, 1, 1.0f, &x.tau, &x.vt_p, 0.0f, &x.tv)) ||
+            (rc = nf_la_gemm(la, 0, 0, -1.0f, &x.tv, &x.vt_p, 1.0f, &x.taup)))
             goto out;
     }
     {
@@ -315,9 +326,11 @@ static int nufilt_tensor(nf_job *job)
     rep->rank_lora = first ? 0 : r;
     if (!first && r > 0 && k > 0) {
         /* V^T = [V_t^T; V_p^T] (k x n), and C = [(tau - prev - tau P) V_t, -tau P V_p] */
-        if ((rc = nf_nufilt_constant(la, &x.tau, &x.prev, &x.taup, &x.vt_t, &x.vt_p, &x.v, &x.c)))
+        if ((rc = nf_nufilt_constant(la, &x.tau, &x.prev, rp > 0 ? &x.tv : NULL, &x.vt_t,
+                                     &x.vt_p, &x.v, &x.c)))
             goto out;
         nf_la_free(la, &x.prev);
+        nf_la_free(la, &x.tv);
         nf_la_free(la, &x.vt_t);
         nf_la_free(la, &x.vt_p);
         if ((rc = train(job, &x, m, n, k, r, rep)))

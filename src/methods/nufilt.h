@@ -12,9 +12,13 @@ typedef struct nf_nufilt_ws {
     nf_mat *tau, *c, *v, *a, *b, *t, *av, *e, *h, *te, *ga, *gb;
 } nf_nufilt_ws;
 
-/* V^T = [V_t^T; V_p^T] and the constant C = [(tau - prev - tau P) V_t, -tau P V_p];
- * allocates v and c. prev may be NULL (all zero). */
-int nf_nufilt_constant(nf_la *la, const nf_mat *tau, const nf_mat *prev, const nf_mat *taup,
+/* V^T = [V_t^T; V_p^T] and the constant C = [(tau - prev - tau P) V_t, -tau P V_p], from
+ * tv = tau V_p (m x r_p) rather than from tau P: tau - tau P = tv V_p^T, so
+ * C = tv [V_p^T V_t, V_p^T V_p - I] - [prev V_t, 0], r_p x k work per row instead of n x k.
+ * The block -tau P V_p = tv (V_p^T V_p - I) is rounding-sized and kept as computed, never
+ * assumed 0. tau gives the shape only; prev may be NULL (all zero), tv NULL when
+ * r_p = 0. Allocates v and c. */
+int nf_nufilt_constant(nf_la *la, const nf_mat *tau, const nf_mat *prev, const nf_mat *tv,
                        const nf_mat *vt_t, const nf_mat *vt_p, nf_mat *v, nf_mat *c);
 /* E = C - (tau B)(A V) and, when loss is not NULL, L = |E|^2. */
 int nf_nufilt_residual(nf_la *la, const nf_nufilt_ws *x, double *loss);
