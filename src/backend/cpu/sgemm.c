@@ -140,8 +140,8 @@ int nf_cpu_sgemm_available(void)
     static int known = -1;
     int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
     if (v < 0) {
-        const char *off = getenv("NUFILT_NO_OWN_GEMM");
-        v = have_avx2_fma() && !(off && *off && strcmp(off, "0") != 0);
+        const char *force = getenv("NF_CPU_GEMM"); /* "openblas": every product there */
+        v = have_avx2_fma() && !(force && strcmp(force, "openblas") == 0);
         __atomic_store_n(&known, v, __ATOMIC_RELAXED);
     }
     return v;

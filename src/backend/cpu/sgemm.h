@@ -3,8 +3,9 @@
 #ifndef NF_CPU_SGEMM_H
 #define NF_CPU_SGEMM_H
 
-/* 1 when this processor can run nf_cpu_sgemm and NUFILT_NO_OWN_GEMM is not set (the switch
- * that hands every product back to OpenBLAS, for comparisons). Read once. */
+/* 1 when this processor can run nf_cpu_sgemm and the environment does not say
+ * NF_CPU_GEMM=openblas (the switch that hands every product to OpenBLAS, for comparisons).
+ * Read once. */
 int nf_cpu_sgemm_available(void);
 
 /* 1 when nf_cpu_sgemm is available and faster than OpenBLAS for an m x n x k product: a
