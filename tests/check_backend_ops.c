@@ -36,6 +36,7 @@
  *           with compute slots removed or answering NF_E_UNSUPPORTED (the CPU fallback path)
  */
 #include <check.h>
+#include <signal.h>
 #include <float.h>
 #include <lapacke.h>
 #include <math.h>
@@ -50,6 +51,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/sgemm.h"
+#include "backend/devices.h"
 #include "io/dtype.h"
 #include "linalg/la.h"
 
@@ -1181,6 +1183,37 @@ END_TEST
 
 /* ---- the error boundary: bad arguments come back as statuses, never aborts ------------ */
 
+/* Probing drivers must leave the process's signal handlers alone (LLVM inside PoCL and
+ * lavapipe installs its own): the host's SIGBUS handler explains a truncated input. */
+static void marker_handler(int sig) { (void)sig; }
+
+START_TEST(test_driver_signals_kept)
+{
+    struct sigaction mine, before, after;
+    memset(&mine, 0, sizeof mine);
+    mine.sa_handler = marker_handler;
+    sigemptyset(&mine.sa_mask);
+    sigaction(SIGBUS, &mine, &before);
+    sigaction(SIGSEGV, &mine, NULL);
+    nf_device_info info[32];
+    int count = 0, nd = 0;
+    nf_error e = {0};
+    nf_device **devs = NULL;
+    ck_assert_int_eq(nf_devices_list(info, 32, &count, &e), NF_OK);
+    if (nf_devices_open("auto", &devs, &nd, &e) == NF_OK)
+        nf_devices_close(devs, nd);
+    sigaction(SIGBUS, NULL, &after);
+    ck_assert_msg(after.sa_handler == marker_handler,
+                  "listing and opening %d devices replaced the SIGBUS handler", count);
+    sigaction(SIGSEGV, NULL, &after);
+    ck_assert_msg(after.sa_handler == marker_handler,
+                  "listing and opening %d devices replaced the SIGSEGV handler", count);
+    printf("  signal handlers kept across probing %d devices\n", count);
+    sigaction(SIGBUS, &before, NULL);
+    signal(SIGSEGV, SIG_DFL);
+}
+END_TEST
+
 START_TEST(test_errors)
 {
     nf_device *d = NULL;
@@ -1224,6 +1257,7 @@ static const test_def tests[] = {
     {"convert", "test_convert", &test_convert, 120},
     {"la", "test_la", &test_la, 300},
     {"errors", "test_errors", &test_errors, 60},
+    {"errors", "test_driver_signals_kept", &test_driver_signals_kept, 120},
 };
 #define NTESTS (int)(sizeof tests / sizeof tests[0])
 

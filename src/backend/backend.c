@@ -1,6 +1,7 @@
 /* The registry of compiled-in backends, device listing and opening devices by name. */
 #include "backend.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,35 @@ static const nf_backend *const all_backends[] = {
     &nf_backend_vulkan,
 #endif
 };
+
+/* Driver libraries install signal handlers of their own when first called: LLVM, inside PoCL
+ * and Mesa's lavapipe, takes over SIGBUS, SIGSEGV, SIGINT and others with SA_RESETHAND. That
+ * displaced the host's handlers (which remove temporary outputs and explain a SIGBUS from a
+ * truncated input), and two threads faulting at once then died of the default action. Every
+ * call into drivers from here runs between driver_guard_begin and _end, which put the
+ * process's dispositions back as they were. */
+static const int guarded_signals[] = {SIGHUP,  SIGINT,  SIGQUIT, SIGILL,  SIGTRAP, SIGABRT,
+                                      SIGBUS,  SIGFPE,  SIGSEGV, SIGPIPE, SIGTERM, SIGUSR2,
+                                      SIGXCPU, SIGXFSZ, SIGSYS};
+enum { NGUARDED = sizeof guarded_signals / sizeof guarded_signals[0] };
+
+typedef struct driver_guard {
+    struct sigaction sa[NGUARDED];
+    int ok[NGUARDED];
+} driver_guard;
+
+static void driver_guard_begin(driver_guard *g)
+{
+    for (int i = 0; i < NGUARDED; i++)
+        g->ok[i] = sigaction(guarded_signals[i], NULL, &g->sa[i]) == 0;
+}
+
+static void driver_guard_end(const driver_guard *g)
+{
+    for (int i = 0; i < NGUARDED; i++)
+        if (g->ok[i])
+            sigaction(guarded_signals[i], &g->sa[i], NULL);
+}
 
 const nf_backend *const *nf_backends(int *count)
 {
@@ -52,14 +82,17 @@ int nf_backend_status(int i, const char **api, int *available, const char **why)
         return NF_E_ARG;
     int cnt = 0;
     const char *w = NULL;
+    driver_guard g;
+    driver_guard_begin(&g);
     b[i]->count(&cnt, &w);
+    driver_guard_end(&g);
     *api = b[i]->api;
     *available = cnt > 0;
     *why = cnt > 0 ? NULL : (w ? w : "no devices");
     return NF_OK;
 }
 
-int nf_devices_list(nf_device_info *out, int max, int *count, nf_error *err)
+static int devices_list(nf_device_info *out, int max, int *count, nf_error *err)
 {
     int nb;
     const nf_backend *const *b = nf_backends(&nb);
@@ -121,7 +154,7 @@ static int open_named(const char *item, nf_device **out, nf_error *err)
     return b->open(index, out, err);
 }
 
-int nf_devices_open(const char *spec, nf_device ***devs_out, int *ndev, nf_error *err)
+static int devices_open(const char *spec, nf_device ***devs_out, int *ndev, nf_error *err)
 {
     *devs_out = NULL;
     *ndev = 0;
@@ -193,4 +226,22 @@ void nf_devices_close(nf_device **devs, int n)
         if (devs[i])
             nf_device_backend(devs[i])->close(devs[i]);
     free(devs);
+}
+
+int nf_devices_list(nf_device_info *out, int max, int *count, nf_error *err)
+{
+    driver_guard g;
+    driver_guard_begin(&g);
+    int rc = devices_list(out, max, count, err);
+    driver_guard_end(&g);
+    return rc;
+}
+
+int nf_devices_open(const char *spec, nf_device ***devs_out, int *ndev, nf_error *err)
+{
+    driver_guard g;
+    driver_guard_begin(&g);
+    int rc = devices_open(spec, devs_out, ndev, err);
+    driver_guard_end(&g);
+    return rc;
 }
