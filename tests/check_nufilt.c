@@ -28,8 +28,10 @@ static void orthonormal_rows(float *q, int r, int n, uint64_t seed)
         double nn = 0;
         for (int j = 0; j < n; j++)
             nn += d[i * n + j] * d[i * n + j];
-        for (int j = 0; j < n; j++)
-            q[i * n + j] = (float)(d[i * n + j] / sqrt(nn));
+        for (int j = 0; j < n; j++) {
+            d[i * n + j] /= sqrt(nn);
+            q[i * n + j] = (float)d[i * n + j];
+        }
     }
     free(d);
 }
@@ -115,7 +117,7 @@ START_TEST(test_gradients_vs_finite_differences)
     nf_la_alloc(&la, N, R, &gb);
     nf_la_upload(&la, &a, A);
     nf_la_upload(&la, &b, B);
-    nf_nufilt_ws ws = {&mt, &c, &v, &a, &b, &t, &av, &e, &h, &te, &ga, &gb};
+    nf_nufilt_ws ws = {&mt, &c, &v, &a, &b, &t, &av, &e, &h, &te, &ga, &gb, RV};
     double loss;
     ck_assert_int_eq(nf_nufilt_grad(&la, &ws, &loss), NF_OK);
 
@@ -156,7 +158,7 @@ START_TEST(test_gradients_vs_finite_differences)
     /* the Gram form gives the same gradients */
     nf_mat gk, gdk, gw, gsq;
     nf_la_alloc(&la, N, N, &gk);
-    nf_la_alloc(&la, N, K + R, &gdk);
+    nf_la_alloc(&la, N, R + RV, &gdk);
     nf_la_alloc(&la, K + R, R, &gw);
     nf_la_alloc(&la, R, K + R, &gsq);
     nf_nufilt_gram gram = {&gk, &gdk, &gw, &gsq};

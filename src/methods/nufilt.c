@@ -31,6 +31,7 @@
 typedef struct mats {
     nf_mat w0, tau, prev, taup, tv, vt_t, vt_p, v, c, a, b, ma, va, mb, vb, ga, gb, t, av, e, h, te;
     nf_mat k, dk, w, sq; /* Gram form (see train) */
+    int rv;              /* r_v: columns of C and rows of V that belong to V_t */
 } mats;
 
 static void free_all(nf_la *la, mats *x)
@@ -79,62 +80,67 @@ int nf_nufilt_constant(nf_la *la, const nf_mat *tau, const nf_mat *prev, const n
         nf_mat dst = nf_la_sub(v, rv, 0, rp, n);
         rc = nf_la_copy(la, vt_p, &dst);
     }
-    if (!rc && rp > 0) {
-        /* C = tv G with G = [V_p^T V_t, V_p^T V_p - I] (r_p x k): -I uploaded, the rest
-         * accumulated onto it */
+    /* C_p = -tau P V_p = 0, and C_t = 0 without a filter (tau - tau P = 0) */
+    if (!rc) rc = nf_la_fill(la, c, 0.0f);
+    if (rc || rv == 0)
+        return rc;
+    nf_mat ct = nf_la_sub(c, 0, 0, m, rv);
+    if (rp > 0) {
+        /* (tau - tau P) V_t = tv (V_p^T V_t) */
         nf_mat g = {0};
-        float *h = calloc((size_t)rp * k, sizeof *h);
-        rc = h ? nf_la_alloc(la, rp, k, &g) : nf_error_set(la->err, NF_E_NOMEM, "out of memory");
-        if (!rc) {
-            for (int j = 0; j < rp; j++)
-                h[(size_t)j * k + rv + j] = -1.0f;
-            rc = nf_la_upload(la, &g, h);
-        }
-        free(h);
-        if (!rc) rc = nf_la_gemm(la, 0, 1, 1.0f, vt_p, v, 1.0f, &g);
-        if (!rc) rc = nf_la_gemm(la, 0, 0, 1.0f, tv, &g, 0.0f, c);
+        rc = nf_la_alloc(la, rp, rv, &g);
+        if (!rc) rc = nf_la_gemm(la, 0, 1, 1.0f, vt_p, vt_t, 0.0f, &g);
+        if (!rc) rc = nf_la_gemm(la, 0, 0, 1.0f, tv, &g, 0.0f, &ct);
         nf_la_free(la, &g);
-    } else if (!rc) {
-        rc = nf_la_fill(la, c, 0.0f); /* no filter: tau - tau P = 0 */
     }
-    if (!rc && rv > 0 && prev) {
-        nf_mat ct = nf_la_sub(c, 0, 0, m, rv);
+    if (!rc && prev)
         rc = nf_la_gemm(la, 0, 1, -1.0f, prev, vt_t, 1.0f, &ct);
-    }
     return rc;
 }
 
 int nf_nufilt_gram_setup(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g, int have_k)
 {
-    int n = x->tau->cols, k = x->c->cols;
-    nf_mat d = nf_la_sub(g->dk, 0, 0, n, k);
+    int n = x->tau->cols, m = x->tau->rows, rv = x->rv, r = x->a->rows;
     int rc = have_k ? NF_OK : nf_la_gemm(la, 1, 0, 1.0f, x->tau, x->tau, 0.0f, g->k);
-    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, x->tau, x->c, 0.0f, &d);
+    if (!rc && rv > 0) {
+        nf_mat d = nf_la_sub(g->dk, 0, r, n, rv);
+        nf_mat ct = nf_la_sub(x->c, 0, 0, m, rv);
+        rc = nf_la_gemm(la, 1, 0, 1.0f, x->tau, &ct, 0.0f, &d);
+    }
     return rc;
 }
 
 int nf_nufilt_grad_gram(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g, int b_zero)
 {
-    int n = x->tau->cols, k = x->c->cols, r = x->a->rows;
-    nf_mat d = nf_la_sub(g->dk, 0, 0, n, k);      /* D */
-    nf_mat kb = nf_la_sub(g->dk, 0, k, n, r);     /* K B, beside D */
-    nf_mat wt = nf_la_sub(g->w, 0, 0, k, r);      /* -(AV)^T */
-    nf_mat g1 = nf_la_sub(g->w, k, 0, r, r);      /* AV (AV)^T */
-    nf_mat s = nf_la_sub(g->sq, 0, 0, r, k);      /* B^T D */
-    nf_mat q = nf_la_sub(g->sq, 0, k, r, r);      /* B^T K B */
-    int rc = nf_la_gemm(la, 0, 1, -1.0f, x->v, x->a, 0.0f, &wt);
+    int n = x->tau->cols, k = x->c->cols, rv = x->rv, rp = k - rv, r = x->a->rows;
+    nf_mat kb = nf_la_sub(g->dk, 0, 0, n, r);       /* K B */
+    nf_mat d = nf_la_sub(g->dk, 0, r, n, rv);       /* D_t, beside K B */
+    nf_mat g1 = nf_la_sub(g->w, 0, 0, r, r);        /* AV (AV)^T */
+    nf_mat y = nf_la_sub(g->w, r, 0, k, r);         /* -(AV)^T = [-Y_t^T; -Y_p^T] */
+    nf_mat yt = nf_la_sub(g->w, r, 0, rv, r);       /* -Y_t^T */
+    nf_mat yp = nf_la_sub(g->w, r + rv, 0, rp, r);  /* -Y_p^T */
+    nf_mat w = nf_la_sub(g->w, 0, 0, r + rv, r);    /* [AV (AV)^T; -Y_t^T] */
+    nf_mat q = nf_la_sub(g->sq, 0, 0, r, r);        /* B^T K B */
+    nf_mat bk = nf_la_sub(g->sq, 0, 0, r, r + rv);  /* [B^T K B | B^T D_t] */
+    nf_mat s = nf_la_sub(g->sq, 0, r, r, k);        /* S = [S_t | S_p] */
+    nf_mat st = nf_la_sub(g->sq, 0, r, r, rv);
+    nf_mat sp = nf_la_sub(g->sq, 0, r + rv, r, rp);
+    int rc = nf_la_gemm(la, 0, 1, -1.0f, x->v, x->a, 0.0f, &y);
     if (b_zero) {
-        if (!rc) rc = nf_la_gemm(la, 0, 0, 2.0f, &d, &wt, 0.0f, x->gb);
+        /* dL/dB = -2 D (AV)^T = 2 D_t (-Y_t^T), dL/dA = 0 */
+        if (!rc) rc = rv > 0 ? nf_la_gemm(la, 0, 0, 2.0f, &d, &yt, 0.0f, x->gb)
+                             : nf_la_fill(la, x->gb, 0.0f);
         if (!rc) rc = nf_la_fill(la, x->ga, 0.0f);
         return rc;
     }
     if (!rc) rc = nf_la_gemm(la, 0, 0, 1.0f, g->k, x->b, 0.0f, &kb);
-    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, &wt, &wt, 0.0f, &g1);
-    /* dL/dB = 2 [D | K B] [-(AV)^T; AV (AV)^T] */
-    if (!rc) rc = nf_la_gemm(la, 0, 0, 2.0f, g->dk, g->w, 0.0f, x->gb);
-    /* [B^T D | B^T K B], then dL/dA = -2 (B^T D - (B^T K B) AV) V^T */
-    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, x->b, g->dk, 0.0f, g->sq);
-    if (!rc) rc = nf_la_gemm(la, 0, 1, 1.0f, &q, &wt, 1.0f, &s);
+    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, &y, &y, 0.0f, &g1);
+    /* dL/dB = 2 [K B | D_t] [AV (AV)^T; -Y_t^T] */
+    if (!rc) rc = nf_la_gemm(la, 0, 0, 2.0f, g->dk, &w, 0.0f, x->gb);
+    /* [B^T K B | B^T D_t], then S = [B^T D_t, 0] - (B^T K B) AV and dL/dA = -2 S V^T */
+    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, x->b, g->dk, 0.0f, &bk);
+    if (!rc && rv > 0) rc = nf_la_gemm(la, 0, 1, 1.0f, &q, &yt, 1.0f, &st);
+    if (!rc && rp > 0) rc = nf_la_gemm(la, 0, 1, 1.0f, &q, &yp, 0.0f, &sp);
     if (!rc) rc = nf_la_gemm(la, 0, 0, -2.0f, &s, x->v, 0.0f, x->ga);
     return rc;
 }
@@ -145,8 +151,8 @@ static int gram_form(int m, int n) { return n < 2 * m; }
 
 static nf_nufilt_ws workspace(mats *x)
 {
-    nf_nufilt_ws w = {&x->tau, &x->c, &x->v, &x->a, &x->b, &x->t,
-                      &x->av, &x->e, &x->h, &x->te, &x->ga, &x->gb};
+    nf_nufilt_ws w = {&x->tau, &x->c, &x->v, &x->a, &x->b, &x->t, &x->av,
+                      &x->e,   &x->h, &x->te, &x->ga, &x->gb, x->rv};
     return w;
 }
 
@@ -186,7 +192,8 @@ static int train(nf_job *job, mats *x, int m, int n, int k, int r, nf_tensor_rep
     if (gram) {
         int have_k = x->k.buf != NULL;
         if ((!have_k && (rc = nf_la_alloc(la, n, n, &x->k))) ||
-            (rc = nf_la_alloc(la, n, k + r, &x->dk)) || (rc = nf_la_alloc(la, k + r, r, &x->w)) ||
+            (rc = nf_la_alloc(la, n, r + x->rv, &x->dk)) ||
+            (rc = nf_la_alloc(la, r + k, r, &x->w)) ||
             (rc = nf_la_alloc(la, r, k + r, &x->sq)) ||
             (rc = nf_nufilt_gram_setup(la, &w, &g, have_k)))
             return rc;
@@ -304,6 +311,7 @@ static int nufilt_tensor(nf_job *job)
     }
     rep->rank_null = rp;
     rep->rank_task = rv;
+    x.rv = rv;
 
     /* tau P = tau - (tau V_p) V_p^T */
     if ((rc = nf_la_alloc(la, m, n, &x.taup)) || (rc = nf_la_copy(la, &x.tau, &x.taup)))
