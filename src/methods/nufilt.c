@@ -9,8 +9,9 @@
  *   with Adam on  L = |(tau - M) V_t|^2 + |(prev - M) V_p|^2,  M = prev + tau P + tau B A
  *   W_new = W_merged + tau P + (tau B) A
  *
- * With V = [V_t V_p] and the constant C = [(tau - prev - tau P) V_t, -tau P V_p], the residual
- * is E = C - (tau B)(A V) and the closed-form gradients are
+ * With V = [V_t V_p] and the constant C = [(tau - prev - tau P) V_t, -tau P V_p] (whose second
+ * block is 0 for orthonormal V_p, see nufilt.h), the residual is E = C - (tau B)(A V) and the
+ * closed-form gradients are
  *   dL/dB = -2 tau^T (E (A V)^T),   dL/dA = -2 ((tau B)^T E) V^T,
  * so an iteration costs two d_out x d_in x r_l products and a few small ones.
  */
