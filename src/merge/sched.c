@@ -169,27 +169,34 @@ static void *work(void *arg)
     return NULL;
 }
 
+/* Large untreated tensors are plain copies: they go first, so that their pages are written
+ * back to disk while the treated tensors compute instead of at the final fsync. Then the
+ * treated tensors, heaviest first, so that the last ones to finish are small (better
+ * balance); the small untreated tensors fill the tail. */
+#define EARLY_COPY_NUMEL (1u << 20)
+
 static size_t *cost_order(const nf_run *run)
 {
-    /* heavy tensors first, so the last ones to finish are small (better balance) */
     size_t n = run->ntensors;
     size_t *o = malloc((n ? n : 1) * sizeof *o);
     if (!o)
         return NULL;
     size_t a = 0;
     for (size_t i = 0; i < n; i++)
+        if (!run->treated[i] && run->base->tensors[i].numel >= EARLY_COPY_NUMEL)
+            o[a++] = i;
+    size_t t0 = a;
+    for (size_t i = 0; i < n; i++)
         if (run->treated[i])
             o[a++] = i;
+    size_t t1 = a;
     for (size_t i = 0; i < n; i++)
-        if (!run->treated[i])
+        if (!run->treated[i] && run->base->tensors[i].numel < EARLY_COPY_NUMEL)
             o[a++] = i;
     /* stable insertion by size within the treated block */
-    size_t nt = 0;
-    while (nt < n && run->treated[o[nt]])
-        nt++;
-    for (size_t i = 1; i < nt; i++) {
+    for (size_t i = t0 + 1; i < t1; i++) {
         size_t v = o[i], j = i;
-        while (j > 0 && run->base->tensors[o[j - 1]].numel < run->base->tensors[v].numel) {
+        while (j > t0 && run->base->tensors[o[j - 1]].numel < run->base->tensors[v].numel) {
             o[j] = o[j - 1];
             j--;
         }
