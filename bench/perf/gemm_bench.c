@@ -1,7 +1,7 @@
 /*
  * GEMM micro-benchmark behind the CPU backend's choice between its own kernel
  * (src/backend/cpu/sgemm.c) and OpenBLAS: one thread (as each nufilt CPU worker runs), the
- * products of NUFILT's adapter training on a ViT-B/32 matrix (n = 768, r_l = 64,
+ * products of NUFILT's adapter training on a ViT-B/32 matrix (n = 768, r_l = 64, r_v = 8,
  * k = r_v + r_p = 136) and a few neighbours, both ways, interleaved.
  *
  *   gemm_bench [REPS]      (default 9 rounds; each round runs every product ~0.2 s per way)
@@ -55,10 +55,11 @@ typedef struct shape {
 
 static const shape shapes[] = {
     {"K B            (adapter, every iteration)", 0, 0, 768, 64, 768},
-    {"[D|KB] W       (adapter, every iteration)", 0, 0, 768, 64, 200},
+    {"[KB|D_t] W     (adapter, every iteration)", 0, 0, 768, 64, 72},
     {"-V A^T         (adapter, every iteration)", 0, 1, 136, 64, 768},
-    {"B^T [D|KB]     (adapter, every iteration)", 1, 0, 64, 200, 768},
+    {"B^T [KB|D_t]   (adapter, every iteration)", 1, 0, 64, 72, 768},
     {"S V            (adapter, every iteration)", 0, 0, 64, 768, 136},
+    {"(AV)^T AV      (adapter, every iteration)", 1, 0, 64, 64, 136},
     {"tau B          (fc1, after training)", 0, 0, 3072, 64, 768},
     {"tau V_p^T      (filter)", 0, 1, 768, 128, 768},
     {"K K            (square)", 0, 0, 768, 768, 768},
