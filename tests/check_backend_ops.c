@@ -343,6 +343,65 @@ START_TEST(test_gemm_small)
 }
 END_TEST
 
+/* Gram products, X^T X and X X^T with A and B the same view (the CPU backend computes one
+ * triangle with ssyrk and mirrors it in 32 x 32 tiles): every entry against float64, and
+ * the result exactly symmetric. Sizes cross the tile edges. */
+START_TEST(test_gemm_gram)
+{
+    static const int sizes[][2] = {{1, 7}, {31, 53}, {33, 300}, {70, 41}, {97, 129}};
+    for (int di = 0; di < ndev(); di++) {
+        nf_device *d = dev_at(di);
+        const char *dn = dev_name(di);
+        for (int si = 0; si < 5; si++)
+            for (int t = 0; t < 2; t++) {
+                int m = sizes[si][0], k = sizes[si][1];
+                mat_store X, C;
+                store_init(&X, t ? m : k, t ? k : m, si & 1, nanf(""));
+                store_init(&C, m, m, 0, 0.0f);
+                for (int r = 0; r < X.rows; r++)
+                    for (int c = 0; c < X.cols; c++)
+                        *at(&X, r, c) = rndf();
+                for (int r = 0; r < m; r++)
+                    for (int c = 0; c < m; c++)
+                        *at(&C, r, c) = nanf("");
+                nf_buffer *bx = dup_(d, X.h, X.total), *bc = dup_(d, C.h, C.total);
+                nf_view vx = {bx, X.off, X.rows, X.cols, X.ld};
+                /* t = 0: C = X^T X (X k x m); t = 1: C = X X^T (X m x k) */
+                nf_gemm_op op = {!t, t, m, m, k, 1.0f, 0.0f, vx, vx,
+                                 {bc, C.off, C.rows, C.cols, C.ld}};
+                nf_error e = {0};
+                int rc = g_be->gemm ? g_be->gemm(d, &op, &e) : NF_E_UNSUPPORTED;
+                if (rc != NF_E_UNSUPPORTED) {
+                    ck_assert_msg(rc == NF_OK, "%s: Gram %dx%d: %s", dn, m, k, e.msg);
+                    ddown(d, bc, C.h, C.total);
+                    for (int i = 0; i < m; i++)
+                        for (int j = 0; j < m; j++) {
+                            double ref = 0, mag = 0;
+                            for (int p = 0; p < k; p++) {
+                                double x = opv(&X, !t, i, p) * opv(&X, !t, j, p);
+                                ref += x;
+                                mag += fabs(x);
+                            }
+                            double got = *at(&C, i, j);
+                            double tol = (4.0 * sqrt((double)k) + 4.0) * EPS32 * mag + 1e-30;
+                            ck_assert_msg(fabs(got - ref) <= tol,
+                                          "%s: Gram %s %dx%d: C[%d][%d] = %.9g, reference %.9g",
+                                          dn, t ? "X X^T" : "X^T X", m, k, i, j, got, ref);
+                            if (!strcmp(g_be->api, "cpu"))
+                                ck_assert_msg(fbits(*at(&C, i, j)) == fbits(*at(&C, j, i)),
+                                              "%s: Gram %dx%d not symmetric at (%d, %d)", dn,
+                                              m, k, i, j);
+                        }
+                }
+                g_be->free(d, bx);
+                g_be->free(d, bc);
+                free(X.h);
+                free(C.h);
+            }
+    }
+}
+END_TEST
+
 /* NF_BACKEND_OPS_QUICK=1 leaves out the large GEMMs and the timing (for valgrind runs) */
 static int quick(const char *what)
 {
@@ -1248,6 +1307,7 @@ typedef struct test_def {
 static const test_def tests[] = {
     /* the first GEMM on PoCL spends 8-12 s compiling CLBlast kernels */
     {"gemm", "test_gemm_small", &test_gemm_small, 600},
+    {"gemm", "test_gemm_gram", &test_gemm_gram, 600},
     {"gemm", "test_gemm_large", &test_gemm_large, 600},
     {"gemm", "test_gemm_throughput", &test_gemm_throughput, 600},
     {"elementwise", "test_axpby", &test_axpby, 120},
