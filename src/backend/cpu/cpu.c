@@ -462,9 +462,12 @@ int nf_cpu_eig_top_krylov(int n, const float *k, int r, const float *x0, int b, 
     double *kd = malloc((size_t)n * KRYLOV_ROWS * sizeof *kd);
     double *vd = malloc(nr * sizeof *vd), *rd = malloc(nr * sizeof *rd);
     lapack_int *isuppz = malloc(2 * (size_t)(r + 1) * sizeof *isuppz);
+    float *rowq = malloc((size_t)n * b * sizeof *rowq);
+    float *rowkq = malloc((size_t)n * b * sizeof *rowkq);
     int rc = NF_E_UNSUPPORTED;
     lapack_int found = 0;
-    if (!q || !kq || !h || !tau || !ev || !z || !v || !kd || !vd || !rd || !isuppz) {
+    if (!q || !kq || !h || !tau || !ev || !z || !v || !kd || !vd || !rd || !isuppz || !rowq ||
+        !rowkq) {
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory in eigen-decomposition");
         goto out;
     }
@@ -473,8 +476,15 @@ int nf_cpu_eig_top_krylov(int n, const float *k, int r, const float *x0, int b, 
         goto out;
     for (int j = 0; j < depth; j++) {
         float *qj = q + (size_t)j * b * n, *kqj = kq + (size_t)j * b * n;
-        cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, b, n, 1.0f, k, n, qj, n, 0.0f,
-                    kqj, n);
+        /* K Q_j through nf_cpu_gemm with the block transposed to n x b row-major: a narrow
+         * product the CPU backend's own kernel takes with K read in place (K symmetric) */
+        for (int c = 0; c < b; c++)
+            for (int i = 0; i < n; i++)
+                rowq[(size_t)i * b + c] = qj[i + (size_t)c * n];
+        nf_cpu_gemm(0, 0, n, b, n, 1.0f, k, n, rowq, b, 0.0f, rowkq, b);
+        for (int c = 0; c < b; c++)
+            for (int i = 0; i < n; i++)
+                kqj[i + (size_t)c * n] = rowkq[(size_t)i * b + c];
         if (j + 1 < depth) {
             float *y = qj + (size_t)b * n;
             memcpy(y, kqj, (size_t)n * (size_t)b * sizeof *y);
@@ -540,6 +550,8 @@ out:
     free(vd);
     free(rd);
     free(isuppz);
+    free(rowq);
+    free(rowkq);
     return rc;
 }
 
