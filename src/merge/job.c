@@ -1,6 +1,7 @@
 /* What a method does with one tensor's job: load inputs as float32, write the output, spill
  * results it needs again in a later pass. */
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -40,6 +41,63 @@ int nf_job_load(nf_job *job, const nf_tensor *t, nf_mat *out)
     rc = nf_la_upload_convert(job->la, out, t->data, t->dtype);
     if (rc)
         nf_la_free(job->la, out);
+    return rc;
+}
+
+/* Host float32 storage of m when the tensors can be read in place: the matrix lives in host
+ * memory (the CPU backend) and t is float32 at a 4-byte aligned address. */
+static float *host_f32(nf_job *job, const nf_mat *m, const nf_tensor *t)
+{
+    float *h = nf_la_host(job->la, m);
+    if (!h || (m->rows > 1 && m->ld != m->cols) || t->dtype != NF_F32 ||
+        ((uintptr_t)t->data & 3u) != 0)
+        return NULL;
+    return h;
+}
+
+int nf_job_load_diff(nf_job *job, const nf_tensor *t, const nf_tensor *s, nf_mat *out)
+{
+    int rows = 0, cols = 0;
+    int rc = nf_job_dims(job, &rows, &cols);
+    if (!rc)
+        rc = nf_la_alloc(job->la, rows, cols, out);
+    if (rc)
+        return rc;
+    float *h = host_f32(job, out, t);
+    if (h && host_f32(job, out, s)) {
+        /* one rounding per element, as the axpby below */
+        const float *a = (const float *)(const void *)t->data;
+        const float *b = (const float *)(const void *)s->data;
+        for (uint64_t i = 0; i < t->numel; i++)
+            h[i] = a[i] - b[i];
+        return NF_OK;
+    }
+    nf_mat tmp;
+    rc = nf_la_upload_convert(job->la, out, t->data, t->dtype);
+    if (!rc && !(rc = nf_job_load(job, s, &tmp))) {
+        rc = nf_la_axpby(job->la, -1.0f, &tmp, 1.0f, out);
+        nf_la_free(job->la, &tmp);
+    }
+    if (rc)
+        nf_la_free(job->la, out);
+    return rc;
+}
+
+int nf_job_add(nf_job *job, const nf_tensor *t, nf_mat *m)
+{
+    float *h = host_f32(job, m, t);
+    if (h) {
+        const float *a = (const float *)(const void *)t->data;
+        for (uint64_t i = 0; i < t->numel; i++)
+            h[i] += a[i];
+        return NF_OK;
+    }
+    nf_mat tmp;
+    int rc = nf_job_load(job, t, &tmp);
+    if (rc)
+        return rc;
+    rc = nf_la_axpby(job->la, 1.0f, &tmp, 1.0f, m);
+    nf_la_free(job->la, &tmp);
     return rc;
 }
 

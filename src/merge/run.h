@@ -122,6 +122,12 @@ struct nf_run {
 
 /* Uploads tensor t of the job as float32 (rows x cols = its 2-D shape, or 1 x numel). */
 int nf_job_load(nf_job *job, const nf_tensor *t, nf_mat *out);
+/* out = t - s (two tensors of the job's shape), rounded once per element as an axpby would.
+ * On the CPU backend with float32 inputs s is subtracted straight from its mapping, without
+ * a converted copy. */
+int nf_job_load_diff(nf_job *job, const nf_tensor *t, const nf_tensor *s, nf_mat *out);
+/* m += t (as float32; read in place on the CPU backend when t is float32). */
+int nf_job_add(nf_job *job, const nf_tensor *t, nf_mat *m);
 /* Reads tensor t as float32 into host memory (malloc'd, numel elements). */
 int nf_job_load_host(nf_job *job, const nf_tensor *t, float **out);
 /* Final pass: the tensor's output values (float32, numel elements, host memory). */

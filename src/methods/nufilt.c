@@ -30,14 +30,14 @@
 #define ADAM_EPS 1e-8
 
 typedef struct mats {
-    nf_mat w0, tau, prev, taup, tv, vt_t, vt_p, v, c, a, b, ma, va, mb, vb, ga, gb, t, av, e, h, te;
+    nf_mat tau, prev, taup, tv, vt_t, vt_p, v, c, a, b, ma, va, mb, vb, ga, gb, t, av, e, h, te;
     nf_mat k, dk, w, sq; /* Gram form (see train) */
     int rv;              /* r_v: columns of C and rows of V that belong to V_t */
 } mats;
 
 static void free_all(nf_la *la, mats *x)
 {
-    nf_mat *all[] = {&x->w0, &x->tau, &x->prev, &x->taup, &x->tv, &x->vt_t, &x->vt_p,
+    nf_mat *all[] = {&x->tau, &x->prev, &x->taup, &x->tv, &x->vt_t, &x->vt_p,
                      &x->v,  &x->c,   &x->a,    &x->b,    &x->ma, &x->va,   &x->mb,
                      &x->vb, &x->ga,  &x->gb,   &x->t,    &x->av, &x->e,    &x->h,
                      &x->te, &x->k,   &x->dk,   &x->w,    &x->sq};
@@ -250,23 +250,17 @@ static int nufilt_tensor(nf_job *job)
     rep->treated = 1;
 
     /* tau = W_task - W_base; prev = W_merged - W_base */
-    if ((rc = nf_job_load(job, job->base, &x.w0)) || (rc = nf_job_load(job, job->task, &x.tau)))
-        goto out;
-    if ((rc = nf_la_axpby(la, -1.0f, &x.w0, 1.0f, &x.tau)))
+    if ((rc = nf_job_load_diff(job, job->task, job->base, &x.tau)))
         goto out;
     if (first && paper) {
         /* the paper's first step: M(1) = theta_0 + tau_1 */
-        rc = nf_la_axpby(la, 1.0f, &x.tau, 1.0f, &x.w0);
+        rc = nf_job_add(job, job->base, &x.tau);
         if (!rc)
-            rc = nf_job_put_mat(job, &x.w0);
+            rc = nf_job_put_mat(job, &x.tau);
         goto out;
     }
-    if (!first) {
-        if ((rc = nf_job_load(job, job->prev, &x.prev)) ||
-            (rc = nf_la_axpby(la, -1.0f, &x.w0, 1.0f, &x.prev)))
-            goto out;
-    }
-    nf_la_free(la, &x.w0);
+    if (!first && (rc = nf_job_load_diff(job, job->prev, job->base, &x.prev)))
+        goto out;
 
     /* V_p and V_t */
     double tol = paper ? p->rank_tol : -1.0;
@@ -357,15 +351,8 @@ static int nufilt_tensor(nf_job *job)
     }
 
     /* W_new = W_merged + tau P + tau B A; W_merged is the base at the first step */
-    {
-        nf_mat w;
-        if ((rc = nf_job_load(job, first ? job->base : job->prev, &w)))
-            goto out;
-        rc = nf_la_axpby(la, 1.0f, &x.taup, 1.0f, &w);
-        if (!rc)
-            rc = nf_job_put_mat(job, &w);
-        nf_la_free(la, &w);
-    }
+    if (!(rc = nf_job_add(job, first ? job->base : job->prev, &x.taup)))
+        rc = nf_job_put_mat(job, &x.taup);
 out:
     free_all(la, &x);
     return rc;
