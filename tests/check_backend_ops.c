@@ -318,6 +318,8 @@ static const int small_shapes[][3] = {
     /* NUFILT's adapter products (136 x 64 x 768, 64 x 200 x 768, 768 x 64 x 200) at prime
      * sizes near them: edges of the 6 x 16 register tiles and of the 256-deep k-blocks */
     {131, 61, 521}, {61, 197, 263}, {257, 67, 199},
+    /* short C with a short inner dimension (S V, 64 x 768 x 136), the own kernel's too */
+    {61, 211, 137}, {7, 769, 5},
 };
 static const float ab[][2] = {{1.0f, 0.0f}, {0.7f, -1.3f}, {-2.0f, 1.0f}, {0.0f, 0.5f}};
 

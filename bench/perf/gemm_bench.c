@@ -60,6 +60,7 @@ static const shape shapes[] = {
     {"B^T [KB|D_t]   (adapter, every iteration)", 1, 0, 64, 72, 768},
     {"S V            (adapter, every iteration)", 0, 0, 64, 768, 136},
     {"(AV)^T AV      (adapter, every iteration)", 1, 0, 64, 64, 136},
+    {"Q (-Y_p^T)^T   (adapter, every iteration)", 0, 1, 64, 128, 64},
     {"tau B          (fc1, after training)", 0, 0, 3072, 64, 768},
     {"tau V_p^T      (filter)", 0, 1, 768, 128, 768},
     {"K K            (square)", 0, 0, 768, 768, 768},

@@ -149,8 +149,9 @@ int nf_cpu_sgemm_available(void)
 
 int nf_cpu_sgemm_suits(int m, int n, int k)
 {
-    (void)m, (void)k;
-    return n <= 64 && nf_cpu_sgemm_available();
+    /* a narrow C, or a short one with a short inner dimension (S V in the adapter: A stays in
+     * L1 while B streams through); OpenBLAS keeps short products with a long k */
+    return (n <= 64 || (m <= 64 && k <= 256)) && nf_cpu_sgemm_available();
 }
 
 int nf_cpu_sgemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,

@@ -9,8 +9,9 @@
 int nf_cpu_sgemm_available(void);
 
 /* 1 when nf_cpu_sgemm is available and faster than OpenBLAS for an m x n x k product: a
- * narrow C (n <= 64), as NUFILT's adapter computes 50 times per matrix (K B, [D | K B] W).
- * OpenBLAS stays ahead once C is wide, and on short-and-wide products such as B^T [D | K B]
+ * narrow C (n <= 64), as NUFILT's adapter computes 50 times per matrix (K B, [K B | D_t] W),
+ * or a short C with a short inner dimension (m <= 64, k <= 256: S V). OpenBLAS stays ahead
+ * once C is wide and deep, and on short products with a long k such as B^T [K B | D_t]
  * (bench/perf/gemm_bench.c measures both). */
 int nf_cpu_sgemm_suits(int m, int n, int k);
 
