@@ -1,5 +1,9 @@
 /* The linear-algebra layer on the CPU backend against float64 references written here:
  * a one-sided Jacobi SVD, plain triple loops, and the Adam formula in double. */
+#include <float.h>
+#include <lapacke.h>
+
+#include "backend/cpu/bisect.h"
 #include "backend/devices.h"
 #include "linalg/la.h"
 #include "testutil.h"
@@ -340,6 +344,81 @@ START_TEST(test_eig_krylov)
 }
 END_TEST
 
+/* The vectorised bisection behind --svd fast's eigen-solve (backend/cpu/bisect.c), against
+ * LAPACK's dstebz in double on the same tridiagonal matrices: every returned eigenvalue
+ * within half a float32 ulp (it is computed in double, then rounded) plus 1e-12 |T|.
+ * Loop index: 0 random, 1 graded (eigenvalues over 15 orders of magnitude), 2 Wilkinson's
+ * W21+ (its top eigenvalues come in pairs 1e-13 apart), 3 two entries. Then a matrix that
+ * splits must be declined (it goes to sstebz). */
+START_TEST(test_tridiag_bisection)
+{
+    static const int ns[] = {300, 200, 21, 2}, rs[] = {40, 200, 6, 1};
+    int n = ns[_i], r = rs[_i];
+    float d[300], e[300], w[300];
+    double dd[300], ed[300], ref[300];
+    uint64_t st = 7 + (uint64_t)_i;
+    for (int j = 0; j < n; j++) {
+        if (_i == 0) {
+            d[j] = (float)tu_normal(&st);
+            e[j] = (float)tu_normal(&st);
+        } else if (_i == 1) {
+            d[j] = (float)pow(10.0, -15.0 * j / n);
+            e[j] = 0.01f * d[j];
+        } else if (_i == 2) {
+            d[j] = (float)abs(10 - j);
+            e[j] = 1.0f;
+        } else {
+            d[j] = j ? -1.0f : 3.0f;
+            e[j] = 0.5f;
+        }
+        dd[j] = d[j];
+        ed[j] = e[j];
+    }
+    ck_assert_int_eq(nf_cpu_tridiag_top(n, d, e, r, w), 0);
+    lapack_int m = 0, nsplit = 0, iblock[300], isplit[300];
+    ck_assert_int_eq(LAPACKE_dstebz('I', 'E', n, 0.0, 0.0, n - r + 1, n, 0.0, dd, ed, &m, &nsplit,
+                                    ref, iblock, isplit),
+                     0);
+    ck_assert_int_eq(m, r);
+    double tn = 0;
+    for (int j = 0; j < n; j++)
+        tn = fmax(tn, fabs(dd[j]) + 2 * fabs(ed[j]));
+    for (int j = 0; j < r; j++)
+        ck_assert_msg(fabs(w[j] - ref[j]) <= 0.5 * FLT_EPSILON * fabs(ref[j]) + 1e-12 * tn,
+                      "case %d: eigenvalue %d of the top %d: %.9g, dstebz %.17g", _i, j, r,
+                      (double)w[j], ref[j]);
+    /* a negligible off-diagonal entry splits the matrix: declined */
+    e[n / 2 > 0 ? n / 2 - 1 : 0] = 0.0f;
+    ck_assert_int_eq(nf_cpu_tridiag_top(n, d, e, r, w), 1);
+}
+END_TEST
+
+/* The dense top-r eigen-solve of --svd fast on a matrix whose tridiagonal form splits (two
+ * diagonal blocks): bisection declines, sstebz's eigenvalues come grouped by block and are
+ * sorted; values and vectors against the construction. */
+START_TEST(test_eig_top_split)
+{
+    int n = 40, r = 12;
+    float *k = calloc((size_t)n * n, sizeof *k), w[12], *vt = malloc(sizeof(float) * r * n);
+    /* block 1 (rows 0..19): diag(1..20) / 20; block 2: diag(1.5, 2.5, ...) / 20 */
+    for (int i = 0; i < n; i++)
+        k[i * n + i] = (float)((i < 20 ? i + 1.0 : i - 20 + 1.5) / 20.0);
+    nf_error err = {0};
+    ck_assert_int_eq(nf_cpu_eig_top(n, k, r, w, vt, n, &err), NF_OK);
+    for (int j = 0; j < r; j++) {
+        double want = (20.5 - 0.5 * j) / 20.0;
+        ck_assert_msg(fabs(w[j] - want) < 1e-6, "eigenvalue %d: %g, want %g", j, (double)w[j],
+                      want);
+        /* its vector is the coordinate axis of that diagonal entry */
+        int axis = j % 2 == 0 ? 20 + (19 - j / 2) : 19 - j / 2;
+        ck_assert_msg(fabs(fabs(vt[j * n + axis]) - 1.0) < 1e-5, "vector %d not axis %d", j,
+                      axis);
+    }
+    free(k);
+    free(vt);
+}
+END_TEST
+
 START_TEST(test_gemm_views)
 {
     /* C (sub-view with ld) = alpha op(A) op(B) + beta C, every transpose, against loops */
@@ -463,6 +542,8 @@ int main(void)
     tcase_add_loop_test(tc, test_svd_rank_tolerance, 0, 6);
     tcase_add_loop_test(tc, test_svd_other_modes_vs_exact, 0, 6);
     tcase_add_loop_test(tc, test_eig_krylov, 0, 2);
+    tcase_add_loop_test(tc, test_tridiag_bisection, 0, 4);
+    tcase_add_test(tc, test_eig_top_split);
     tcase_add_test(tc, test_gemm_views);
     tcase_add_test(tc, test_adam_pytorch_semantics);
     tcase_add_test(tc, test_qr_dot_axpby);

