@@ -45,8 +45,11 @@ NF_AVX2 static void sturm16(int n, const double *d, const double *e2, double piv
     }
     for (int j = 0;; j++) {
         for (int v = 0; v < 4; v++) {
-            q[v] = _mm256_blendv_pd(q[v], npiv, _mm256_cmp_pd(_mm256_and_pd(q[v], absmask), piv, _CMP_LT_OQ));
-            c[v] = _mm256_sub_epi64(c[v], _mm256_castpd_si256(_mm256_cmp_pd(q[v], zero, _CMP_LE_OQ)));
+            /* |q| < pivmin -> -pivmin; then count q <= 0 (a mask of -1s subtracted) */
+            __m256d tiny = _mm256_cmp_pd(_mm256_and_pd(q[v], absmask), piv, _CMP_LT_OQ);
+            q[v] = _mm256_blendv_pd(q[v], npiv, tiny);
+            __m256d neg = _mm256_cmp_pd(q[v], zero, _CMP_LE_OQ);
+            c[v] = _mm256_sub_epi64(c[v], _mm256_castpd_si256(neg));
         }
         if (j + 1 >= n)
             break;
@@ -98,7 +101,7 @@ int nf_cpu_tridiag_top(int n, const float *d, const float *e, int r, float *w)
     const double atoli = DBL_EPSILON * tnorm, rtoli = RELFAC * DBL_EPSILON;
     for (int t0 = 0; t0 < r; t0 += LANES) {
         double lo[LANES], hi[LANES], mid[LANES];
-        int want[LANES], cnt[LANES], live = 0;
+        int want[LANES], cnt[LANES], open[LANES], live = 0;
         for (int l = 0; l < LANES; l++) {
             int t = t0 + l < r ? t0 + l : r - 1;
             want[l] = n - r + 1 + t;
@@ -106,19 +109,19 @@ int nf_cpu_tridiag_top(int n, const float *d, const float *e, int r, float *w)
             hi[l] = gu;
         }
         for (int it = 0; it < 400; it++) {
+            /* an interval narrower than sstebz's tolerance is done (frozen) */
             live = 0;
             for (int l = 0; l < LANES; l++) {
                 double tol = fmax(fmax(atoli, pivmin), rtoli * fmax(fabs(lo[l]), fabs(hi[l])));
-                if (hi[l] - lo[l] > tol)
-                    live = 1;
+                open[l] = hi[l] - lo[l] > tol;
+                live |= open[l];
                 mid[l] = 0.5 * (lo[l] + hi[l]);
             }
             if (!live)
                 break;
             sturm16(n, dd, e2, pivmin, mid, cnt);
             for (int l = 0; l < LANES; l++) {
-                double tol = fmax(fmax(atoli, pivmin), rtoli * fmax(fabs(lo[l]), fabs(hi[l])));
-                if (hi[l] - lo[l] <= tol)
+                if (!open[l])
                     continue;
                 if (cnt[l] >= want[l])
                     hi[l] = mid[l];

@@ -401,10 +401,10 @@ int nf_cpu_eig_top(int n, float *k, int r, float *w, float *vt, int ldvt, nf_err
     float *ev = malloc((size_t)n * sizeof *ev);
     float *z = malloc((size_t)n * (size_t)r * sizeof *z);
     float *d = malloc((size_t)n * sizeof *d), *e = malloc((size_t)n * sizeof *e);
-    float *de = malloc(2 * (size_t)n * sizeof *de), *tau = malloc((size_t)n * sizeof *tau);
-    lapack_int *iw = malloc((3 * (size_t)n + 2 * (size_t)r + 2) * sizeof *iw);
+    float *tau = malloc((size_t)n * sizeof *tau);
+    lapack_int *iw = malloc(4 * (size_t)n * sizeof *iw); /* iblock, isplit, ifail, iwork */
     float *work = NULL;
-    if (!ev || !z || !d || !e || !de || !tau || !iw) {
+    if (!ev || !z || !d || !e || !tau || !iw) {
         info = -1;
         goto done;
     }
@@ -440,28 +440,21 @@ int nf_cpu_eig_top(int n, float *k, int r, float *w, float *vt, int ldvt, nf_err
         goto done;
     }
     info = LAPACKE_ssytrd_work(LAPACK_COL_MAJOR, 'L', n, k, n, d, e, tau, work, lwork);
-    lapack_int *iblock = iw, *isplit = iw + n, *ifail = iw + 2 * n, *iw5 = iw + 3 * n;
-    (void)iw5;
+    lapack_int *iblock = iw, *isplit = iw + n, *ifail = iw + 2 * n, *iwork = iw + 3 * n;
     if (info == 0) {
         if (nf_cpu_tridiag_top(n, d, e, r, ev) == 0) {
             found = r;
             for (int j = 0; j < r; j++)
                 iblock[j] = 1;
             isplit[0] = n;
-        } else {
-            memcpy(de, d, (size_t)n * sizeof *d);
-            memcpy(de + n, e, (size_t)n * sizeof *e);
-            info = LAPACKE_sstebz('I', 'B', n, 0.0f, 0.0f, n - r + 1, n, 0.0f, de, de + n,
-                                  &found, &nsplit, ev, iblock, isplit);
+        } else { /* d and e are read-only to sstebz and sstein */
+            info = LAPACKE_sstebz('I', 'B', n, 0.0f, 0.0f, n - r + 1, n, 0.0f, d, e, &found,
+                                  &nsplit, ev, iblock, isplit);
         }
     }
-    if (info == 0 && found == r) {
-        lapack_int *iwork = malloc((size_t)n * sizeof *iwork);
-        info = iwork ? LAPACKE_sstein_work(LAPACK_COL_MAJOR, n, d, e, found, ev, iblock, isplit,
-                                           z, n, work, iwork, ifail)
-                     : -1;
-        free(iwork);
-    }
+    if (info == 0 && found == r)
+        info = LAPACKE_sstein_work(LAPACK_COL_MAJOR, n, d, e, found, ev, iblock, isplit, z, n,
+                                   work, iwork, ifail);
     if (info == 0 && found == r)
         info = LAPACKE_sormtr_work(LAPACK_COL_MAJOR, 'L', 'L', 'N', n, r, k, n, tau, z, n, work,
                                    lwork);
@@ -495,7 +488,6 @@ done:
     free(z);
     free(d);
     free(e);
-    free(de);
     free(tau);
     free(iw);
     free(work);
