@@ -523,8 +523,9 @@ static int orth_block(int n, int b, const float *q, int c, float *y, float *proj
  * Davis-Kahan sin-theta bound, the gap theta_r - theta_(r+1) taken from the Ritz values) by
  * 1e-3; a dense float32 solver (ssyevr) is off by 7e-4 on NUFILT's V_t of the generated
  * ViT task vectors (docs/performance.md). Otherwise NF_E_UNSUPPORTED (nothing written): the
- * caller solves densely. About 2 (depth + 1) n^2 b flops of GEMM instead of the O(n^3) tridiagonal reduction: worth it
- * for a few vectors of a matrix whose spectrum decays (NUFILT's V_t). */
+ * caller solves densely. About 2 (depth + 1) n^2 b flops of GEMM instead of the O(n^3)
+ * tridiagonal reduction: worth it for a few vectors of a matrix whose spectrum decays
+ * (NUFILT's V_t). */
 int nf_cpu_eig_top_krylov(int n, const float *k, int r, const float *x0, int b, int depth,
                           float *w, float *vt, int ldvt, nf_error *err)
 {
