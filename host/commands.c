@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/util.h"
 #include "progress.h"
 
 static int fail(const nf_error *e)
@@ -87,24 +88,36 @@ int cmd_merge(cli *c)
     return 0;
 }
 
-/* Prints a string from a model file (a metadata key or value): at most max bytes, control
- * characters (C0, DEL, C1) written as \xNN so that a file cannot drive the terminal. */
-static void put_clean(const char *s, size_t max)
+/* Prints a string from a model file (a tensor name, a metadata key or value): at most max
+ * bytes, control characters (C0, DEL, C1) written as \xNN and invisible or reordering ones
+ * (U+202E RIGHT-TO-LEFT OVERRIDE, zero-width characters, ...) as \uXXXX, so that a file can
+ * neither drive the terminal nor disguise a name. Returns the columns printed, roughly. */
+static int put_clean(const char *s, size_t max)
 {
     const unsigned char *u = (const unsigned char *)s;
-    size_t i = 0;
+    size_t n = strlen(s), i = 0;
+    int cols = 0;
     for (; u[i] && i < max; i++) {
+        uint32_t cp;
+        size_t il = nf_utf8_invisible(s + i, n - i, &cp);
+        if (il) {
+            cols += printf(cp > 0xFFFF ? "\\U%08x" : "\\u%04x", (unsigned)cp);
+            i += il - 1;
+            continue;
+        }
         int c1 = u[i] == 0xC2 && u[i + 1] >= 0x80 && u[i + 1] <= 0x9F;
         if (u[i] < 0x20 || u[i] == 0x7F || c1) {
-            printf("\\x%02x", u[i]);
+            cols += printf("\\x%02x", u[i]);
             if (c1)
-                printf("\\x%02x", u[++i]);
+                cols += printf("\\x%02x", u[++i]);
         } else {
             putchar(u[i]);
+            cols += (u[i] & 0xC0) != 0x80;
         }
     }
     if (u[i])
-        printf("...");
+        cols += printf("...");
+    return cols;
 }
 
 static void human(double b, char *buf, size_t n)
@@ -215,8 +228,10 @@ int cmd_inspect(cli *c)
                                   ti.shape[d]);
         if (o < sizeof shape)
             snprintf(shape + o, sizeof shape - o, "]");
-        printf("  %-*s  %-5s  %-18s %s\n", width, ti.name, nf_dtype_name(ti.dtype), shape,
-               tr && tr[i] ? "treated" : "-");
+        printf("  ");
+        int cols = put_clean(ti.name, 4096);
+        printf("%*s  %-5s  %-18s %s\n", cols < width ? width - cols : 0, "",
+               nf_dtype_name(ti.dtype), shape, tr && tr[i] ? "treated" : "-");
     }
     free(tr);
     nf_model_close(m);

@@ -219,3 +219,44 @@ int nf_mkdirs(const char *path)
     free(p);
     return rc;
 }
+
+/* Unicode format characters (general category Cf: bidirectional overrides and isolates,
+ * zero-width characters, the byte-order mark, invisible operators, tags) and the line and
+ * paragraph separators: invisible, or reordering what a terminal shows around them. */
+static int invisible_code_point(uint32_t c)
+{
+    static const uint32_t ranges[][2] = {
+        {0x00AD, 0x00AD},   {0x0600, 0x0605},   {0x061C, 0x061C},   {0x06DD, 0x06DD},
+        {0x070F, 0x070F},   {0x0890, 0x0891},   {0x08E2, 0x08E2},   {0x180E, 0x180E},
+        {0x200B, 0x200F},   {0x2028, 0x202E},   {0x2060, 0x2064},   {0x2066, 0x206F},
+        {0xFEFF, 0xFEFF},   {0xFFF9, 0xFFFB},   {0x110BD, 0x110BD}, {0x110CD, 0x110CD},
+        {0x13430, 0x1343F}, {0x1BCA0, 0x1BCA3}, {0x1D173, 0x1D17A}, {0xE0001, 0xE0001},
+        {0xE0020, 0xE007F},
+    };
+    for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++)
+        if (c >= ranges[i][0] && c <= ranges[i][1])
+            return 1;
+    return 0;
+}
+
+size_t nf_utf8_invisible(const char *s, size_t n, uint32_t *cp)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    if (n == 0 || u[0] < 0xC2 || u[0] > 0xF4)
+        return 0;
+    size_t len = u[0] < 0xE0 ? 2 : u[0] < 0xF0 ? 3 : 4;
+    if (len > n)
+        return 0;
+    uint32_t c = u[0] & (len == 2 ? 0x1F : len == 3 ? 0x0F : 0x07);
+    for (size_t i = 1; i < len; i++) {
+        if ((u[i] & 0xC0) != 0x80)
+            return 0;
+        c = (c << 6) | (u[i] & 0x3F);
+    }
+    if ((len == 3 && c < 0x800) || (len == 4 && c < 0x10000))
+        return 0; /* overlong */
+    if (!invisible_code_point(c))
+        return 0;
+    *cp = c;
+    return len;
+}

@@ -38,6 +38,12 @@ static inline int nf_add_u64(uint64_t a, uint64_t b, uint64_t *out)
 
 double nf_now(void); /* monotonic seconds */
 
+/* If the n bytes at s start with the UTF-8 form of an invisible or reordering character (a
+ * Unicode format character such as U+202E RIGHT-TO-LEFT OVERRIDE, or U+2028/U+2029): its
+ * length in bytes, and the code point in *cp; else 0. Messages and `nufilt inspect` write
+ * such characters as \uXXXX so that a name cannot disguise itself or what follows it. */
+size_t nf_utf8_invisible(const char *s, size_t n, uint32_t *cp);
+
 char *nf_strdup(const char *s);
 char *nf_strndup(const char *s, size_t n);
 char *nf_path_join(const char *dir, const char *name);

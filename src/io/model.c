@@ -187,12 +187,19 @@ int nf_st_parse(nf_model *m, int s, nf_error *err)
     for (int i = 7; i >= 0; i--)
         hlen = (hlen << 8) | sh->map[i];
     uint64_t avail = sh->size - 8;
+    /* Another kind of file (a config.json, a text file, a shard linked to /etc/passwd) reads
+     * as an absurd length and no JSON object after it: say what it is not, without the
+     * number, which would print the file's first 8 bytes */
+    if ((hlen > NF_MAX_HEADER_BYTES || hlen > avail) && (sh->size < 9 || sh->map[8] != '{'))
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: not a safetensors file (it does not start with a header "
+                            "length and a JSON header)",
+                            path);
     if (hlen == 0)
         return nf_error_set(err, NF_E_FORMAT, "%s: bad header: header length is 0", path);
     if (hlen > NF_MAX_HEADER_BYTES)
         return nf_error_set(err, NF_E_FORMAT,
-                            "%s: bad header: header length %llu exceeds the 100 MB limit", path,
-                            (unsigned long long)hlen);
+                            "%s: bad header: header length exceeds the 100 MB limit", path);
     if (hlen > avail)
         return nf_error_set(err, NF_E_FORMAT,
                             "%s: truncated file: header length %llu runs past the end of the "
