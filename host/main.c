@@ -73,19 +73,57 @@ static void help_command(const char *cmd)
     }
 }
 
-/* SIGINT, SIGTERM, SIGHUP: remove the temporary outputs, then die of the signal as if
- * unhandled (the shell sees 130, 143, ...). SIGBUS: an input was memory-mapped and another
- * process truncated it during the run; say so instead of a bare "Bus error". Only
- * async-signal-safe calls here. */
+/* Every signal whose default action ends the process, and that a program may catch, except
+ * the faults a bug raises (SIGSEGV, SIGILL, SIGFPE, SIGABRT, SIGTRAP, SIGSYS: left to their
+ * default, a core dump, and to sanitizers). SIGBUS is in: a memory-mapped input truncated
+ * by another process raises it, and that is explained. */
+static const struct {
+    int sig;
+    const char *name;
+} cleanup_signals[] = {
+    {SIGINT, "SIGINT"},   {SIGTERM, "SIGTERM"},     {SIGHUP, "SIGHUP"},   {SIGQUIT, "SIGQUIT"},
+    {SIGALRM, "SIGALRM"}, {SIGVTALRM, "SIGVTALRM"}, {SIGPROF, "SIGPROF"}, {SIGUSR1, "SIGUSR1"},
+    {SIGUSR2, "SIGUSR2"}, {SIGXCPU, "SIGXCPU"},     {SIGPOLL, "SIGPOLL"}, {SIGPWR, "SIGPWR"},
+#ifdef SIGSTKFLT
+    {SIGSTKFLT, "SIGSTKFLT"},
+#endif
+    {SIGBUS, "SIGBUS"},
+};
+enum { NCLEANUP = sizeof cleanup_signals / sizeof cleanup_signals[0] };
+
+static void say(const char *s)
+{
+    ssize_t r = write(2, s, strlen(s)); /* stderr may be closed: nothing to do then */
+    (void)r;
+}
+
+/* Removes the temporary outputs, says which signal stopped the run, then dies of the signal
+ * as if unhandled (the shell sees 128 + its number). A signal that arrives after the commit
+ * finds no temporary and leaves the complete output. Only async-signal-safe calls here. */
 static void on_signal(int sig)
 {
     nf_cleanup_temporaries();
     if (sig == SIGBUS) {
-        static const char msg[] =
-            "nufilt: error: bus error reading a memory-mapped input: a model file was truncated "
-            "by another process during the run (or the disk failed); no output was written\n";
-        ssize_t r = write(2, msg, sizeof msg - 1);
-        (void)r;
+        say("nufilt: error: bus error reading a memory-mapped input: a model file was "
+            "truncated by another process during the run (or the disk failed); no output was "
+            "written\n");
+    } else {
+        const char *name = NULL;
+        for (int i = 0; i < NCLEANUP; i++)
+            if (cleanup_signals[i].sig == sig)
+                name = cleanup_signals[i].name;
+        char rt[16] = "SIGRTMIN+";
+        if (!name) { /* a real-time signal */
+            int n = sig - SIGRTMIN, o = 9;
+            if (n >= 10)
+                rt[o++] = (char)('0' + n / 10);
+            rt[o++] = (char)('0' + n % 10);
+            rt[o] = '\0';
+            name = rt;
+        }
+        say("nufilt: stopped by ");
+        say(name);
+        say("; temporary files removed\n");
     }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -95,17 +133,28 @@ static void on_signal(int sig)
     raise(sig); /* delivered when the handler returns (a SIGBUS fault recurs), now fatal */
 }
 
+/* The handlers above for every terminating signal, real-time ones included; SIGPIPE and
+ * SIGXFSZ ignored, so that a write to a closed pipe (stderr gone while the progress bar
+ * prints) or past `ulimit -f` fails with EPIPE or EFBIG, which the writer reports naming the
+ * file (and a run that has committed still ends with status 0). A signal ignored when nufilt
+ * starts (nohup, a shell's background job) stays ignored. */
 static void install_handlers(void)
 {
-    static const int sigs[] = {SIGINT, SIGTERM, SIGHUP, SIGBUS};
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
-        sigaddset(&sa.sa_mask, sigs[i]); /* one handler at a time */
-    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
-        sigaction(sigs[i], &sa, NULL);
+    sigfillset(&sa.sa_mask); /* one handler at a time, and nothing else meanwhile */
+    sigdelset(&sa.sa_mask, SIGSEGV);
+    sigdelset(&sa.sa_mask, SIGBUS);
+    for (int i = 0; i < NCLEANUP + (SIGRTMAX - SIGRTMIN + 1); i++) {
+        int sig = i < NCLEANUP ? cleanup_signals[i].sig : SIGRTMIN + (i - NCLEANUP);
+        struct sigaction old;
+        if (sigaction(sig, NULL, &old) == 0 && old.sa_handler == SIG_IGN && sig != SIGBUS)
+            continue;
+        sigaction(sig, &sa, NULL);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN);
 }
 
 int main(int argc, char **argv)

@@ -24,9 +24,10 @@ static const nf_backend *const all_backends[] = {
  * truncated input), and two threads faulting at once then died of the default action. Every
  * call into drivers from here runs between driver_guard_begin and _end, which put the
  * process's dispositions back as they were. */
-static const int guarded_signals[] = {SIGHUP,  SIGINT,  SIGQUIT, SIGILL,  SIGTRAP, SIGABRT,
-                                      SIGBUS,  SIGFPE,  SIGSEGV, SIGPIPE, SIGTERM, SIGUSR2,
-                                      SIGXCPU, SIGXFSZ, SIGSYS};
+static const int guarded_signals[] = {SIGHUP,  SIGINT,  SIGQUIT,   SIGILL,  SIGTRAP, SIGABRT,
+                                      SIGBUS,  SIGFPE,  SIGSEGV,   SIGPIPE, SIGTERM, SIGUSR1,
+                                      SIGUSR2, SIGXCPU, SIGXFSZ,   SIGSYS,  SIGALRM, SIGPROF,
+                                      SIGPOLL, SIGPWR,  SIGVTALRM};
 enum { NGUARDED = sizeof guarded_signals / sizeof guarded_signals[0] };
 
 typedef struct driver_guard {
