@@ -27,7 +27,8 @@ static const opt opts[] = {
      "output: PATH.safetensors is written as one file, any other PATH as a Hugging Face "
      "directory (with the base's config and tokenizer files copied)"},
     {"save-steps", "DIR", CMD_MERGE, K_SPECIAL,
-     "also keep the model after every step as DIR/stepNN[.safetensors]"},
+     "also keep the model after every step as DIR/stepNN[.safetensors] (DIR may hold OUT, "
+     "not be inside it or an input)"},
     {"method", "NAME", CMD_RUN, K_SPECIAL,
      "nufilt, wa, ta, ties, magmax, opcm, wudi, isoc or tsvm (`nufilt methods`) [nufilt]"},
     {"null-rank", "N", CMD_RUN, K_INT, "nufilt: r_p, rank of the null-space filter [128]"},
@@ -58,7 +59,10 @@ static const opt opts[] = {
      "each tensor's dtype in the base]"},
     {"out-shard-size", "SIZE", CMD_RUN, K_SIZE,
      "directory output: start a new shard past SIZE (e.g. 2GB, 500MB) [the base's layout]"},
-    {"force", NULL, CMD_RUN, K_FLAG, "replace an existing output"},
+    {"force", NULL, CMD_RUN, K_FLAG,
+     "replace an existing output, report or saved step, if it is nufilt's kind: a safetensors "
+     "file, a directory holding only safetensors weights, their index, README.md and files the "
+     "base directory also has, a JSON report (never an input; see docs/security.md)"},
     {"allow-nonfinite", NULL, CMD_RUN, K_FLAG, "merge task models that hold NaN or Inf"},
     {"device", "LIST", CMD_RUN, K_STR,
      "compute devices: auto, cpu, opencl:N, vulkan:N or a comma list (`nufilt devices`) "
@@ -79,7 +83,8 @@ static const opt opts[] = {
      "once, and a tensor that alone needs more is an error [no cap]"},
     {"report", "FILE", CMD_RUN, K_STR,
      "write a JSON report: per treated tensor the ranks used, the energy the filter removed, "
-     "the adapter's objective before and after, the time"},
+     "the adapter's objective before and after, the time. Written before OUT is committed, "
+     "moved into place after; an existing FILE is replaced only with --force"},
     {"quiet", NULL, CMD_RUN, K_FLAG, "print nothing but errors"},
     {"progress", NULL, CMD_RUN, K_SPECIAL,
      "progress bar on standard error (--no-progress) [on when standard error is a terminal]"},

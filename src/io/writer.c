@@ -15,14 +15,19 @@
 
 #include "../core/util.h"
 #include "dtype.h"
+#include "outpath.h"
 
 #define HEADER_RESERVE 4096 /* room for metadata that changes before commit */
 #define CHUNK_ELEMS (1u << 18)
+/* Shards of a directory output kept open at once: the others are reopened when written, so
+ * that 20 shards need no more descriptors than 4 (a low `ulimit -n` stays enough). */
+#define MAX_OPEN_FILES 4
 
 typedef struct out_file {
     char *final_name;    /* name inside the destination directory (dir mode) */
     char *tmp_path;      /* where it is being written */
-    int fd;
+    int fd;              /* -1 while closed (see MAX_OPEN_FILES) */
+    int refs;            /* writes in flight through fd */
     uint64_t hdr_len;    /* reserved header length (multiple of 8) */
     uint64_t data_size;
     size_t *members;     /* tensor indices in data order */
@@ -40,6 +45,8 @@ struct nf_writer {
     nf_kv *meta;
     size_t nmeta;
     int registered;
+    pthread_mutex_t fd_lock; /* guards the files' fd, refs, and nopen */
+    size_t nopen;
 };
 
 /* Temporary paths to remove if the process is interrupted: a fixed table so that a signal
@@ -87,15 +94,19 @@ static mode_t current_umask(void)
     return (mode_t)(mask & 0777);
 }
 
-/* Blocks the signals whose handler removes temporaries, so that a temporary is never created
- * without being registered (or removed without being unregistered). */
+/* Blocks the signals whose handler removes temporaries (every asynchronous one a program may
+ * catch: SIGINT, SIGTERM, SIGQUIT, SIGALRM, SIGUSR1, ...), so that a temporary is never
+ * created without being registered (or removed without being unregistered). Faults (SIGBUS,
+ * SIGSEGV, SIGILL, SIGFPE) stay unblocked: blocking them would kill without a handler. */
 static void block_cleanup_signals(sigset_t *old)
 {
     sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
+    sigfillset(&set);
+    sigdelset(&set, SIGBUS);
+    sigdelset(&set, SIGSEGV);
+    sigdelset(&set, SIGILL);
+    sigdelset(&set, SIGFPE);
+    sigdelset(&set, SIGTRAP);
     pthread_sigmask(SIG_BLOCK, &set, old);
 }
 
@@ -116,6 +127,29 @@ char *nf_tmp_mkdtemp(char *tmpl)
     errno = e;
     return d;
 }
+
+static char *tmp_template(const char *out);
+
+int nf_tmp_mkstemp(char *tmpl)
+{
+    sigset_t oldmask;
+    block_cleanup_signals(&oldmask);
+    int fd = mkostemp(tmpl, O_CLOEXEC);
+    int e = errno;
+    if (fd >= 0 && nf_tmp_register(tmpl, 0) < 0) {
+        close(fd);
+        unlink(tmpl);
+        fd = -1;
+        e = EMFILE;
+    }
+    restore_signals(&oldmask);
+    if (fd >= 0)
+        fchmod(fd, 0666 & ~current_umask());
+    errno = e;
+    return fd;
+}
+
+char *nf_tmp_template(const char *path) { return tmp_template(path); }
 
 void nf_tmp_unregister(const char *path)
 {
@@ -327,6 +361,42 @@ static int write_all(int fd, const void *buf, size_t len, uint64_t off)
     return 0;
 }
 
+/* The descriptor of f, reopened if it was closed to stay within MAX_OPEN_FILES (closing
+ * another file with no write in flight); release it with file_release. -1 with errno set. */
+static int file_acquire(nf_writer *w, out_file *f)
+{
+    pthread_mutex_lock(&w->fd_lock);
+    if (f->fd < 0) {
+        for (size_t k = 0; k < w->nfiles && w->nopen >= MAX_OPEN_FILES; k++) {
+            out_file *g = &w->files[k];
+            if (g->fd >= 0 && g->refs == 0) {
+                close(g->fd); /* a write error is kept for the fsync at the commit */
+                g->fd = -1;
+                w->nopen--;
+            }
+        }
+        f->fd = open(f->tmp_path, O_RDWR | O_CLOEXEC);
+        if (f->fd < 0) {
+            int e = errno;
+            pthread_mutex_unlock(&w->fd_lock);
+            errno = e;
+            return -1;
+        }
+        w->nopen++;
+    }
+    f->refs++;
+    int fd = f->fd;
+    pthread_mutex_unlock(&w->fd_lock);
+    return fd;
+}
+
+static void file_release(nf_writer *w, out_file *f)
+{
+    pthread_mutex_lock(&w->fd_lock);
+    f->refs--;
+    pthread_mutex_unlock(&w->fd_lock);
+}
+
 static int write_header(nf_writer *w, out_file *f, uint64_t pad_to, nf_error *err)
 {
     nf_sb sb = {0};
@@ -343,8 +413,12 @@ static int write_header(nf_writer *w, out_file *f, uint64_t pad_to, nf_error *er
     unsigned char len8[8];
     for (int i = 0; i < 8; i++)
         len8[i] = (unsigned char)((uint64_t)sb.len >> (8 * i));
-    if (write_all(f->fd, len8, 8, 0) || write_all(f->fd, sb.s, sb.len, 8)) {
-        int e = errno;
+    int fd = file_acquire(w, f);
+    int bad = fd < 0 || write_all(fd, len8, 8, 0) || write_all(fd, sb.s, sb.len, 8);
+    int e = errno;
+    if (fd >= 0)
+        file_release(w, f);
+    if (bad) {
         nf_sb_free(&sb);
         return nf_error_set(err, NF_E_IO, "%s: write failed: %s", w->out, strerror(e));
     }
@@ -527,18 +601,18 @@ void nf_writer_abort(nf_writer *w)
     free(w->offset_of);
     set_meta(w, NULL, 0);
     free(w->out);
+    pthread_mutex_destroy(&w->fd_lock);
     free(w);
 }
 
 int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
 {
     *out = NULL;
-    if (nf_exists(a->out) && !a->force)
-        return nf_error_set(err, NF_E_EXISTS, "%s: output exists (use --force to replace it)",
-                            a->out);
-    if (nf_exists(a->out) && a->as_dir != nf_is_dir(a->out))
-        return nf_error_set(err, NF_E_EXISTS, "%s: exists and is %s; refusing to replace it",
-                            a->out, nf_is_dir(a->out) ? "a directory" : "not a directory");
+    int rc = nf_outpath_replaceable(a->out, a->what ? a->what : "--out",
+                                    a->as_dir ? NF_OUT_DIR : NF_OUT_FILE, a->copy_from_dir,
+                                    a->force, err);
+    if (rc)
+        return rc;
     if (a->nmeta > NF_MAX_METADATA_ENTRIES)
         return nf_error_set(err, NF_E_LIMIT,
                             "%s: the output's metadata would have %zu entries (the base's and "
@@ -552,11 +626,11 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
     nf_writer *w = calloc(1, sizeof *w);
     if (!w)
         return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    pthread_mutex_init(&w->fd_lock, NULL);
     w->a = *a;
     w->out = nf_strdup(a->out);
     w->file_of = calloc(a->ntensors ? a->ntensors : 1, sizeof *w->file_of);
     w->offset_of = calloc(a->ntensors ? a->ntensors : 1, sizeof *w->offset_of);
-    int rc = NF_OK;
     if (!w->out || !w->file_of || !w->offset_of || set_meta(w, a->meta, a->nmeta)) {
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
         goto fail;
@@ -656,13 +730,15 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
                 rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
                 goto fail;
             }
-            w->files[f].fd = open(w->files[f].tmp_path,
-                                  O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666); /* less the umask */
-            if (w->files[f].fd < 0) {
+            /* created closed: opened again when written, MAX_OPEN_FILES at a time */
+            int fd = open(w->files[f].tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
+                          0666); /* less the umask */
+            if (fd < 0) {
                 rc = nf_error_set(err, NF_E_IO, "%s: cannot create: %s", w->files[f].tmp_path,
                                   strerror(errno));
                 goto fail;
             }
+            close(fd);
         }
     } else {
         block_cleanup_signals(&oldmask);
@@ -676,6 +752,7 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
             goto fail;
         }
         w->files[0].fd = fd;
+        w->nopen = 1;
         w->files[0].tmp_path = tmpl;
         int slot = nf_tmp_register(tmpl, 0);
         restore_signals(&oldmask);
@@ -706,19 +783,26 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
         if ((rc = write_header(w, &w->files[f], reserve, err)) != NF_OK)
             goto fail;
         uint64_t total = 8 + w->files[f].hdr_len + w->files[f].data_size;
-        if (ftruncate(w->files[f].fd, (off_t)total) != 0) {
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot size the output: %s", a->out,
-                              strerror(errno));
+        int fd = file_acquire(w, &w->files[f]);
+        if (fd < 0 || ftruncate(fd, (off_t)total) != 0) {
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot size the output (%.1f MB): %s", a->out,
+                              (double)total / 1e6, strerror(errno));
+            if (fd >= 0)
+                file_release(w, &w->files[f]);
             goto fail;
         }
         /* reserve the space now: a full disk is reported before any work, not after it */
-        if (fallocate(w->files[f].fd, 0, 0, (off_t)total) != 0 &&
+        if (fallocate(fd, 0, 0, (off_t)total) != 0 &&
             (errno == ENOSPC || errno == EDQUOT || errno == EFBIG)) {
+            int e = errno;
+            file_release(w, &w->files[f]);
             rc = nf_error_set(err, NF_E_IO,
-                              "%s: no room for the output (%.1f MB) beside it: %s", a->out,
-                              (double)total / 1e6, strerror(errno));
+                              e == EFBIG ? "%s: cannot reserve the output's %.1f MB: %s"
+                                         : "%s: no room for the output (%.1f MB) beside it: %s",
+                              a->out, (double)total / 1e6, strerror(e));
             goto fail;
         }
+        file_release(w, &w->files[f]);
     }
     *out = w;
     return NF_OK;
@@ -734,15 +818,21 @@ int nf_writer_put(nf_writer *w, size_t i, uint64_t off, const void *bytes, size_
         return nf_error_set(err, NF_E_INTERNAL, "writer: tensor %zu write out of range", i);
     out_file *f = &w->files[w->file_of[i]];
     uint64_t at = 8 + f->hdr_len + w->offset_of[i] + off;
-    if (write_all(f->fd, bytes, len, at))
+    int fd = file_acquire(w, f);
+    if (fd < 0 || write_all(fd, bytes, len, at)) {
+        int e = errno;
+        if (fd >= 0)
+            file_release(w, f);
         return nf_error_set(err, NF_E_IO, "%s: write failed for tensor \"%s\": %s", w->out,
-                            w->a.tensors[i].name, strerror(errno));
+                            w->a.tensors[i].name, strerror(e));
+    }
 #ifdef SYNC_FILE_RANGE_WRITE
     /* start writing this range back now, while other tensors compute, so that the fsync at
      * the commit has little left to wait for (0.48 s of a ViT-B/32 step otherwise); only a
      * hint: a write error still surfaces at that fsync */
-    sync_file_range(f->fd, (off_t)at, (off_t)len, SYNC_FILE_RANGE_WRITE);
+    sync_file_range(fd, (off_t)at, (off_t)len, SYNC_FILE_RANGE_WRITE);
 #endif
+    file_release(w, f);
     return NF_OK;
 }
 
@@ -832,6 +922,45 @@ static void fsync_dir(const char *dir)
  * a file is replaced by rename(2) and a directory swapped with RENAME_EXCHANGE, the old one
  * then removed under the temporary name. Another process committing the same destination
  * at the same time makes the attempt retry: the last one to commit wins, whole. */
+/* Removes the directory open as dfd's contents, at any depth (up to 64 levels); links are
+ * removed, never followed. For an old output that nf_outpath_replaceable accepted. */
+static void empty_dir_at(int dfd, int depth)
+{
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        if (unlinkat(dirfd(d), e->d_name, 0) == 0 || depth <= 0)
+            continue;
+        int sub = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub >= 0) {
+            empty_dir_at(sub, depth - 1);
+            unlinkat(dirfd(d), e->d_name, AT_REMOVEDIR);
+        }
+    }
+    closedir(d);
+}
+
+static void remove_old_output(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return;
+    if (!S_ISDIR(st.st_mode)) {
+        unlink(path);
+        return;
+    }
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd >= 0)
+        empty_dir_at(fd, 64);
+    rmdir(path);
+}
+
 #define CANNOT_MOVE "%s: cannot move the output into place: %s"
 static int move_into_place(nf_writer *w, const char *src, nf_error *err)
 {
@@ -854,6 +983,13 @@ static int move_into_place(nf_writer *w, const char *src, nf_error *err)
             return nf_error_set(err, NF_E_EXISTS,
                                 "%s: output appeared while merging (use --force to replace it)",
                                 w->out);
+        /* what is there now (it may have changed since the writer opened) must still be
+         * nufilt's kind of output */
+        int rc = nf_outpath_replaceable(w->out, w->a.what ? w->a.what : "--out",
+                                        w->a.as_dir ? NF_OUT_DIR : NF_OUT_FILE,
+                                        w->a.copy_from_dir, 1, err);
+        if (rc)
+            return rc;
         if (!w->a.as_dir) {
             if (rename(src, w->out) == 0)
                 return NF_OK;
@@ -862,11 +998,7 @@ static int move_into_place(nf_writer *w, const char *src, nf_error *err)
         if (renameat2(AT_FDCWD, src, AT_FDCWD, w->out, RENAME_EXCHANGE) == 0) {
             /* src now names the old destination: a directory of our files, or whatever was
              * there (a symbolic link is removed, never followed into) */
-            struct stat st;
-            if (lstat(src, &st) == 0 && S_ISDIR(st.st_mode))
-                remove_tree_files(src);
-            else
-                unlink(src);
+            remove_old_output(src);
             return NF_OK;
         }
         if (errno != ENOENT) /* ENOENT: the destination went away meanwhile; again */
@@ -883,13 +1015,18 @@ int nf_writer_commit(nf_writer *w, nf_error *err)
         out_file *of = &w->files[f];
         if ((rc = write_header(w, of, of->hdr_len, err)) != NF_OK)
             break;
-        if (fsync(of->fd) != 0)
+        int fd = file_acquire(w, of);
+        if (fd < 0 || fsync(fd) != 0)
             rc = nf_error_set(err, NF_E_IO, "%s: cannot flush the output: %s", w->out,
                               strerror(errno));
-        if (close(of->fd) != 0 && rc == NF_OK)
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot close the output: %s", w->out,
-                              strerror(errno));
-        of->fd = -1;
+        if (fd >= 0) {
+            file_release(w, of);
+            of->fd = -1;
+            w->nopen--;
+            if (close(fd) != 0 && rc == NF_OK)
+                rc = nf_error_set(err, NF_E_IO, "%s: cannot close the output: %s", w->out,
+                                  strerror(errno));
+        }
     }
     if (rc == NF_OK && w->a.as_dir && w->nfiles > 1)
         rc = write_index(w, err);

@@ -26,7 +26,8 @@ typedef struct nf_writer_args {
     size_t nmeta;
     uint64_t shard_size;         /* directory layout: start a new shard past this (0 = one) */
     const char *copy_from_dir;   /* copy this directory's non-weight files (config, tokenizer) */
-    int force;                   /* replace an existing destination */
+    int force;                   /* replace an existing destination (nufilt's kind only) */
+    const char *what;            /* the destination in messages: "--out" when NULL */
 } nf_writer_args;
 
 typedef struct nf_writer nf_writer;
@@ -44,7 +45,7 @@ int nf_writer_commit(nf_writer *w, nf_error *err);
 void nf_writer_abort(nf_writer *w);
 
 /* Removes every temporary output still open in this process; async-signal-safe, for a
- * program's SIGINT/SIGTERM handler. */
+ * program's handler of SIGINT, SIGTERM and the other terminating signals. */
 void nf_writer_cleanup_signal(void);
 /* Adds or removes a path (file, or directory of plain files) to what the handler removes. */
 int nf_tmp_register(const char *path, int is_dir);
@@ -52,6 +53,10 @@ void nf_tmp_unregister(const char *path);
 /* mkdtemp(tmpl) and nf_tmp_register(tmpl, 1) with the cleanup signals blocked in between, so
  * that an interruption never leaves the directory unregistered. tmpl, or NULL (errno set). */
 char *nf_tmp_mkdtemp(char *tmpl);
+/* The same for a file: mkostemp(tmpl) registered, mode 0666 less the umask; fd or -1. */
+int nf_tmp_mkstemp(char *tmpl);
+/* "DIR/.NAME.nufilt-XXXXXX" beside path (malloc'd), for nf_tmp_mkstemp / nf_tmp_mkdtemp. */
+char *nf_tmp_template(const char *path);
 
 /* Makes dst a copy of the finished output src (a file, or a directory of plain files): hard
  * links where the file system allows, copies otherwise; dst appears complete or not at all. */

@@ -8,11 +8,15 @@
 #include <unistd.h>
 
 #include "../core/util.h"
+#include "../io/writer.h"
 #include "recipe.h"
 
 struct nf_report {
     nf_sb steps;
     int n;
+    char *path; /* where it goes */
+    int force;  /* may replace an existing report */
+    char *tmp;  /* prepared, not yet moved into place */
 };
 
 int nf_report_new(nf_report **out, nf_error *err)
@@ -24,7 +28,9 @@ int nf_report_new(nf_report **out, nf_error *err)
 void nf_report_free(nf_report *r)
 {
     if (r) {
+        nf_report_discard(r);
         nf_sb_free(&r->steps);
+        free(r->path);
         free(r);
     }
 }
@@ -102,8 +108,30 @@ int nf_report_add_step(nf_report *r, const nf_run *run, const char *task, const 
     return NF_OK;
 }
 
-int nf_report_write(nf_report *r, const char *path, nf_error *err)
+/* Directory part of path ("." when none). */
+static char *dir_part(const char *path)
 {
+    size_t len, s = nf_path_last(path, &len);
+    if (s == 0)
+        return nf_strdup(".");
+    while (s > 1 && path[s - 1] == '/')
+        s--;
+    return nf_strndup(path, s);
+}
+
+int nf_report_set_path(nf_report *r, const char *path, int force, nf_error *err)
+{
+    free(r->path);
+    r->path = nf_strdup(path);
+    r->force = force;
+    return r->path ? NF_OK : nf_error_set(err, NF_E_NOMEM, "out of memory");
+}
+
+const char *nf_report_path(const nf_report *r) { return r ? r->path : NULL; }
+
+int nf_report_prepare(nf_report *r, nf_error *err)
+{
+    const char *path = r->path;
     nf_sb out = {0};
     nf_sb_printf(&out, "{\n  \"nufilt_version\": \"%s\",\n  \"steps\": [\n%s\n  ]\n}\n",
                  NF_VERSION_STRING, r->steps.s ? r->steps.s : "");
@@ -111,34 +139,92 @@ int nf_report_write(nf_report *r, const char *path, nf_error *err)
         nf_sb_free(&out);
         return nf_error_set(err, NF_E_NOMEM, "out of memory");
     }
-    nf_sb tmp = {0};
-    nf_sb_printf(&tmp, "%s.tmp-%ld", path, (long)getpid());
+    nf_report_discard(r);
+    /* beside the report, in its directory (created if missing, as --out's is) */
     int rc = NF_OK;
-    int fd = tmp.oom ? -1 : open(tmp.s, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        rc = nf_error_set(err, NF_E_IO, "%s: cannot write the report: %s", path, strerror(errno));
-    } else {
-        size_t off = 0;
-        while (off < out.len) {
-            ssize_t w = write(fd, out.s + off, out.len - off);
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0) {
-                rc = nf_error_set(err, NF_E_IO, "%s: cannot write the report: %s", path,
-                                  strerror(errno));
-                break;
-            }
-            off += (size_t)w;
-        }
-        if (close(fd) != 0 && rc == NF_OK)
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot write the report", path);
-        if (rc == NF_OK && rename(tmp.s, path) != 0)
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot write the report: %s", path,
-                              strerror(errno));
-        if (rc != NF_OK)
-            unlink(tmp.s);
+    char *dir = dir_part(path);
+    if (!dir || nf_mkdirs(dir) != 0) {
+        rc = nf_error_set(err, NF_E_IO, "%s: cannot write the report: cannot create %s: %s",
+                          path, dir ? dir : "its directory", strerror(errno));
+        free(dir);
+        nf_sb_free(&out);
+        return rc;
     }
-    nf_sb_free(&tmp);
+    free(dir);
+    r->tmp = nf_tmp_template(path);
+    int fd = r->tmp ? nf_tmp_mkstemp(r->tmp) : -1;
+    if (fd < 0) {
+        rc = nf_error_set(err, NF_E_IO, "%s: cannot write the report: %s", path,
+                          r->tmp ? strerror(errno) : "out of memory");
+        free(r->tmp);
+        r->tmp = NULL;
+        nf_sb_free(&out);
+        return rc;
+    }
+    size_t off = 0;
+    while (off < out.len) {
+        ssize_t w = write(fd, out.s + off, out.len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot write the report: %s", path,
+                              w < 0 ? strerror(errno) : "no progress");
+            break;
+        }
+        off += (size_t)w;
+    }
+    if (rc == NF_OK && fsync(fd) != 0)
+        rc = nf_error_set(err, NF_E_IO, "%s: cannot write the report: %s", path,
+                          strerror(errno));
+    if (close(fd) != 0 && rc == NF_OK)
+        rc = nf_error_set(err, NF_E_IO, "%s: cannot write the report: %s", path,
+                          strerror(errno));
     nf_sb_free(&out);
+    if (rc != NF_OK)
+        nf_report_discard(r);
     return rc;
+}
+
+int nf_report_commit(nf_report *r, nf_error *err)
+{
+    if (!r->tmp)
+        return nf_error_set(err, NF_E_INTERNAL, "%s: the report was not prepared", r->path);
+    int rc = NF_OK;
+    if (renameat2(AT_FDCWD, r->tmp, AT_FDCWD, r->path, RENAME_NOREPLACE) != 0) {
+        int e = errno;
+        if (e == EEXIST && !r->force)
+            rc = nf_error_set(err, NF_E_EXISTS,
+                              "%s: the report appeared meanwhile (use --force to replace it)",
+                              r->path);
+        else if ((e == EEXIST || e == EINVAL || e == ENOSYS) && rename(r->tmp, r->path) == 0)
+            rc = NF_OK;
+        else
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot move the report into place: %s",
+                              r->path, strerror(e == EEXIST || e == EINVAL ? errno : e));
+    }
+    if (rc != NF_OK) {
+        nf_report_discard(r);
+        return rc;
+    }
+    nf_tmp_unregister(r->tmp);
+    free(r->tmp);
+    r->tmp = NULL;
+    char *dir = dir_part(r->path);
+    int dfd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    free(dir);
+    return NF_OK;
+}
+
+void nf_report_discard(nf_report *r)
+{
+    if (!r || !r->tmp)
+        return;
+    unlink(r->tmp);
+    nf_tmp_unregister(r->tmp);
+    free(r->tmp);
+    r->tmp = NULL;
 }

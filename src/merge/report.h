@@ -11,8 +11,16 @@ int nf_report_new(nf_report **out, nf_error *err);
 int nf_report_add_step(nf_report *r, const nf_run *run, const char *task, const char *out,
                        const nf_la_stats *stats, double seconds, const nf_device_info *dev,
                        nf_error *err);
-/* Writes the report atomically (temporary file, then rename). */
-int nf_report_write(nf_report *r, const char *path, nf_error *err);
+/* Where the report goes; force: it may replace an existing report (the path rules are
+ * nf_outpath_check's, applied before any work). */
+int nf_report_set_path(nf_report *r, const char *path, int force, nf_error *err);
+const char *nf_report_path(const nf_report *r);
+/* Writes the report to a temporary beside its path (the directory created if missing), before
+ * the output is committed: a report that cannot be written stops the run with nothing
+ * committed. nf_report_commit then renames it into place; nf_report_discard removes it. */
+int nf_report_prepare(nf_report *r, nf_error *err);
+int nf_report_commit(nf_report *r, nf_error *err);
+void nf_report_discard(nf_report *r);
 void nf_report_free(nf_report *r);
 
 /* One step as part of a longer run (step_in_run of nsteps, for progress), adding to report. */

@@ -15,6 +15,7 @@
 #include "../backend/devices.h"
 #include "../core/util.h"
 #include "../io/json.h"
+#include "../io/outpath.h"
 #include "recipe.h"
 #include "report.h"
 #include "sched.h"
@@ -309,9 +310,21 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         rc = nf_error_set(err, NF_E_ARG, "a step needs --base, --task and --out");
         goto done;
     }
-    if (nf_exists(out) && !o->force) {
-        rc = nf_error_set(err, NF_E_EXISTS, "%s: output exists (use --force to replace it)", out);
-        goto done;
+    /* what this step writes may not touch its inputs, and replaces only nufilt's kind of
+     * output (--force); checked before anything is opened or computed */
+    const char *report_path = report && step_in_run == nsteps ? nf_report_path(report) : NULL;
+    {
+        nf_out_input ins[3] = {{base, "the base model"},
+                               {task, "the task model"},
+                               {prev, "the previous merge"}};
+        nf_out_target tg[2] = {
+            {out, step_in_run == nsteps ? "--out" : "--save-steps",
+             ends_with(out, ".safetensors") ? NF_OUT_FILE : NF_OUT_DIR},
+            {report_path, "--report", NF_OUT_REPORT}};
+        nf_outpath_args pa = {ins, 3, tg, report_path ? 2 : 1,
+                              nf_is_dir(base) ? base : NULL, o->force};
+        if ((rc = nf_outpath_check(&pa, err)))
+            goto done;
     }
     if ((rc = nf_model_open(base, &run.base, err)) || (rc = nf_model_open(task, &run.task, err)))
         goto done;
@@ -391,6 +404,7 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         .shard_size = as_dir ? shard : 0,
         .copy_from_dir = as_dir && run.base->is_dir ? run.base->path : NULL,
         .force = o->force,
+        .what = step_in_run == nsteps ? "--out" : "--save-steps",
     };
     if (!as_dir && o->out_shard_size) {
         meta_free(&meta);
@@ -449,13 +463,21 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         goto done;
     }
     meta_free(&meta);
+    /* the report is written (beside its path) before the output is committed, and moved
+     * into place after: one that cannot be written leaves nothing committed */
+    if (report &&
+        ((rc = nf_report_add_step(report, &run, task, out, &stats, nf_now() - t0,
+                                  devs && ndev ? nf_device_get_info(devs[0]) : NULL, err)) ||
+         (report_path && (rc = nf_report_prepare(report, err)))))
+        goto done;
     rc = nf_writer_commit(run.writer, err);
     run.writer = NULL;
-    if (rc)
+    if (rc) {
+        nf_report_discard(report);
         goto done;
-    if (report)
-        rc = nf_report_add_step(report, &run, task, out, &stats, nf_now() - t0,
-                                devs && ndev ? nf_device_get_info(devs[0]) : NULL, err);
+    }
+    if (report_path)
+        rc = nf_report_commit(report, err);
 done:
     nf_devices_close(devs, ndev);
     run_free(&run);
@@ -472,11 +494,13 @@ int nf_step(const char *base, const char *task, const char *prev, const char *ou
     }
     nf_report *rep = NULL;
     int rc = NF_OK;
-    if (opts->report_path && (rc = nf_report_new(&rep, err)))
+    if (opts->report_path &&
+        ((rc = nf_report_new(&rep, err)) ||
+         (rc = nf_report_set_path(rep, opts->report_path, opts->force, err)))) {
+        nf_report_free(rep);
         return rc;
+    }
     rc = nf_step_in_run(base, task, prev, out, opts, 1, 1, rep, err);
-    if (rc == NF_OK && rep)
-        rc = nf_report_write(rep, opts->report_path, err);
     nf_report_free(rep);
     return rc;
 }
@@ -490,6 +514,54 @@ static char *step_path(const char *dir, int t, int as_dir)
     return nf_path_join(dir, name);
 }
 
+/* Every path a merge will write (--out, --report, --save-steps and each stepNN in it)
+ * against every input and each other, before the first step computes. */
+static int merge_check_paths(const char *base, const char *const *tasks, int ntasks,
+                             const char *out, const char *save_steps_dir, const nf_options *o,
+                             int as_dir, nf_error *err)
+{
+    size_t nin = (size_t)ntasks + 1, ntg = 0;
+    nf_out_input *ins = calloc(nin, sizeof *ins);
+    nf_out_target *tg = calloc((size_t)ntasks + 3, sizeof *tg);
+    char **steps = calloc((size_t)ntasks + 1, sizeof *steps);
+    char (*whats)[48] = calloc((size_t)ntasks + 1, sizeof *whats);
+    int rc = NF_OK;
+    if (!ins || !tg || !steps || !whats) {
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+        goto done;
+    }
+    ins[0] = (nf_out_input){base, "the base model"};
+    for (int t = 0; t < ntasks; t++) {
+        snprintf(whats[t], sizeof whats[t], "task model %d", t + 1);
+        ins[t + 1] = (nf_out_input){tasks[t], whats[t]};
+    }
+    tg[ntg++] = (nf_out_target){out, "--out", as_dir ? NF_OUT_DIR : NF_OUT_FILE};
+    if (o->report_path)
+        tg[ntg++] = (nf_out_target){o->report_path, "--report", NF_OUT_REPORT};
+    if (save_steps_dir) {
+        tg[ntg++] = (nf_out_target){save_steps_dir, "--save-steps", NF_OUT_STEPS_DIR};
+        for (int t = 1; t <= ntasks; t++) {
+            steps[t - 1] = step_path(save_steps_dir, t, as_dir);
+            if (!steps[t - 1]) {
+                rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+                goto done;
+            }
+            tg[ntg++] = (nf_out_target){steps[t - 1], "--save-steps",
+                                        as_dir ? NF_OUT_DIR : NF_OUT_FILE};
+        }
+    }
+    nf_outpath_args pa = {ins, nin, tg, ntg, nf_is_dir(base) ? base : NULL, o->force};
+    rc = nf_outpath_check(&pa, err);
+done:
+    for (int t = 0; steps && t < ntasks; t++)
+        free(steps[t]);
+    free(steps);
+    free(whats);
+    free(tg);
+    free(ins);
+    return rc;
+}
+
 int nf_merge(const char *base, const char *const *tasks, int ntasks, const char *out,
              const char *save_steps_dir, const nf_options *opts, nf_error *err)
 {
@@ -500,27 +572,15 @@ int nf_merge(const char *base, const char *const *tasks, int ntasks, const char 
         nf_options_init(&o);
     if (ntasks < 1)
         return nf_error_set(err, NF_E_ARG, "merge needs at least one task model");
-    if (nf_exists(out) && !o.force)
-        return nf_error_set(err, NF_E_EXISTS, "%s: output exists (use --force to replace it)",
-                            out);
     int as_dir = !ends_with(out, ".safetensors");
-    int rc = NF_OK;
+    int rc = merge_check_paths(base, tasks, ntasks, out, save_steps_dir, &o, as_dir, err);
+    if (rc)
+        return rc;
     char *scratch = NULL;
     if (save_steps_dir) {
         if (nf_mkdirs(save_steps_dir) != 0)
             return nf_error_set(err, NF_E_IO, "%s: cannot create: %s", save_steps_dir,
                                 strerror(errno));
-        for (int t = 1; t <= ntasks; t++) {
-            char *p = step_path(save_steps_dir, t, as_dir);
-            int ex = p && nf_exists(p);
-            if (ex && !o.force) {
-                rc = nf_error_set(err, NF_E_EXISTS,
-                                  "%s: exists (use --force to replace the saved steps)", p);
-                free(p);
-                return rc;
-            }
-            free(p);
-        }
     } else if (ntasks > 1) {
         /* intermediate models live in a scratch directory beside the output (whose directory
          * is created if missing, as the output's writer would) */
@@ -560,7 +620,14 @@ int nf_merge(const char *base, const char *const *tasks, int ntasks, const char 
         scratch = sb.s;
     }
     nf_report *rep = NULL;
-    if (o.report_path && (rc = nf_report_new(&rep, err))) {
+    if (o.report_path &&
+        ((rc = nf_report_new(&rep, err)) ||
+         (rc = nf_report_set_path(rep, o.report_path, o.force, err)))) {
+        nf_report_free(rep);
+        if (scratch) {
+            nf_remove_tree(scratch);
+            nf_tmp_unregister(scratch);
+        }
         free(scratch);
         return rc;
     }
@@ -596,8 +663,6 @@ int nf_merge(const char *base, const char *const *tasks, int ntasks, const char 
         nf_tmp_unregister(scratch);
         free(scratch);
     }
-    if (rc == NF_OK && rep)
-        rc = nf_report_write(rep, o.report_path, err);
     nf_report_free(rep);
     return rc;
 }
