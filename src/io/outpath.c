@@ -343,7 +343,8 @@ int nf_outpath_check(const nf_outpath_args *a, nf_error *err)
         if (!a->inputs[i].path)
             continue;
         if (rpath_make(a->inputs[i].path, &in[nin])) {
-            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+            rc = nf_error_set(err, NF_E_ARG, "%s (%s): cannot resolve this path",
+                              a->inputs[i].path, a->inputs[i].what);
             break;
         }
         in_what[nin] = a->inputs[i].what;
@@ -381,8 +382,9 @@ int nf_outpath_check(const nf_outpath_args *a, nf_error *err)
                 cap = nc;
             }
             if (rpath_make(p, &in[nin])) {
+                rc = nf_error_set(err, NF_E_ARG, "%s (%s): cannot resolve this path", p,
+                                  a->inputs[i].what);
                 free(p);
-                rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
                 break;
             }
             owned[nowned++] = p;
@@ -394,7 +396,8 @@ int nf_outpath_check(const nf_outpath_args *a, nf_error *err)
     }
     for (size_t t = 0; t < a->ntargets && rc == NF_OK; t++)
         if (rpath_make(a->targets[t].path, &tg[t]))
-            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+            rc = nf_error_set(err, NF_E_ARG, "%s %s: cannot resolve this path",
+                              a->targets[t].what, a->targets[t].path);
     /* 1: never an input, inside one, or holding one */
     for (size_t t = 0; t < a->ntargets && rc == NF_OK; t++) {
         const nf_out_target *T = &a->targets[t];

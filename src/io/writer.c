@@ -160,29 +160,6 @@ void nf_tmp_unregister(const char *path)
     pthread_mutex_unlock(&tmp_lock);
 }
 
-static void remove_tree_files(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-    if (!d) {
-        if (fd >= 0)
-            close(fd);
-        return;
-    }
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        char *p = nf_path_join(dir, e->d_name);
-        if (p) {
-            unlink(p);
-            free(p);
-        }
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 void nf_cleanup_temporaries(void) { nf_writer_cleanup_signal(); }
 
 /* Empties the directory open as dfd: its files, and its subdirectories (depth levels deep)
@@ -238,10 +215,11 @@ void nf_writer_cleanup_signal(void)
         if (!tmp_used[i])
             continue;
         if (tmp_is_dir[i]) {
-            /* outputs are directories of files; a merge's scratch directory holds outputs */
+            /* outputs are directories of files (and the base's subfolders); a merge's
+             * scratch directory holds outputs */
             int fd = open(tmp_paths[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
             if (fd >= 0) {
-                clear_dir_signal_safe(fd, 2);
+                clear_dir_signal_safe(fd, 6);
                 close(fd);
             }
             rmdir(tmp_paths[i]);
@@ -575,6 +553,8 @@ static int copy_extras(nf_writer *w, nf_error *err)
     return rc;
 }
 
+static void remove_old_output(const char *path);
+
 void nf_writer_abort(nf_writer *w)
 {
     if (!w)
@@ -592,7 +572,7 @@ void nf_writer_abort(nf_writer *w)
         free(f->members);
     }
     if (w->tmp_dir) {
-        remove_tree_files(w->tmp_dir);
+        remove_old_output(w->tmp_dir);
         nf_tmp_unregister(w->tmp_dir);
         free(w->tmp_dir);
     }
