@@ -39,7 +39,9 @@ START_TEST(test_input_identity)
     char *base = model_file("base.safetensors", 1);
     /* the same file by another spelling, a symbolic link, a hard link */
     char *spelled = tu_path(dir, "x/../base.safetensors");
-    mkdir(tu_path(dir, "x"), 0755);
+    char *x = tu_path(dir, "x");
+    ck_assert_int_eq(mkdir(x, 0755), 0);
+    free(x);
     ck_assert_int_eq(check1(base, spelled, NF_OUT_FILE, 1, NULL, &err), NF_E_ARG);
     ck_assert_ptr_nonnull(strstr(err.msg, "the base model"));
     char *sym = tu_path(dir, "sym.safetensors");
