@@ -97,14 +97,14 @@ START_TEST(test_recipe_conflicts)
     bad.null_rank = 2;
     nf_error_clear(&err);
     ck_assert_int_eq(nf_step(base, task, s2, s3, &bad, &err), NF_E_STATE);
-    ck_assert_ptr_nonnull(strstr(err.msg, "--null-rank 2 conflicts with 1"));
+    ck_assert_ptr_nonnull(strstr(err.msg, "`null_rank` 2 conflicts with 1"));
     ck_assert(!nf_exists(s3));
     /* an option of another method is refused */
     nf_options_init(&bad);
     bad.keep = 0.5;
     nf_error_clear(&err);
     ck_assert_int_eq(nf_step(base, task, NULL, s3, &bad, &err), NF_E_ARG);
-    ck_assert_ptr_nonnull(strstr(err.msg, "--keep does not apply"));
+    ck_assert_ptr_nonnull(strstr(err.msg, "`keep` does not apply"));
     /* a previous model that is not a nufilt merge is refused */
     nf_options_init(&bad);
     nf_error_clear(&err);
