@@ -245,16 +245,25 @@ def _run(call: Callable[[], int], prog: _Progress, err: _lib.Error) -> None:
     library to cancel (through the progress callback), waits for it to unwind (temporary
     outputs removed, nothing committed) and raises KeyboardInterrupt."""
     box: Dict[str, int] = {}
+    done = threading.Event()
 
     def target() -> None:
-        box["rc"] = call()
+        try:
+            box["rc"] = call()
+        finally:
+            done.set()
 
     t = threading.Thread(target=target, name="nufilt", daemon=True)
     t.start()
     interrupted = False
-    while t.is_alive():
+    while True:
+        # a signal's KeyboardInterrupt may come anywhere in this loop; the library finishes
+        # the tensors it holds and unwinds before the call returns. (Not Thread.join: a
+        # KeyboardInterrupt inside it can mark a running thread as stopped.)
         try:
-            t.join(0.05)
+            while not done.wait(0.05):
+                pass
+            break
         except KeyboardInterrupt:
             interrupted = True
             prog.cancel = True
