@@ -247,3 +247,30 @@ def test_small_entry_points(digits):
     a, b, c = map(int, nufilt.__version__.split("."))
     assert nufilt.version_number == a * 1000000 + b * 1000 + c
     assert "merge_state_dicts" in nufilt.__doc__ and nufilt.merge.__doc__
+
+
+def test_fusion_bench_bridge(digits):
+    """The FusionBench algorithm merges a pool like merge_state_dicts does (bit for bit)."""
+    torch = pytest.importorskip("torch", reason="torch is optional (not installed)")
+    pytest.importorskip("fusion_bench", reason="FusionBench is optional (not installed)")
+    from fusion_bench.modelpool import BaseModelPool
+    from nufilt.fusion_bench import NufiltContinualMerging
+
+    base, tasks = digits
+    sds = [load(base)] + [load(t) for t in tasks[:3]]
+
+    class Holder(torch.nn.Module):  # a module whose state dict is a checkpoint's tensors
+        def __init__(self, sd):
+            super().__init__()
+            for i, (k, v) in enumerate(sd.items()):
+                self.register_buffer("t%d" % i, torch.from_numpy(v.copy()))
+            self.names = list(sd)
+
+    pool = BaseModelPool({"_pretrained_": Holder(sds[0]),
+                          **{"task%d" % i: Holder(sd) for i, sd in enumerate(sds[1:], 1)}})
+    algo = NufiltContinualMerging(method="ties", params={"keep": 0.3})
+    model = algo.run(pool)
+    ref, _ = nufilt.merge_state_dicts(sds[0], sds[1:], method="ties", keep=0.3)
+    got = {n: model.state_dict()["t%d" % i].numpy() for i, n in enumerate(model.names)}
+    same(ref, got)
+    assert algo.state.step == 3 and algo.order == ["task1", "task2", "task3"]
