@@ -593,6 +593,11 @@ START_TEST(test_memory_cancel)
     int n = 0;
     nf_sink s = {.struct_size = sizeof s, .tensor_done = cancel_tensor, .user = &n};
     ck_assert_int_eq(nf_step_models(mb, m1, NULL, &s, &o, &err), NF_E_CANCELLED);
+    /* options that only make sense for files are refused, not ignored */
+    o.out_shard_size = 1000;
+    nf_error_clear(&err);
+    ck_assert_int_eq(nf_step_models(mb, m1, NULL, &s, &o, &err), NF_E_ARG);
+    ck_assert_ptr_nonnull(strstr(err.msg, "out_shard_size"));
     nf_model_close(mb);
     nf_model_close(m1);
 }

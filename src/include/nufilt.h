@@ -248,7 +248,8 @@ typedef struct nf_sink {
 
 /* One continual step between opened models (files or memory): out = merge(base, prev, task),
  * the tensors delivered to the sink. prev NULL is the first step. The models are borrowed
- * and stay open. Bit for bit the same tensors and metadata as nf_step on the same inputs. */
+ * and stay open. Bit for bit the same tensors and metadata as nf_step on the same inputs.
+ * out_shard_size is refused (NF_E_ARG); a method's scratch file goes to $TMPDIR (or /tmp). */
 NF_API int nf_step_models(nf_model *base, nf_model *task, nf_model *prev, const nf_sink *out,
                           const nf_options *opts, nf_error *err);
 

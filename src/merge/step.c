@@ -703,6 +703,9 @@ int nf_step_models(nf_model *base, nf_model *task, nf_model *prev, const nf_sink
         return rc;
     if (!out)
         return nf_error_set(err, NF_E_ARG, "nf_step_models: no output (nf_sink) given");
+    if (o.out_shard_size)
+        return nf_error_set(err, NF_E_ARG,
+                            "`out_shard_size` applies to file outputs, not to nf_step_models");
     nf_step_mem mem = {base, task, prev, out};
     nf_report *rep = NULL;
     if (o.report_path &&
