@@ -132,12 +132,13 @@ def test_ctrl_c(tmp_path, digits):
     """SIGINT during a merge: KeyboardInterrupt in the caller, nothing left on disk."""
     base, tasks = digits
     script = textwrap.dedent("""
-        import sys, nufilt
+        import sys, time, nufilt
         started = []
         def p(info):
             if not started:
                 started.append(1)
                 print("started", flush=True)
+            time.sleep(0.05)  # a merge of several seconds: the signal comes in the middle
         try:
             nufilt.merge(sys.argv[1], sys.argv[2:], "out", progress=p, threads=1,
                          iters=2000)
