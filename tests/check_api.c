@@ -603,6 +603,52 @@ START_TEST(test_memory_cancel)
 }
 END_TEST
 
+/* nf_svd_f32 on a matrix with a known SVD: x = P diag(5, 3, 1) Q^T with P, Q signed
+ * permutations (4 x 3); every mode returns the top-2 triplets (values exact to float
+ * rounding, u s v^T equal to the rank-2 part), and bad arguments are refused. */
+START_TEST(test_svd_api)
+{
+    static const float x[4 * 3] = {0, 0, -1,   /* row 0: 1 * (e0)(e2)^T, sign - */
+                                   0, 5, 0,    /* row 1: 5 * e1 e1^T */
+                                   0, 0, 0,
+                                   -3, 0, 0};  /* row 3: 3 * e3 e0^T, sign - */
+    static const float want2[4 * 3] = {0, 0, 0, 0, 5, 0, 0, 0, 0, -3, 0, 0};
+    nf_error err = {0};
+    for (int mode = NF_SVD_EXACT; mode <= NF_SVD_FAST; mode++) {
+        float s[3] = {-1, -1, -1}, u[4 * 2], vt[2 * 3];
+        int kept = -1;
+        ck_assert_int_eq(nf_svd_f32(x, 4, 3, 2, mode, 7, s, u, vt, &kept, &err), NF_OK);
+        ck_assert_int_eq(kept, 2);
+        ck_assert_float_eq_tol(s[0], 5.0f, 1e-5f);
+        ck_assert_float_eq_tol(s[1], 3.0f, 1e-5f);
+        ck_assert_float_eq_tol(s[2], mode == NF_SVD_EXACT ? 1.0f : 0.0f, 1e-5f);
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 3; j++) {
+                float r = 0;
+                for (int l = 0; l < 2; l++)
+                    r += u[i * 2 + l] * s[l] * vt[l * 3 + j];
+                ck_assert_float_eq_tol(r, want2[i * 3 + j], 1e-4f);
+            }
+    }
+    float s[3], u[12], vt[9];
+    int kept;
+    ck_assert_int_eq(nf_svd_f32(x, 4, 3, 0, NF_SVD_EXACT, 0, s, NULL, vt, &kept, &err), NF_OK);
+    ck_assert_int_eq(kept, 3); /* rank 0: all of them, u not wanted */
+    ck_assert_int_eq(nf_svd_f32(x, 0, 3, 1, NF_SVD_EXACT, 0, s, u, vt, &kept, &err), NF_E_ARG);
+    nf_error_clear(&err);
+    ck_assert_int_eq(nf_svd_f32(x, 4, 3, 1, 9, 0, s, u, vt, &kept, &err), NF_E_ARG);
+    ck_assert_ptr_nonnull(strstr(err.msg, "svd"));
+    nf_error_clear(&err);
+    ck_assert_int_eq(nf_svd_f32(NULL, 4, 3, 1, 0, 0, s, u, vt, &kept, &err), NF_E_ARG);
+    nf_error_clear(&err);
+    float bad[12];
+    memcpy(bad, x, sizeof bad);
+    bad[5] = NAN;
+    ck_assert_int_eq(nf_svd_f32(bad, 4, 3, 1, 0, 0, s, u, vt, &kept, &err), NF_E_NONFINITE);
+    ck_assert_ptr_nonnull(strstr(err.msg, "element 5"));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("api");
@@ -619,6 +665,7 @@ int main(void)
     tcase_add_test(tc, test_memory_strided);
     tcase_add_test(tc, test_memory_bad_inputs);
     tcase_add_test(tc, test_memory_cancel);
+    tcase_add_test(tc, test_svd_api);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -283,6 +283,21 @@ NF_API int nf_devices_list(nf_device_info *out, int max, int *count, nf_error *e
 /* For each compiled-in API, a line saying whether its driver loaded and why not. */
 NF_API int nf_backend_status(int i, const char **api, int *available, const char **why);
 
+/* ---- linear algebra -------------------------------------------------------------------- */
+
+/* The library's SVD of one float32 matrix x (m x n, row-major, read only), on the CPU
+ * backend, with an `svd` mode (NF_SVD_*; the same code as a merge's --svd): the top
+ * min(rank, min(m, n)) singular triplets (rank <= 0: all of them), *kept set to how many.
+ * s (min(m, n) floats) receives the singular values, descending: all of them with
+ * NF_SVD_EXACT, the kept ones followed by zeros with the other modes. vt (rank x n,
+ * row-major) receives the right singular vectors as rows; u (m x rank, row-major; NULL when
+ * not wanted) the left ones, from LAPACK with NF_SVD_EXACT and as x v_i / s_i with the other
+ * modes (a zero column where s_i is 0). seed keys NF_SVD_RANDOMIZED's test matrix. Refuses
+ * non-finite elements (NF_E_NONFINITE) and bad arguments (NF_E_ARG). Signs are determined
+ * up to a common sign per pair (u_i, v_i). */
+NF_API int nf_svd_f32(const float *x, int m, int n, int rank, int mode, uint64_t seed, float *s,
+                      float *u, float *vt, int *kept, nf_error *err);
+
 #ifdef __cplusplus
 }
 #endif
