@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from ctypes import (CFUNCTYPE, POINTER, Structure, c_char, c_char_p, c_double, c_int,
+from ctypes import (CFUNCTYPE, POINTER, Structure, c_char, c_char_p, c_double, c_float, c_int,
                     c_int64, c_size_t, c_uint64, c_void_p)
 
 MAX_DIMS = 8
@@ -121,6 +121,8 @@ def _load() -> ctypes.CDLL:
         "nf_device_type_name": (c_char_p, [c_int]),
         "nf_backend_status": (c_int, [c_int, P(c_char_p), P(c_int), P(c_char_p)]),
         "nf_dtype_size": (c_size_t, [c_int]),
+        "nf_svd_f32": (c_int, [P(c_float), c_int, c_int, c_int, c_int, c_uint64, P(c_float),
+                               P(c_float), P(c_float), P(c_int), P(Error)]),
     }
     for name, (res, args) in sig.items():
         f = getattr(lib, name)
