@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-import nufilt
 from nufilt import mingle
 
 RNG = np.random.default_rng(1234)
