@@ -119,6 +119,32 @@ printf '{"apt": %d, "pip": %d, "data + fine-tuning": %d}\n' "$T_APT" "$T_PIP" "$
 ELAPSED=$(( ($(now) - T_START) / 60 ))
 BUDGET=${NUFILT_BENCH_BUDGET:-$(( 75 - ELAPSED > 10 ? 75 - ELAPSED : 10 ))}
 say "benchmark with $NUFILT_BIN ($JOBS parallel jobs, time budget $BUDGET min)"
-"$PY" "$HERE/bench.py" --nufilt "$NUFILT_BIN" --timings "$TIMINGS" --jobs "$JOBS" \
-  --time-budget "$BUDGET" "$@"
+# `--methods` naming mingle (test-time, not data-free; docs/mingle.md) runs mingle_bench.py for
+# it (the Python package over the library built beside the program); the other methods, if
+# any, go to bench.py. --orders and --tasks are passed to both.
+ARGS=("$@"); REST=(); MINGLE=0; MARGS=(); OTHER=""
+for ((i = 0; i < ${#ARGS[@]}; i++)); do
+  a=${ARGS[$i]}
+  case "$a" in
+    --methods|--methods=*)
+      if [ "$a" = "--methods" ]; then i=$((i + 1)); list=${ARGS[$i]:-}; else list=${a#--methods=}; fi
+      OTHER=""
+      IFS=, read -ra ms <<< "$list"
+      for m in "${ms[@]}"; do
+        if [ "$m" = mingle ]; then MINGLE=1; else OTHER=${OTHER:+$OTHER,}$m; fi
+      done
+      [ -n "$OTHER" ] && REST+=(--methods "$OTHER")
+      ;;
+    --orders|--tasks) REST+=("$a" "${ARGS[$((i + 1))]}"); MARGS+=("$a" "${ARGS[$((i + 1))]}"); i=$((i + 1)) ;;
+    *) REST+=("$a") ;;
+  esac
+done
+if [ "$MINGLE" = 1 ]; then
+  say "MINGLE (test-time) over the same task orders"
+  "$PY" "$HERE/mingle_bench.py" --nufilt "$NUFILT_BIN" "${MARGS[@]}"
+fi
+if [ "$MINGLE" = 0 ] || [ -n "$OTHER" ]; then
+  "$PY" "$HERE/bench.py" --nufilt "$NUFILT_BIN" --timings "$TIMINGS" --jobs "$JOBS" \
+    --time-budget "$BUDGET" "${REST[@]}"
+fi
 say "done in $(( ($(now) - T_START) / 60 )) min: $REPO/docs/results.md"

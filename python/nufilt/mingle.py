@@ -460,8 +460,8 @@ class MingleStream:
         if n == 0:
             raise _arg("unlabeled_inputs is empty")
         fin = dict(finetuned_model.named_modules())
+        before = self.added_parameters()
         t0 = time.perf_counter()
-        added = 0
         for lname, layer in self.layers.items():
             mod = fin.get(lname)
             if mod is None or not hasattr(mod, "weight"):
@@ -476,7 +476,6 @@ class MingleStream:
             B, A = build_expert(self._w0[lname], wt, prev, rec["rank"], rec["zero_diagonal"],
                                 rec["svd"], rec["seed"] + self.step)
             layer.add_expert(torch.from_numpy(B), torch.from_numpy(A), generator=self._gen(1))
-            added += B.size + A.size + layer.in_features + 1
         t_expert = time.perf_counter() - t0
 
         t1 = time.perf_counter()
@@ -485,6 +484,7 @@ class MingleStream:
         t2 = time.perf_counter()
         self._extend_bases(unlabeled_inputs, n)
         t_basis = time.perf_counter() - t2
+        added = self.added_parameters() - before  # experts, gate rows, basis columns
         self.tasks.append(name or "task%d" % (self.step + 1))
         st = dict(step=self.step, task=self.tasks[-1], params_added=int(added),
                   expert_s=t_expert, train_s=t_train, basis_s=t_basis,
@@ -552,8 +552,8 @@ class MingleStream:
         hooks = []
         for k, l in self.layers.items():
             def hook(mod, inp, out, k=k):
-                f = inp[0].detach().reshape(-1, inp[0].shape[-1]).double().cpu()
-                covs[k] += f.T @ f
+                f = inp[0].detach().reshape(-1, inp[0].shape[-1]).float()
+                covs[k] += (f.T @ f).cpu().double()  # float32 products, as officially
             hooks.append(l.register_forward_hook(hook))
         was_training = self.model.training
         self.model.eval()
