@@ -48,8 +48,12 @@ def pad(ids):
 
 def logits_fn_for(head):
     def fn(model, batch):
-        return common.LOGIT_SCALE * common.embed(model, batch["input_ids"],
-                                                 batch["attention_mask"]) @ head.T
+        # a batch of the buffer is cut to its longest input (padding per batch, as a
+        # DataLoader's collate would), since the gates average over every position
+        m = batch["attention_mask"]
+        L = max(int(m.sum(1).max()), 1)
+        return common.LOGIT_SCALE * common.embed(model, batch["input_ids"][:, :L],
+                                                 m[:, :L]) @ head.T
     return fn
 
 
