@@ -577,6 +577,14 @@ def write(summary, docs_dir):
     text = markdown(summary, images)
     os.makedirs(docs_dir, exist_ok=True)
     path = os.path.join(docs_dir, "results.md")
+    # mingle_bench.py's section (between its markers) is kept, before the discussion
+    begin, end = "<!-- mingle:begin -->", "<!-- mingle:end -->"
+    old = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+    if begin in old and end in old and begin not in text:
+        block = old[old.index(begin):old.index(end) + len(end)]
+        anchor = "## Discussion"
+        text = (text.replace(anchor, block + "\n\n" + anchor, 1) if anchor in text
+                else text.rstrip("\n") + "\n\n" + block + "\n")
     with open(path + ".tmp", "w", encoding="utf-8") as fh:
         fh.write(text)
     os.replace(path + ".tmp", path)
