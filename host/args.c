@@ -20,7 +20,9 @@ typedef struct opt {
 
 static const opt opts[] = {
     {"base", "PATH", CMD_RUN, K_SPECIAL, "pre-trained model: a .safetensors file or a Hugging Face directory"},
-    {"task", "PATH", CMD_STEP, K_SPECIAL, "the fine-tuned model to merge in this step"},
+    {"task", "PATH", CMD_STEP, K_SPECIAL,
+     "the fine-tuned model to merge in this step: a checkpoint like --base, or a PEFT LoRA "
+     "adapter directory (adapter_config.json + adapter_model.safetensors)"},
     {"prev", "PATH", CMD_STEP, K_SPECIAL,
      "the merged model of the previous step (omit for the first step); the method, its "
      "hyper-parameters and the step count are read from its metadata"},

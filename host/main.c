@@ -53,8 +53,9 @@ static void help_command(const char *cmd)
         cli_print_options(CMD_STEP);
     } else if (!strcmp(cmd, "merge")) {
         printf("Usage: nufilt merge --base BASE --out OUT [--save-steps DIR] [options] TASK1 "
-               "TASK2 ...\n\nMerges the tasks in the order given, one continual step each.\n\n"
-               "Options:\n");
+               "TASK2 ...\n\nMerges the tasks in the order given, one continual step each. A task\n"
+               "is a checkpoint like BASE, or a PEFT LoRA adapter directory (adapter_config.json\n"
+               "+ adapter_model.safetensors) trained on BASE.\n\nOptions:\n");
         cli_print_options(CMD_MERGE);
     } else if (!strcmp(cmd, "inspect")) {
         printf("Usage: nufilt inspect [--preset NAME | --layers REGEX] PATH\n\n"

@@ -83,6 +83,27 @@ int nf_job_load_diff(nf_job *job, const nf_tensor *t, const nf_tensor *s, nf_mat
     return rc;
 }
 
+int nf_job_lowrank_mats(nf_job *job, const nf_lowrank *lr, nf_mat *bf, nf_mat *af)
+{
+    int m = 0, n = 0;
+    int rc = nf_job_dims(job, &m, &n);
+    float *hb = NULL, *ha = NULL;
+    memset(bf, 0, sizeof *bf);
+    memset(af, 0, sizeof *af);
+    if (!rc) rc = nf_lowrank_factors(lr, m, n, &hb, &ha, job->err);
+    if (!rc) rc = nf_la_alloc(job->la, m, lr->rank, bf);
+    if (!rc) rc = nf_la_alloc(job->la, lr->rank, n, af);
+    if (!rc) rc = nf_la_upload(job->la, bf, hb);
+    if (!rc) rc = nf_la_upload(job->la, af, ha);
+    free(hb);
+    free(ha);
+    if (rc) {
+        nf_la_free(job->la, bf);
+        nf_la_free(job->la, af);
+    }
+    return rc;
+}
+
 int nf_job_add(nf_job *job, const nf_tensor *t, nf_mat *m)
 {
     float *h = host_f32(job, m, t);

@@ -12,6 +12,7 @@
 #include "../io/model.h"
 #include "../io/writer.h"
 #include "../linalg/la.h"
+#include "adapter.h"
 
 /* The merge recipe: what must stay the same from step to step of a stream. */
 typedef struct nf_params {
@@ -52,6 +53,9 @@ typedef struct nf_job {
     nf_run *run;
     size_t idx;                /* tensor index (base order = output order) */
     const nf_tensor *base, *task, *prev; /* prev is NULL at the first step */
+    /* A LoRA adapter's update of this tensor, for a method that reads it factored
+     * (nf_method_ops.factored); task then points at the base (tau = 0 if ignored) */
+    const nf_lowrank *lowrank;
     int treated;
     int pass;
     nf_la *la;
@@ -71,6 +75,10 @@ typedef struct nf_method_ops {
     /* optional: estimated working memory (bytes) of tensor i's job, for --max-memory; without
      * it a job counts NF_STREAM_MEMORY (chunked element-wise work) */
     uint64_t (*memory)(const nf_run *run, size_t i);
+    /* 1: the method reads a LoRA task's low-rank update of a treated tensor through
+     * job->lowrank (nf_job_lowrank_mats); every other method, and every other tensor, sees the
+     * task densified (base + tau as float32) in job->task */
+    int factored;
 } nf_method_ops;
 
 #define NF_STREAM_MEMORY (2u << 20)
@@ -94,6 +102,7 @@ struct nf_run {
     int step;                  /* 1-based index of the task being merged */
     int svd_mode;
     nf_model *base, *task, *prev;
+    nf_adapter *adapter;       /* the task is a PEFT LoRA adapter (task is then NULL) */
     nf_state prev_state;       /* from prev's metadata (zeros at the first step) */
     nf_state state;            /* written into the output */
     size_t ntensors;
@@ -126,6 +135,9 @@ int nf_job_load(nf_job *job, const nf_tensor *t, nf_mat *out);
  * On the CPU backend with float32 inputs s is subtracted straight from its mapping, without
  * a converted copy. */
 int nf_job_load_diff(nf_job *job, const nf_tensor *t, const nf_tensor *s, nf_mat *out);
+/* The effective factors of a low-rank update as device matrices: bf (m x r), af (r x n),
+ * tau = lr->scale bf af in the base tensor's orientation. */
+int nf_job_lowrank_mats(nf_job *job, const nf_lowrank *lr, nf_mat *bf, nf_mat *af);
 /* m += t (as float32; read in place on the CPU backend when t is float32). */
 int nf_job_add(nf_job *job, const nf_tensor *t, nf_mat *m);
 /* Reads tensor t as float32 into host memory (malloc'd, numel elements). */

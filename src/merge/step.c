@@ -270,6 +270,7 @@ static void run_free(nf_run *run, const nf_step_mem *mem)
         nf_model_close(run->task);
         nf_model_close(run->prev);
     }
+    nf_adapter_close(run->adapter);
     free(run->treated);
     free(run->out);
     free(run->reports);
@@ -341,13 +342,19 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
                               nf_is_dir(base) ? base : NULL, o->force};
         if ((rc = nf_outpath_check(&pa, err)))
             goto done;
-        if ((rc = nf_model_open(base, &run.base, err)) ||
-            (rc = nf_model_open(task, &run.task, err)))
+        if ((rc = nf_model_open(base, &run.base, err)))
+            goto done;
+        /* a PEFT LoRA adapter directory, or a checkpoint */
+        if (nf_adapter_is_dir(task))
+            rc = nf_adapter_open(task, run.base, &run.adapter, err);
+        else
+            rc = nf_model_open(task, &run.task, err);
+        if (rc)
             goto done;
         if (prev && (rc = nf_model_open(prev, &run.prev, err)))
             goto done;
     }
-    if ((rc = check_against_base(run.base, run.task, "task", err)))
+    if (run.task && (rc = check_against_base(run.base, run.task, "task", err)))
         goto done;
     if (run.prev) {
         if ((rc = check_against_base(run.base, run.prev, "previous merge", err)))

@@ -32,6 +32,7 @@
 typedef struct mats {
     nf_mat tau, prev, taup, tv, vt_t, vt_p, v, c, a, b, ma, va, mb, vb, ga, gb, t, av, e, h, te;
     nf_mat k, dk, w, sq; /* Gram form (see train) */
+    nf_mat fb, fa;       /* a LoRA task's factors: tau = scale fb fa */
     int rv;              /* r_v: columns of C and rows of V that belong to V_t */
 } mats;
 
@@ -40,7 +41,7 @@ static void free_all(nf_la *la, mats *x)
     nf_mat *all[] = {&x->tau, &x->prev, &x->taup, &x->tv, &x->vt_t, &x->vt_p,
                      &x->v,  &x->c,   &x->a,    &x->b,    &x->ma, &x->va,   &x->mb,
                      &x->vb, &x->ga,  &x->gb,   &x->t,    &x->av, &x->e,    &x->h,
-                     &x->te, &x->k,   &x->dk,   &x->w,    &x->sq};
+                     &x->te, &x->k,   &x->dk,   &x->w,    &x->sq, &x->fb, &x->fa};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         nf_la_free(la, all[i]);
 }
@@ -249,9 +250,17 @@ static int nufilt_tensor(nf_job *job)
     memset(&x, 0, sizeof x);
     rep->treated = 1;
 
-    /* tau = W_task - W_base; prev = W_merged - W_base */
-    if ((rc = nf_job_load_diff(job, job->task, job->base, &x.tau)))
+    /* tau = W_task - W_base (a LoRA task: scale B A, formed once from its factors for
+     * tau P, the adapter's constant and its training); prev = W_merged - W_base */
+    const nf_lowrank *lr = job->lowrank;
+    if (lr) {
+        if ((rc = nf_job_lowrank_mats(job, lr, &x.fb, &x.fa)) ||
+            (rc = nf_la_alloc(la, m, n, &x.tau)) ||
+            (rc = nf_la_gemm(la, 0, 0, (float)lr->scale, &x.fb, &x.fa, 0.0f, &x.tau)))
+            goto out;
+    } else if ((rc = nf_job_load_diff(job, job->task, job->base, &x.tau))) {
         goto out;
+    }
     if (first && paper) {
         /* the paper's first step: M(1) = theta_0 + tau_1 */
         rc = nf_job_add(job, job->base, &x.tau);
@@ -294,7 +303,32 @@ static int nufilt_tensor(nf_job *job)
     }
     {
         nf_svd_args sa = {rv, tol, svd_mode, 10, 2, svd_seed + 1};
-        if (svd_mode == NF_LA_SVD_FAST && !first && p->lora_rank > 0 && gram_form(m, n)) {
+        int want_k = svd_mode == NF_LA_SVD_FAST && !first && p->lora_rank > 0 && gram_form(m, n);
+        if (lr && tol >= 0 && lr->rank <= kmax) {
+            /* V_t of a rank-r tau from its factors (QRs and an r x r SVD), and K = tau^T tau
+             * for the training's Gram form as scale^2 fa^T (fb^T fb) fa: nothing m x n x n.
+             * (--compat reference keeps zero singular vectors the way gesdd picks them on the
+             * dense matrix, so it takes the dense path below.) */
+            if (want_k) {
+                nf_mat g = {0}, h = {0};
+                float s2 = (float)(lr->scale * lr->scale);
+                rc = nf_la_alloc(la, lr->rank, lr->rank, &g);
+                if (!rc) rc = nf_la_alloc(la, lr->rank, n, &h);
+                if (!rc) rc = nf_la_alloc(la, n, n, &x.k);
+                if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, &x.fb, &x.fb, 0.0f, &g);
+                if (!rc) rc = nf_la_gemm(la, 0, 0, 1.0f, &g, &x.fa, 0.0f, &h);
+                if (!rc) rc = nf_la_gemm(la, 1, 0, s2, &x.fa, &h, 0.0f, &x.k);
+                nf_la_free(la, &g);
+                nf_la_free(la, &h);
+                if (rc)
+                    goto out;
+            }
+            double ts = nf_now();
+            rc = nf_la_svd_right_lowrank(la, &x.fb, &x.fa, &sa, &x.vt_t, &rv, NULL);
+            la->stats.svd_s += nf_now() - ts;
+            if (rc)
+                goto out;
+        } else if (want_k) {
             /* K = tau^T tau serves V_t here and the training's Gram form later */
             if ((rc = nf_la_alloc(la, n, n, &x.k)) ||
                 (rc = nf_la_gemm(la, 1, 0, 1.0f, &x.tau, &x.tau, 0.0f, &x.k)) ||
@@ -378,4 +412,5 @@ const nf_method_ops nf_method_nufilt = {
     .npasses = 1,
     .tensor = nufilt_tensor,
     .memory = nufilt_memory,
+    .factored = 1,
 };
