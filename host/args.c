@@ -32,6 +32,9 @@ static const opt opts[] = {
     {"save-steps", "DIR", CMD_MERGE, K_SPECIAL,
      "also keep the model after every step as DIR/stepNN[.safetensors] (DIR may hold OUT, "
      "not be inside it or an input)"},
+    {"resume", NULL, CMD_MERGE, K_FLAG,
+     "with --save-steps: continue after the last step kept in DIR (its tasks must be the first "
+     "ones given, its base and recipe the same) instead of starting over"},
     {"method", "NAME", CMD_RUN, K_SPECIAL,
      "nufilt, wa, ta, ties, magmax, opcm, wudi, isoc or tsvm (`nufilt methods`) [nufilt]"},
     {"null-rank", "N", CMD_RUN, K_INT, "nufilt: r_p, rank of the null-space filter [128]"},
@@ -272,6 +275,7 @@ int cli_parse(int cmd, int argc, char **argv, int first, cli *c)
             if (cli_parse_size(val, &o->max_memory) || o->max_memory == 0)
                 rc = bad(name, val, "expected a size such as 500MB or 2GiB");
         } else if (!strcmp(name, "force")) o->force = !negated;
+        else if (!strcmp(name, "resume")) o->resume = !negated;
         else if (!strcmp(name, "allow-nonfinite")) o->allow_nonfinite = !negated;
         else if (!strcmp(name, "device")) o->device = val;
         else if (!strcmp(name, "svd")) {

@@ -211,6 +211,9 @@ typedef struct nf_options {
     const char *task_name;   /* name recorded for the task; NULL = from its path */
     nf_progress_fn progress; /* NULL = none */
     void *progress_user;
+    /* nf_merge with save_steps_dir: continue after the last complete step kept there (its
+     * recorded tasks a prefix of the given ones, same base, same recipe) */
+    int resume;
 } nf_options;
 
 /* Defaults for every field, and struct_size = struct_size. Use the macro. */
@@ -222,7 +225,10 @@ NF_API int nf_step(const char *base, const char *task, const char *prev, const c
                    const nf_options *opts, nf_error *err);
 
 /* The whole stream in order; identical, bit for bit, to the chain of nf_step calls.
- * save_steps_dir (may be NULL) receives every intermediate model as stepNN[.safetensors]. */
+ * save_steps_dir (may be NULL) receives every intermediate model as stepNN[.safetensors].
+ * With opts->resume, the steps already in save_steps_dir are not merged again: the run goes
+ * on from the last one (checked to belong to this stream first; NF_E_STATE otherwise) and its
+ * output is bit-identical to an uninterrupted run's. */
 NF_API int nf_merge(const char *base, const char *const *tasks, int ntasks, const char *out,
                     const char *save_steps_dir, const nf_options *opts, nf_error *err);
 

@@ -137,8 +137,9 @@ static void meta_free(meta_list *l)
     memset(l, 0, sizeof *l);
 }
 
-/* The task list recorded so far, with this task appended. */
-static char *tasks_json(const nf_model *prev, const char *name, const char *path)
+/* The task list recorded so far, with this task appended: name, path and fingerprint (of a
+ * checkpoint's tensors, or of an adapter's tensors and configuration; --resume compares it). */
+static char *tasks_json(const nf_model *prev, const char *name, const char *path, uint64_t fp)
 {
     nf_sb sb = {0};
     nf_sb_puts(&sb, "[");
@@ -149,6 +150,7 @@ static char *tasks_json(const nf_model *prev, const char *name, const char *path
         for (size_t i = 0; i < j->n; i++) {
             const nf_json *e = &j->items[i];
             const nf_json *n = nf_json_get(e, "name"), *p = nf_json_get(e, "path");
+            const nf_json *f = nf_json_get(e, "fingerprint");
             if (!n || n->type != NF_JSON_STRING)
                 continue;
             nf_sb_puts(&sb, k++ ? "," : "");
@@ -157,6 +159,10 @@ static char *tasks_json(const nf_model *prev, const char *name, const char *path
             if (p && p->type == NF_JSON_STRING) {
                 nf_sb_puts(&sb, ",\"path\":");
                 nf_sb_json_str(&sb, p->str, p->len);
+            }
+            if (f && f->type == NF_JSON_STRING) {
+                nf_sb_puts(&sb, ",\"fingerprint\":");
+                nf_sb_json_str(&sb, f->str, f->len);
             }
             nf_sb_puts(&sb, "}");
         }
@@ -167,7 +173,7 @@ static char *tasks_json(const nf_model *prev, const char *name, const char *path
     nf_sb_json_str(&sb, name, strlen(name));
     nf_sb_puts(&sb, ",\"path\":");
     nf_sb_json_str(&sb, path, strlen(path));
-    nf_sb_puts(&sb, "}]");
+    nf_sb_printf(&sb, ",\"fingerprint\":\"%016llx\"}]", (unsigned long long)fp);
     if (sb.oom) {
         nf_sb_free(&sb);
         return NULL;
@@ -195,7 +201,8 @@ static int build_meta(nf_run *run, const char *task_path, meta_list *l)
     snprintf(buf, sizeof buf, "%016llx", (unsigned long long)nf_model_fingerprint(run->base));
     meta_put(l, "nufilt.base", buf);
     char *name = run->opts->task_name ? nf_strdup(run->opts->task_name) : nf_path_stem(task_path);
-    char *tj = name ? tasks_json(run->prev, name, task_path) : NULL;
+    uint64_t fp = run->adapter ? run->adapter->fingerprint : nf_model_fingerprint(run->task);
+    char *tj = name ? tasks_json(run->prev, name, task_path, fp) : NULL;
     if (pj) meta_put(l, "nufilt.params", pj);
     if (sj) meta_put(l, "nufilt.state", sj);
     if (tj) meta_put(l, "nufilt.tasks", tj);
@@ -553,7 +560,7 @@ static char *step_path(const char *dir, int t, int as_dir)
  * against every input and each other, before the first step computes. */
 static int merge_check_paths(const char *base, const char *const *tasks, int ntasks,
                              const char *out, const char *save_steps_dir, const nf_options *o,
-                             int as_dir, nf_error *err)
+                             int as_dir, int done, nf_error *err)
 {
     size_t nin = (size_t)ntasks + 1, ntg = 0;
     nf_out_input *ins = calloc(nin, sizeof *ins);
@@ -575,7 +582,7 @@ static int merge_check_paths(const char *base, const char *const *tasks, int nta
         tg[ntg++] = (nf_out_target){o->report_path, "`report_path`", NF_OUT_REPORT};
     if (save_steps_dir) {
         tg[ntg++] = (nf_out_target){save_steps_dir, "`save_steps`", NF_OUT_STEPS_DIR};
-        for (int t = 1; t <= ntasks; t++) {
+        for (int t = done + 1; t <= ntasks; t++) { /* `resume` keeps steps 1 .. done */
             steps[t - 1] = step_path(save_steps_dir, t, as_dir);
             if (!steps[t - 1]) {
                 rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
@@ -597,6 +604,145 @@ done:
     return rc;
 }
 
+/* The name a stream records for a task given by path (nf_step_in_run: task_name NULL). */
+static char *task_record_name(const char *path) { return nf_path_stem(path); }
+
+/* The fingerprint a step records for the task at path (a checkpoint or an adapter of base). */
+static int task_fingerprint(const char *path, const nf_model *base, uint64_t *fp,
+                            nf_error *err)
+{
+    if (nf_adapter_is_dir(path)) {
+        nf_adapter *ad = NULL;
+        int rc = nf_adapter_open(path, base, &ad, err);
+        if (!rc)
+            *fp = ad->fingerprint;
+        nf_adapter_close(ad);
+        return rc;
+    }
+    nf_model *m = NULL;
+    int rc = nf_model_open(path, &m, err);
+    if (!rc)
+        *fp = nf_model_fingerprint(m);
+    nf_model_close(m);
+    return rc;
+}
+
+/* --resume: the last of the contiguous steps DIR/step01 .. DIR/stepK already written, checked
+ * to continue this stream: a valid checkpoint recording step K, merged from this base, whose
+ * recorded task list is the first K given tasks (names, and fingerprints where recorded),
+ * with a recipe the options agree with. *k = 0 when there is none. */
+static int resume_point(const char *base, const char *const *tasks, int ntasks,
+                        const char *dir, int as_dir, const nf_options *o, int *k_out,
+                        nf_error *err)
+{
+    int k = 0;
+    *k_out = 0;
+    for (int t = 1; t <= ntasks; t++) {
+        char *p = step_path(dir, t, as_dir);
+        if (!p)
+            return nf_error_set(err, NF_E_NOMEM, "out of memory");
+        int ex = nf_exists(p);
+        free(p);
+        if (!ex)
+            break;
+        k = t;
+    }
+    if (k == 0)
+        return NF_OK;
+    char *last = step_path(dir, k, as_dir);
+    nf_model *bm = NULL, *sm = NULL;
+    nf_json *j = NULL;
+    nf_params par;
+    memset(&par, 0, sizeof par);
+    int rc = last ? NF_OK : nf_error_set(err, NF_E_NOMEM, "out of memory");
+    if (!rc) rc = nf_model_open(base, &bm, err);
+    if (!rc) rc = nf_model_open(last, &sm, err);
+    if (rc)
+        goto out;
+    {
+        char mine[32];
+        snprintf(mine, sizeof mine, "%016llx", (unsigned long long)nf_model_fingerprint(bm));
+        const char *fp = nf_model_metadata_get(sm, "nufilt.base");
+        const char *tj = nf_model_metadata_get(sm, "nufilt.tasks");
+        if (!fp || !tj) {
+            rc = nf_error_set(err, NF_E_STATE,
+                              "`resume`: %s has no merge history in its metadata: not a step "
+                              "nufilt wrote",
+                              last);
+            goto out;
+        }
+        if (strcmp(fp, mine) != 0) {
+            rc = nf_error_set(err, NF_E_STATE,
+                              "`resume`: %s was merged from another base model than %s (base "
+                              "fingerprint %.32s, this base %s)",
+                              last, base, fp, mine);
+            goto out;
+        }
+        j = nf_json_parse(tj, strlen(tj), NULL, 0);
+        if (!j || j->type != NF_JSON_ARRAY || j->n != (size_t)k) {
+            rc = nf_error_set(err, NF_E_STATE,
+                              "`resume`: %s records %s tasks, not the %d of step %d", last,
+                              j && j->type == NF_JSON_ARRAY ? "a different number of" : "no valid",
+                              k, k);
+            goto out;
+        }
+        for (int i = 0; i < k; i++) {
+            const nf_json *e = &j->items[i];
+            const nf_json *n = nf_json_get(e, "name"), *f = nf_json_get(e, "fingerprint");
+            char *want = task_record_name(tasks[i]);
+            if (!want) {
+                rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+                goto out;
+            }
+            int same = n && n->type == NF_JSON_STRING && strcmp(n->str, want) == 0;
+            if (!same) {
+                rc = nf_error_set(err, NF_E_STATE,
+                                  "`resume`: task %d of the saved steps in %s is \"%.200s\", but "
+                                  "task %d given now is \"%s\" (%s): not the same stream",
+                                  i + 1, dir,
+                                  n && n->type == NF_JSON_STRING ? n->str : "(unnamed)", i + 1,
+                                  want, tasks[i]);
+                free(want);
+                goto out;
+            }
+            free(want);
+            if (f && f->type == NF_JSON_STRING) {
+                uint64_t have = 0;
+                char buf[32];
+                if ((rc = task_fingerprint(tasks[i], bm, &have, err)))
+                    goto out;
+                snprintf(buf, sizeof buf, "%016llx", (unsigned long long)have);
+                if (strcmp(buf, f->str) != 0) {
+                    rc = nf_error_set(err, NF_E_STATE,
+                                      "`resume`: %s is not the task %d that %s merged "
+                                      "(fingerprint %s, recorded %.32s): it changed since",
+                                      tasks[i], i + 1, last, buf, f->str);
+                    goto out;
+                }
+            }
+        }
+        /* the recipe: options that disagree with the saved step are refused here */
+        int step = 0;
+        nf_state st;
+        if ((rc = nf_recipe_resolve(o, bm, sm, &par, &step, &st, err)))
+            goto out;
+        if (step != k + 1) {
+            rc = nf_error_set(err, NF_E_STATE,
+                              "`resume`: %s records step %d, but it is the %d-th saved step",
+                              last, step - 1, k);
+            goto out;
+        }
+    }
+    *k_out = k;
+out:
+    nf_params_free(&par);
+    nf_json_free(j);
+    nf_model_close(bm);
+    nf_model_close(sm);
+    free(last);
+    return rc;
+}
+
 int nf_merge(const char *base, const char *const *tasks, int ntasks, const char *out,
              const char *save_steps_dir, const nf_options *opts, nf_error *err)
 {
@@ -607,10 +753,18 @@ int nf_merge(const char *base, const char *const *tasks, int ntasks, const char 
     if (ntasks < 1)
         return nf_error_set(err, NF_E_ARG, "merge needs at least one task model");
     int as_dir = !ends_with(out, ".safetensors");
-    rc = merge_check_paths(base, tasks, ntasks, out, save_steps_dir, &o, as_dir, err);
-    if (rc)
-        return rc;
     char *scratch = NULL;
+    int done = 0; /* steps already in save_steps_dir (--resume) */
+    if (o.resume && !save_steps_dir)
+        return nf_error_set(err, NF_E_ARG,
+                            "`resume` needs `save_steps`: the directory holding the steps of "
+                            "the interrupted run");
+    if (o.resume && (rc = resume_point(base, tasks, ntasks, save_steps_dir, as_dir, &o, &done,
+                                       err)))
+        return rc;
+    if ((rc = merge_check_paths(base, tasks, ntasks, out, save_steps_dir, &o, as_dir, done,
+                                err)))
+        return rc;
     if (save_steps_dir) {
         if (nf_mkdirs(save_steps_dir) != 0)
             return nf_error_set(err, NF_E_IO, "%s: cannot create: %s", save_steps_dir,
@@ -665,8 +819,14 @@ int nf_merge(const char *base, const char *const *tasks, int ntasks, const char 
         free(scratch);
         return rc;
     }
-    char *prev = NULL;
-    for (int t = 1; t <= ntasks && rc == NF_OK; t++) {
+    char *prev = done ? step_path(save_steps_dir, done, as_dir) : NULL;
+    if (done && !prev)
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+    if (rc == NF_OK && done == ntasks) {
+        /* every step was kept: only the output may be missing */
+        rc = nf_link_or_copy(prev, out, err);
+    }
+    for (int t = done + 1; t <= ntasks && rc == NF_OK; t++) {
         char *dst;
         if (t == ntasks)
             dst = nf_strdup(out);
