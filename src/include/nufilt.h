@@ -161,6 +161,13 @@ typedef struct nf_progress {
     uint64_t bytes_done, bytes_total;   /* input bytes of the finished jobs, of this pass */
     double elapsed_s;             /* since the step started */
     const char *tensor;           /* the tensor just finished, or NULL */
+    /* The whole run (nf_step, or every step of nf_merge), weighted by estimated work: units
+     * of about one float32 flop of the treated matrices' compute, the bytes a copy streams
+     * counted at a flop-equivalent rate. work_total covers the steps still to come (estimated
+     * from the base's shapes and the recipe). */
+    double work_done, work_total;
+    double run_elapsed_s;         /* since the run started */
+    double eta_s;                 /* estimated seconds left in the run; < 0 while unknown */
 } nf_progress;
 
 /* Called after every tensor finishes (from the worker thread that finished it, one call at a

@@ -49,6 +49,13 @@ typedef struct nf_tensor_report {
 
 typedef struct nf_run nf_run;
 
+/* Progress over a whole run (a merge spans several steps): when it started, and the
+ * estimated work of the steps finished. */
+typedef struct nf_run_progress {
+    double t_start;
+    double work_done;
+} nf_run_progress;
+
 typedef struct nf_job {
     nf_run *run;
     size_t idx;                /* tensor index (base order = output order) */
@@ -119,6 +126,11 @@ struct nf_run {
     int want_spill;            /* set by a method's begin(): the step creates the scratch file
                                 * (beside the output, already unlinked) before the first pass */
     /* progress */
+    nf_run_progress *rp;       /* the run this step belongs to */
+    double *work;              /* per tensor: estimated work of one pass over it */
+    double work_done;          /* of this step so far */
+    double work_step;          /* estimated: this step */
+    double work_run;           /* estimated: the whole run (steps done, this one, those to come) */
     pthread_mutex_t lock;
     size_t done;
     uint64_t bytes_done, bytes_total;

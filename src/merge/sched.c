@@ -197,13 +197,22 @@ static int do_job(worker *w, size_t i)
 }
 
 /* Non-zero when the caller's progress callback asks to cancel. */
-static int report_progress(nf_run *run, int pass, const nf_tensor *t)
+static int report_progress(nf_run *run, int pass, size_t i)
 {
+    const nf_tensor *t = &run->base->tensors[i];
     int cancel = 0;
     pthread_mutex_lock(&run->lock);
     run->done++;
     run->bytes_done += t->nbytes;
+    run->work_done += run->work ? run->work[i] : 0.0;
     if (run->opts->progress) {
+        double now = nf_now();
+        double wd = (run->rp ? run->rp->work_done : 0.0) + run->work_done;
+        double el = run->rp ? now - run->rp->t_start : now - run->t_start;
+        double eta = -1.0;
+        /* the rate so far, once there is something to measure it on */
+        if (wd > 0 && run->work_run >= wd && el > 0.2)
+            eta = el * (run->work_run - wd) / wd;
         nf_progress p = {
             .step = run->step_in_run,
             .nsteps = run->nsteps,
@@ -213,8 +222,12 @@ static int report_progress(nf_run *run, int pass, const nf_tensor *t)
             .tensors_total = run->ntensors * (size_t)run->npasses,
             .bytes_done = run->bytes_done,
             .bytes_total = run->bytes_total,
-            .elapsed_s = nf_now() - run->t_start,
+            .elapsed_s = now - run->t_start,
             .tensor = t->name,
+            .work_done = wd,
+            .work_total = run->work_run,
+            .run_elapsed_s = el,
+            .eta_s = eta,
         };
         cancel = run->opts->progress(run->opts->progress_user, &p) != 0;
     }
@@ -268,7 +281,7 @@ static void *work(void *arg)
             atomic_store(w->stop, 1);
             break;
         }
-        if (report_progress(w->run, w->pass, &w->run->base->tensors[i])) {
+        if (report_progress(w->run, w->pass, i)) {
             /* the caller cancelled: every worker stops after the tensor it holds, and the step
              * unwinds as on any error (temporary outputs removed, nothing committed) */
             nf_error_set(&w->err, NF_E_CANCELLED, "cancelled by the progress callback");

@@ -283,6 +283,7 @@ static void run_free(nf_run *run, const nf_step_mem *mem)
     free(run->reports);
     free(run->partial);
     free(run->spill_off);
+    free(run->work);
     if (run->spill_fd >= 0)
         close(run->spill_fd);
     free(run->spill_path);
@@ -296,9 +297,75 @@ static int cpu_count(void)
     return n > 0 ? (int)n : 1;
 }
 
+/* ---- estimated work, for progress ---- */
+
+/* A byte streamed (read from a mapping, converted, written out) costs about as long as this
+ * many float32 flops of the CPU backend's dense kernels (order of magnitude: 50-100 GFLOP/s
+ * against a few GB/s through page cache and write-back). */
+#define WORK_PER_BYTE 20.0
+
+/* One pass over tensor i, at the first step of a stream or a later one: the bytes it streams,
+ * plus for a treated matrix the dense linear algebra of the method (SVDs and Gram products
+ * O(m n k), NUFILT's adapter training iters x the Gram or direct form's products; a LoRA
+ * task's V_t from its factors). */
+static double tensor_work(const nf_run *run, size_t i, int first)
+{
+    const nf_tensor *t = &run->base->tensors[i];
+    double w = WORK_PER_BYTE * (double)t->nbytes * (first ? 3.0 : 4.0);
+    if (!nf_dtype_is_float(t->dtype) || t->ndim != 2 || !run->treated[i])
+        return w;
+    double m = (double)t->shape[0], n = (double)t->shape[1], k = m < n ? m : n;
+    double svd = 6.0 * m * n * k;
+    const nf_params *p = &run->p;
+    switch (p->method) {
+    case NF_METHOD_NUFILT: {
+        if (first && p->compat != NF_COMPAT_REFERENCE)
+            return w;
+        const nf_task_src *ts = run->adapter ? &run->adapter->src[i] : NULL;
+        double tau_svd = svd;
+        if (ts && ts->kind == NF_TSRC_LOWRANK) {
+            double r = ts->lr.rank;
+            tau_svd = 2.0 * (m + n) * r * r + 2.0 * m * n * r;
+        }
+        double rl = p->lora_rank > 0 ? p->lora_rank : 0;
+        double it = p->iters > 0 ? p->iters : 0;
+        double train = first ? 0.0 : it * rl * (n < 2 * m ? 4.0 * n * n : 8.0 * m * n);
+        double filter = 4.0 * m * n * (p->null_rank > 0 ? p->null_rank : 0);
+        return w + (first ? 0.0 : svd) + tau_svd + train + filter;
+    }
+    case NF_METHOD_OPCM:
+    case NF_METHOD_ISOC:
+    case NF_METHOD_TSVM:
+        return first ? w : w + svd;
+    case NF_METHOD_WUDI:
+        return first ? w : w + (p->iters > 0 ? p->iters : 0) * 8.0 * m * n * k / 16.0;
+    default:
+        return w;
+    }
+}
+
+/* run->work (one pass over each tensor) and the estimated work of this step and of a later
+ * step of the same stream. */
+static int plan_work(nf_run *run, double *this_step, double *later_step)
+{
+    run->work = calloc(run->ntensors ? run->ntensors : 1, sizeof *run->work);
+    if (!run->work)
+        return NF_E_NOMEM;
+    int first = run->prev == NULL;
+    double a = 0, b = 0;
+    for (size_t i = 0; i < run->ntensors; i++) {
+        run->work[i] = tensor_work(run, i, first) / (double)run->method->npasses;
+        a += run->work[i] * run->method->npasses;
+        b += tensor_work(run, i, 0);
+    }
+    *this_step = a;
+    *later_step = b;
+    return NF_OK;
+}
+
 int nf_step_in_run(const char *base, const char *task, const char *prev, const char *out,
-                   const nf_options *o, int step_in_run, int nsteps, nf_report *report,
-                   nf_error *err, const nf_step_mem *mem)
+                   const nf_options *o, int step_in_run, int nsteps, nf_run_progress *rp,
+                   nf_report *report, nf_error *err, const nf_step_mem *mem)
 {
     nf_run run;
     memset(&run, 0, sizeof run);
@@ -308,6 +375,10 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     run.err = err;
     run.step_in_run = step_in_run;
     run.nsteps = nsteps;
+    nf_run_progress own = {nf_now(), 0.0};
+    if (!rp)
+        rp = &own;
+    run.rp = rp;
     run.svd_mode = o->svd == NF_SVD_RANDOMIZED ? NF_LA_SVD_RANDOMIZED
                    : o->svd == NF_SVD_GRAM     ? NF_LA_SVD_GRAM
                    : o->svd == NF_SVD_FAST     ? NF_LA_SVD_FAST
@@ -465,6 +536,16 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
 
     run.npasses = run.method->npasses;
     run.t_start = nf_now();
+    {
+        double here = 0, later = 0;
+        if (plan_work(&run, &here, &later)) {
+            meta_free(&meta);
+            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+            goto done;
+        }
+        run.work_step = here;
+        run.work_run = rp->work_done + here + (double)(nsteps - step_in_run) * later;
+    }
     nf_la_stats stats = {0};
     if (run.method->begin && (rc = run.method->begin(&run))) {
         if (err->code == NF_OK)
@@ -517,6 +598,7 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         nf_report_discard(report);
         goto done;
     }
+    rp->work_done += run.work_step;
     if (report_path)
         rc = nf_report_commit(report, err);
 done:
@@ -542,7 +624,8 @@ int nf_step(const char *base, const char *task, const char *prev, const char *ou
         nf_report_free(rep);
         return rc;
     }
-    rc = nf_step_in_run(base, task, prev, out, opts, 1, 1, rep, err, NULL);
+    nf_run_progress rp = {nf_now(), 0.0};
+    rc = nf_step_in_run(base, task, prev, out, opts, 1, 1, &rp, rep, err, NULL);
     nf_report_free(rep);
     return rc;
 }
@@ -819,6 +902,7 @@ int nf_merge(const char *base, const char *const *tasks, int ntasks, const char 
         free(scratch);
         return rc;
     }
+    nf_run_progress rp = {nf_now(), 0.0};
     char *prev = done ? step_path(save_steps_dir, done, as_dir) : NULL;
     if (done && !prev)
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
@@ -840,7 +924,8 @@ int nf_merge(const char *base, const char *const *tasks, int ntasks, const char 
         so.report_path = NULL;
         so.task_name = NULL;
         so.force = t == ntasks ? o.force : 1;
-        rc = nf_step_in_run(base, tasks[t - 1], prev, dst, &so, t, ntasks, rep, err, NULL);
+        rc = nf_step_in_run(base, tasks[t - 1], prev, dst, &so, t, ntasks, &rp, rep, err,
+                            NULL);
         if (rc == NF_OK && t == ntasks && save_steps_dir) {
             char *sp = step_path(save_steps_dir, t, as_dir);
             rc = sp ? nf_link_or_copy(dst, sp, err) : nf_error_set(err, NF_E_NOMEM, "out of memory");
@@ -881,7 +966,7 @@ int nf_step_models(nf_model *base, nf_model *task, nf_model *prev, const nf_sink
         nf_report_free(rep);
         return rc;
     }
-    rc = nf_step_in_run(NULL, NULL, NULL, NULL, &o, 1, 1, rep, err, &mem);
+    rc = nf_step_in_run(NULL, NULL, NULL, NULL, &o, 1, 1, NULL, rep, err, &mem);
     nf_report_free(rep);
     return rc;
 }
