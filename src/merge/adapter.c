@@ -231,6 +231,21 @@ static int parse_config(const nf_json *root, const char *path, config *c, nf_err
             return nf_error_set(err, NF_E_UNSUPPORTED,
                                 "%s: %s: not supported for merging as a task", path,
                                 refused[i][1]);
+    /* the variants PEFT adds over time come as use_<variant> flags and <variant>_config
+     * objects: any in use but the plain options (use_rslora) and pure initialisations
+     * (EVA; LoftQ's object is inert unless init_lora_weights says "loftq") is refused */
+    for (size_t i = 0; i < root->n; i++) {
+        const nf_json *v = &root->items[i];
+        size_t kl = v->keylen;
+        int flag = kl > 4 && strncmp(v->key, "use_", 4) == 0 && strcmp(v->key, "use_rslora");
+        int obj = kl > 7 && strcmp(v->key + kl - 7, "_config") == 0 &&
+                  strcmp(v->key, "eva_config") && strcmp(v->key, "loftq_config");
+        if ((flag || obj) && in_use(v))
+            return nf_error_set(err, NF_E_UNSUPPORTED,
+                                "%s: \"%s\" is set: that LoRA variant is not supported for "
+                                "merging as a task (only plain LoRA, rsLoRA)",
+                                path, v->key);
+    }
     const nf_json *init = nf_json_get(root, "init_lora_weights");
     if (init && init->type == NF_JSON_STRING) {
         static const char *const modifies_base[] = {"pissa", "corda", "olora", "loftq"};
@@ -298,20 +313,58 @@ static int ends_with(const char *s, size_t n, const char *suf)
     return n >= k && memcmp(s + n - k, suf, k) == 0;
 }
 
-/* <module>.base_layer.<p> and <module>.modules_to_save.<p> name <module>.<p> of the base */
-static char *full_target(const char *name)
+/* Removes every ".<seg>." in t down to "." (and, with next_too, the segment after it). */
+static void drop_segment(char *t, const char *seg, int next_too)
+{
+    char *p;
+    size_t k = strlen(seg);
+    while ((p = strstr(t, seg)) != NULL) {
+        char *q = p + k;
+        if (next_too) {
+            char *dot = strchr(q, '.');
+            if (!dot)
+                return;
+            q = dot + 1;
+        }
+        memmove(p + 1, q, strlen(q) + 1);
+    }
+}
+
+/* The base tensor a tensor saved whole stands for: <module>.base_layer.<p> (the bias of a LoRA
+ * layer), <module>.modules_to_save.<p> (PEFT before the adapter name moved) and
+ * <module>.modules_to_save.<adapter>.<p> (PEFT's copy under the adapter's name, saved beside
+ * <module>.<p> when bias="all") all name <module>.<p>. -1 if the base has none. */
+static long full_target(const nf_model *base, const char *name, char **target)
 {
     char *t = nf_strdup(name);
+    *target = t;
     if (!t)
-        return NULL;
-    static const char *const drop[] = {".base_layer.", ".modules_to_save."};
-    for (size_t d = 0; d < 2; d++) {
-        char *p;
-        size_t k = strlen(drop[d]);
-        while ((p = strstr(t, drop[d])) != NULL)
-            memmove(p + 1, p + k, strlen(p + k) + 1);
+        return -2;
+    drop_segment(t, ".base_layer.", 0);
+    char *u = strstr(t, ".modules_to_save.") ? nf_strdup(t) : NULL;
+    drop_segment(t, ".modules_to_save.", 0);
+    long i = nf_model_find(base, t);
+    if (i < 0 && u) {
+        drop_segment(u, ".modules_to_save.", 1);
+        long j = nf_model_find(base, u);
+        if (j >= 0) {
+            free(t);
+            *target = u;
+            return j;
+        }
     }
-    return t;
+    free(u);
+    return i;
+}
+
+static int same_tensor(const nf_tensor *a, const nf_tensor *b)
+{
+    if (a->dtype != b->dtype || a->ndim != b->ndim || a->nbytes != b->nbytes)
+        return 0;
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d])
+            return 0;
+    return memcmp(a->data, b->data, (size_t)a->nbytes) == 0;
 }
 
 static void shape_str(const int64_t *s, int nd, char *buf, size_t n)
@@ -350,12 +403,14 @@ static int place(nf_adapter *ad, const nf_model *base, slot *slots, const nf_ten
             break;
         }
     char *target;
+    long bi;
     if (role >= 0) {
         nf_sb sb = {0};
         nf_sb_printf(&sb, "%.*s.%s", (int)mlen, name, role == ROLE_BIAS ? "bias" : "weight");
         if (sb.oom)
             return nf_error_set(err, NF_E_NOMEM, "out of memory");
         target = sb.s;
+        bi = nf_model_find(base, target);
     } else {
         if (strstr(name, "lora_") || strstr(name, "trainable_tokens"))
             return nf_error_set(err, NF_E_UNSUPPORTED,
@@ -363,11 +418,14 @@ static int place(nf_adapter *ad, const nf_model *base, slot *slots, const nf_ten
                                 "(lora_A/lora_B, lora_embedding_A/B, lora_B.bias, or a full "
                                 "tensor of the base)",
                                 wpath, key);
-        target = full_target(name);
-        if (!target)
+        /* PEFT's frozen copy of a modules_to_save module (saved with bias="all"): the base's
+         * own values, not part of the task */
+        if (strstr(name, ".original_module.") || strncmp(name, "original_module.", 16) == 0)
+            return NF_OK;
+        bi = full_target(base, name, &target);
+        if (bi == -2)
             return nf_error_set(err, NF_E_NOMEM, "out of memory");
     }
-    long bi = nf_model_find(base, target);
     if (bi < 0) {
         int rc = nf_error_set(err, NF_E_MISMATCH,
                               "%s: tensor \"%s\" belongs to \"%s\", which the base model %s "
@@ -386,6 +444,8 @@ static int place(nf_adapter *ad, const nf_model *base, slot *slots, const nf_ten
                             : role == ROLE_B || role == ROLE_EB ? &s->b
                             : role == ROLE_BIAS                 ? &s->vec
                                                                 : &s->full;
+    if (role < 0 && *dst && same_tensor(*dst, t))
+        return NF_OK; /* the same values under PEFT's two names for a modules_to_save copy */
     if (*dst || (role < 0 && (s->a || s->b || s->vec)) ||
         (role >= 0 && s->full))
         return nf_error_set(err, NF_E_FORMAT,

@@ -186,6 +186,10 @@ def make_adapters(base, rng, full=False):
     for p in ("weight", "bias"):
         v = base["classifier." + p] + 0.01 * rng.standard_normal(base["classifier." + p].shape)
         a.save_full("base_model.model.classifier." + p, "classifier." + p, v)
+    # what PEFT 0.21 also writes for a modules_to_save module when bias="all": the trained
+    # copy under the adapter's name (the same values) and the frozen original (the base's)
+    a.put("base_model.model.classifier.modules_to_save.default.bias", a.full["classifier.bias"])
+    a.put("base_model.model.classifier.original_module.bias", base["classifier.bias"])
     ads.append(a)
     # 2: rsLoRA, rank_pattern / alpha_pattern, bias="all", modules_to_save (older layout)
     a = Adapter(full, common_config(r=R(8), lora_alpha=16, use_rslora=True, bias="all",
@@ -377,6 +381,11 @@ def main():
             r"not a PEFT LoRA key")
     refused("rank-contradicted", edit_config(r=6), r"rank 4 .*rank 6")
     refused("pissa", edit_config(init_lora_weights="pissa"), r"pissa")
+    refused("a use_ flag of a newer variant", edit_config(use_bdlora=True), r"use_bdlora")
+    refused("a variant's _config", edit_config(monteclora_config={"n": 2}), r"monteclora_config")
+    refused("a modules_to_save copy that differs",
+            edit_tensors(add_key("base_model.model.classifier.modules_to_save.default.weight",
+                                 (3, D))), r"second time")
 
     def pickle_only(d):
         os.rename(os.path.join(d, "adapter_model.safetensors"),
