@@ -337,14 +337,15 @@ def main():
 
     # ---- refusals, each by name
     def refused(label, mutate, expect):
-        d = os.path.join(wd, "bad-" + label)
+        tag = re.sub(r"\W+", "-", label)
+        d = os.path.join(wd, "bad-" + tag)
         shutil.copytree(ad_paths[0], d)
         mutate(d)
         rc, out, err = run([exe, "step", "--base", base_path, "--task", d, "--out",
-                            os.path.join(wd, "bad-%s.safetensors" % label), "--method", "ta"])
+                            os.path.join(wd, "bad-%s.safetensors" % tag), "--method", "ta"])
         msg = (out + err).strip()
         rep.check(rc != 0 and re.search(expect, msg) is not None and
-                  not os.path.exists(os.path.join(wd, "bad-%s.safetensors" % label)),
+                  not os.path.exists(os.path.join(wd, "bad-%s.safetensors" % tag)),
                   "refused: %s (rc %d)" % (label, rc), msg[-400:])
 
     def edit_config(**kw):
