@@ -214,7 +214,7 @@ static int parse_config(const nf_json *root, const char *path, config *c, nf_err
                             "%s: peft_type \"%s\" is not supported: only LoRA adapters (LORA) "
                             "can be merged as tasks",
                             path, pt->str);
-    int flag = 0, rc;
+    int lora_bias = 0, rc;
     /* variants whose update is not scale * B A on the base weight */
     static const char *const refused[][2] = {
         {"use_dora", "DoRA (use_dora) rescales the weight by a learnt magnitude"},
@@ -237,10 +237,10 @@ static int parse_config(const nf_json *root, const char *path, config *c, nf_err
     for (size_t i = 0; i < root->n; i++) {
         const nf_json *v = &root->items[i];
         size_t kl = v->keylen;
-        int flag = kl > 4 && strncmp(v->key, "use_", 4) == 0 && strcmp(v->key, "use_rslora");
+        int use = kl > 4 && strncmp(v->key, "use_", 4) == 0 && strcmp(v->key, "use_rslora");
         int obj = kl > 7 && strcmp(v->key + kl - 7, "_config") == 0 &&
                   strcmp(v->key, "eva_config") && strcmp(v->key, "loftq_config");
-        if ((flag || obj) && in_use(v))
+        if ((use || obj) && in_use(v))
             return nf_error_set(err, NF_E_UNSUPPORTED,
                                 "%s: \"%s\" is set: that LoRA variant is not supported for "
                                 "merging as a task (only plain LoRA, rsLoRA)",
@@ -265,7 +265,7 @@ static int parse_config(const nf_json *root, const char *path, config *c, nf_err
                             "%s: \"bias\" must be \"none\", \"all\" or \"lora_only\"", path);
     if ((rc = get_bool(root, "use_rslora", &c->rslora, path, err)) ||
         (rc = get_bool(root, "fan_in_fan_out", &c->fan_in_fan_out, path, err)) ||
-        (rc = get_bool(root, "lora_bias", &flag, path, err)))
+        (rc = get_bool(root, "lora_bias", &lora_bias, path, err))) /* type-checked only */
         return rc;
     const nf_json *r = nf_json_get(root, "r"), *al = nf_json_get(root, "lora_alpha");
     c->r = 8; /* PEFT's defaults */
