@@ -1,6 +1,7 @@
 #include "args.h"
 #include "size.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -19,14 +20,19 @@ typedef struct opt {
 } opt;
 
 static const opt opts[] = {
-    {"base", "PATH", CMD_RUN, K_SPECIAL, "pre-trained model: a .safetensors file or a Hugging Face directory"},
-    {"task", "PATH", CMD_STEP, K_SPECIAL, "the fine-tuned model to merge in this step"},
+    {"base", "PATH", CMD_RUN, K_SPECIAL,
+     "pre-trained model: a .safetensors file, a Hugging Face directory, or a model id (org/name) "
+     "in the local Hugging Face cache"},
+    {"task", "PATH", CMD_STEP, K_SPECIAL,
+     "the fine-tuned model to merge in this step; NAME=PATH records NAME for it [its id or "
+     "folder name]"},
     {"prev", "PATH", CMD_STEP, K_SPECIAL,
      "the merged model of the previous step (omit for the first step); the method, its "
      "hyper-parameters and the step count are read from its metadata"},
     {"out", "PATH", CMD_RUN, K_SPECIAL,
      "output: PATH.safetensors is written as one file, any other PATH as a Hugging Face "
-     "directory (with the base's config and tokenizer files copied)"},
+     "directory: the base's files and folders but its weights (config, tokenizer, "
+     "sentence-transformers modules), and a model card README.md"},
     {"save-steps", "DIR", CMD_MERGE, K_SPECIAL,
      "also keep the model after every step as DIR/stepNN[.safetensors] (DIR may hold OUT, "
      "not be inside it or an input)"},
@@ -48,7 +54,8 @@ static const opt opts[] = {
      "DenseReluDense), llama (self_attn, mlp), all-linear (2-D *.weight but embeddings and "
      "lm_head) [auto: from the tensor names]"},
     {"layers", "REGEX", CMD_RUN | CMD_INSPECT, K_STR,
-     "treat the 2-D tensors whose name matches this POSIX extended regex (overrides --preset)"},
+     "treat the 2-D tensors whose name matches this POSIX extended regex (overrides --preset); "
+     "a preset or regex that selects no tensor is refused"},
     {"scale", "X", CMD_RUN, K_DOUBLE,
      "lambda of ta [0.3], ties [0.3], magmax [0.5], isoc [1], tsvm [1]"},
     {"keep", "X", CMD_RUN, K_DOUBLE, "ties: fraction of entries kept by the trim [0.2]"},
@@ -56,10 +63,12 @@ static const opt opts[] = {
     {"opcm-zero-diag", NULL, CMD_RUN, K_SPECIAL,
      "opcm: also remove the diagonal of the projected task vector (--no-opcm-zero-diag) [off]"},
     {"dtype", "TYPE", CMD_RUN, K_SPECIAL,
-     "output dtype of float tensors: keep, f32, f16 or bf16 (round to nearest even) [keep: "
-     "each tensor's dtype in the base]"},
+     "output dtype of float tensors: keep, f32, f16 or bf16 (round to nearest even); a "
+     "directory output's config.json says so (torch_dtype, dtype); in a merge every step "
+     "reads the previous one in this dtype [keep: each tensor's dtype in the base]"},
     {"out-shard-size", "SIZE", CMD_RUN, K_SIZE,
-     "directory output: start a new shard past SIZE (e.g. 2GB, 500MB) [the base's layout]"},
+     "directory output: start a new shard past SIZE (e.g. 2GB, 500MB) [one file; for a "
+     "sharded base, shards of at most its largest shard file's size]"},
     {"force", NULL, CMD_RUN, K_FLAG,
      "replace an existing output, report or saved step, if it is nufilt's kind: a safetensors "
      "file, a directory holding only safetensors weights, their index, README.md and files the "
@@ -157,6 +166,81 @@ static int parse_double(const char *name, const char *v, double *out)
     return 0;
 }
 
+typedef struct strbuf {
+    char *s;
+    size_t len, cap;
+    int oom;
+} strbuf;
+
+static void put(strbuf *b, const char *s)
+{
+    size_t n = strlen(s);
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t nc = (b->cap + n + 1) * 2;
+        char *ns = realloc(b->s, nc);
+        if (!ns) {
+            b->oom = 1;
+            return;
+        }
+        b->s = ns;
+        b->cap = nc;
+    }
+    memcpy(b->s + b->len, s, n + 1);
+    b->len += n;
+}
+
+/* One argument as a POSIX shell reads it back: bare when it is made of safe characters,
+ * else in single quotes, or as $'...' when it holds control characters. */
+static void quote_arg(strbuf *b, const char *a)
+{
+    const unsigned char *u = (const unsigned char *)a;
+    int safe = *a != '\0', ctl = 0;
+    for (const unsigned char *p = u; *p; p++) {
+        if (!(isalnum(*p) || strchr("@%+=:,./_-", *p) || *p >= 0x80))
+            safe = 0;
+        if (*p < 0x20 || *p == 0x7F)
+            ctl = 1;
+    }
+    if (safe) {
+        put(b, a);
+        return;
+    }
+    put(b, ctl ? "$'" : "'");
+    for (const unsigned char *p = u; *p; p++) {
+        char tmp[8];
+        if (ctl && (*p < 0x20 || *p == 0x7F || *p == '\'' || *p == '\\'))
+            snprintf(tmp, sizeof tmp, "\\x%02x", *p);
+        else if (!ctl && *p == '\'')
+            snprintf(tmp, sizeof tmp, "'\\''");
+        else
+            snprintf(tmp, sizeof tmp, "%c", *p);
+        put(b, tmp);
+    }
+    put(b, "'");
+}
+
+char *quote_command(int argc, char **argv)
+{
+    strbuf b = {0};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (i == 0) {
+            const char *sl = strrchr(a, '/');
+            a = sl ? sl + 1 : a; /* the program as found on the PATH */
+        } else {
+            put(&b, " ");
+        }
+        quote_arg(&b, a);
+    }
+    if (b.oom) {
+        free(b.s);
+        return NULL;
+    }
+    return b.s;
+}
+
 int cli_parse(int cmd, int argc, char **argv, int first, cli *c)
 {
     memset(c, 0, sizeof *c);
@@ -165,6 +249,8 @@ int cli_parse(int cmd, int argc, char **argv, int first, cli *c)
     c->positional = calloc((size_t)argc + 1, sizeof *c->positional);
     if (!c->positional)
         return 2;
+    c->command_line = quote_command(argc, argv);
+    c->o.command_line = c->command_line;
     int only_positional = 0;
     for (int i = first; i < argc; i++) {
         const char *a = argv[i];
@@ -293,6 +379,11 @@ void cli_free(cli *c)
 {
     free(c->positional);
     c->positional = NULL;
+    free(c->command_line);
+    c->command_line = NULL;
+    free(c->task_paths);
+    free(c->task_names);
+    c->task_paths = c->task_names = NULL;
 }
 
 /* The library names options by their nf_options fields in backquotes (`null_rank`); the

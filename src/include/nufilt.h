@@ -129,6 +129,11 @@ NF_API int nf_tensor_treated(const nf_model *m, size_t i, const char *preset, co
 NF_API int nf_select(const nf_model *m, const char *preset, const char *layers,
                      unsigned char *treated, nf_error *err);
 
+/* The selection a merged model records in its metadata (nufilt.params): 1 and kind "preset" or
+ * "layers" with its value, or 0 when it records none (or it does not fit value_len). */
+NF_API int nf_model_recorded_selection(const nf_model *m, char *kind, size_t kind_len,
+                                       char *value, size_t value_len);
+
 /* ---- methods --------------------------------------------------------------------------- */
 
 typedef enum nf_method_id {
@@ -211,6 +216,10 @@ typedef struct nf_options {
     const char *task_name;   /* name recorded for the task; NULL = from its path */
     nf_progress_fn progress; /* NULL = none */
     void *progress_user;
+    /* optional, NULL = none */
+    const char *command_line;          /* the command that made the output, for its model card */
+    const char *const *task_names;     /* nf_merge: a name per task (NULL entries: from the
+                                        * path); nf_step uses task_name */
 } nf_options;
 
 /* Defaults for every field, and struct_size = struct_size. Use the macro. */

@@ -644,6 +644,40 @@ static int check_index(nf_model *m, const char *index_path, const nf_json *root,
     return NF_OK;
 }
 
+/* A model directory without safetensors weights: say which format it holds instead, and for
+ * PyTorch's pickle (never loaded: unpickling can run code) how to convert it. */
+static int no_safetensors(const char *path, nf_error *err)
+{
+    char *bin = nf_path_join(path, "pytorch_model.bin");
+    char *bin_idx = nf_path_join(path, "pytorch_model.bin.index.json");
+    int rc;
+    if (!bin || !bin_idx)
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+    else if (nf_exists(bin))
+        rc = nf_error_set(err, NF_E_UNSUPPORTED,
+                          "%s: holds pytorch_model.bin (a pickle, which nufilt never loads: "
+                          "unpickling can run code) and no %s; convert it once with: python3 "
+                          "-c \"import torch, safetensors.torch as st; sd = "
+                          "torch.load('%s', map_location='cpu', weights_only=True); "
+                          "st.save_file({k: v.contiguous().clone() for k, v in sd.items()}, "
+                          "'%s/%s', metadata={'format': 'pt'})\"",
+                          path, SINGLE_NAME, bin, path, SINGLE_NAME);
+    else if (nf_exists(bin_idx))
+        rc = nf_error_set(err, NF_E_UNSUPPORTED,
+                          "%s: holds sharded pytorch_model-*.bin files (pickles, which nufilt "
+                          "never loads: unpickling can run code) and no %s; convert it once "
+                          "with transformers: load it with the model class it was saved from "
+                          "and save_pretrained() it to a new directory (safetensors is the "
+                          "default)",
+                          path, INDEX_NAME);
+    else
+        rc = nf_error_set(err, NF_E_IO, "%s: unreadable model directory: no %s or %s in it",
+                          path, SINGLE_NAME, INDEX_NAME);
+    free(bin);
+    free(bin_idx);
+    return rc;
+}
+
 int nf_model_open(const char *path, nf_model **out, nf_error *err)
 {
     *out = NULL;
@@ -676,9 +710,7 @@ int nf_model_open(const char *path, nf_model **out, nf_error *err)
         } else if (nf_exists(single)) {
             rc = add_shard(m, single, err);
         } else {
-            rc = nf_error_set(err, NF_E_IO,
-                              "%s: unreadable model directory: no %s or %s in it", path,
-                              SINGLE_NAME, INDEX_NAME);
+            rc = no_safetensors(path, err);
         }
         free(idx);
         free(single);
@@ -725,6 +757,37 @@ fail:
     free(index_path);
     nf_model_close(m);
     return rc;
+}
+
+int nf_model_adopt(nf_model *m, const nf_tensor *t, nf_error *err)
+{
+    nf_tensor *nt = realloc(m->tensors, (m->ntensors + 1) * sizeof *nt);
+    if (!nt)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    m->tensors = nt;
+    size_t *nb = realloc(m->by_name, (m->ntensors + 1) * sizeof *nb);
+    if (!nb)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    m->by_name = nb;
+    nf_tensor *d = &m->tensors[m->ntensors];
+    *d = *t;
+    d->shard = 0;
+    d->name = nf_strdup(t->name);
+    if (!d->name)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    /* insert into the name order */
+    size_t lo = 0, hi = m->ntensors;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(m->tensors[m->by_name[mid]].name, d->name) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    memmove(&m->by_name[lo + 1], &m->by_name[lo], (m->ntensors - lo) * sizeof *m->by_name);
+    m->by_name[lo] = m->ntensors;
+    m->ntensors++;
+    return NF_OK;
 }
 
 const nf_tensor *nf_model_tensor(const nf_model *m, const char *name)

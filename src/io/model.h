@@ -67,6 +67,9 @@ void nf_tensor_prefault(const nf_tensor *t);
  * mapped): the resident set stays at a few tensors, and the final unmapping has little left
  * to tear down. Best effort, no error. */
 void nf_tensor_release(const nf_tensor *t);
+/* Appends to m a tensor of another model (t, which must outlive m's use of it: its data is
+ * borrowed), under the same name; for the integer buffers one side of a merge lacks. */
+int nf_model_adopt(nf_model *m, const nf_tensor *t, nf_error *err);
 /* Sum of tensor bytes. */
 uint64_t nf_model_total_bytes(const nf_model *m);
 

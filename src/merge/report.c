@@ -59,6 +59,15 @@ int nf_report_add_step(nf_report *r, const nf_run *run, const char *task, const 
         snprintf(d, sizeof d, "%s:%d %s", dev->api, dev->index, dev->name);
         str(b, d);
     }
+    if (run->nnotes) {
+        /* what was tolerated or left out (one-sided integer buffers, files not copied) */
+        nf_sb_puts(b, ",\n      \"notes\": [");
+        for (size_t i = 0; i < run->nnotes; i++) {
+            nf_sb_puts(b, i ? ",\n        " : "\n        ");
+            str(b, run->notes[i]);
+        }
+        nf_sb_puts(b, "\n      ]");
+    }
     nf_sb_puts(b, ",\n      \"tensors\": [");
     size_t treated = 0;
     double rem_sum = 0, ob = 0, oa = 0, tt = 0;

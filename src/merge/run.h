@@ -116,7 +116,14 @@ struct nf_run {
     double t_start;
     int npasses;
     int nsteps, step_in_run;
+    /* Hugging Face layout */
+    uint64_t base_fp;          /* fingerprint of the base as opened (before adopting tensors) */
+    char **notes;              /* remarks for the report: what was tolerated or left out */
+    size_t nnotes;
 };
+
+/* Adds a remark to the step's report (best effort: dropped when out of memory). */
+void nf_run_note(void *run, const char *msg);
 
 /* ---- helpers methods call ---- */
 

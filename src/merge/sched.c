@@ -76,7 +76,7 @@ static int do_job(worker *w, size_t i)
     }
     /* NaN or Inf in any input: refused (LAPACK's SVD would not even return on Inf) */
     if (w->pass == 0 && !run->opts->allow_nonfinite) {
-        if (nf_dtype_is_float(job.task->dtype))
+        if (job.task && nf_dtype_is_float(job.task->dtype)) /* NULL: a buffer only the base has */
             rc = check_finite(run->task, job.task, &w->err);
         if (rc == NF_OK && job.prev && nf_dtype_is_float(job.prev->dtype))
             rc = check_finite(run->prev, job.prev, &w->err);

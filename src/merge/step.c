@@ -16,6 +16,8 @@
 #include "../core/util.h"
 #include "../io/json.h"
 #include "../io/outpath.h"
+#include "../io/tree.h"
+#include "card.h"
 #include "recipe.h"
 #include "report.h"
 #include "sched.h"
@@ -44,14 +46,19 @@ static int same_shape(const nf_tensor *a, const nf_tensor *b)
     return 1;
 }
 
-/* Another model must hold exactly the base's tensors, with the same shapes, and float tensors
- * where the base has float ones (any float dtype), identical dtypes otherwise. */
+/* Another model must hold the base's tensors, with the same shapes, and float tensors where
+ * the base has float ones (any float dtype), identical dtypes otherwise. Integer and bool
+ * buffers present on one side only are tolerated (transformers 5 no longer saves BERT's
+ * position_ids, which checkpoints on the hub carry): adopt_one_sided() takes them from the
+ * side that has them. */
 static int check_against_base(const nf_model *base, const nf_model *m, const char *role,
                               nf_error *err)
 {
     for (size_t i = 0; i < base->ntensors; i++) {
         const nf_tensor *b = &base->tensors[i];
         const nf_tensor *t = nf_model_tensor(m, b->name);
+        if (!t && !nf_dtype_is_float(b->dtype))
+            continue;
         if (!t)
             return nf_error_set(err, NF_E_MISMATCH,
                                 "%s (%s): tensor \"%s\" of the base model is missing", m->path,
@@ -71,14 +78,112 @@ static int check_against_base(const nf_model *base, const nf_model *m, const cha
                                 m->path, role, b->name, nf_dtype_name(t->dtype),
                                 nf_dtype_name(b->dtype));
     }
-    if (m->ntensors != base->ntensors) {
-        for (size_t i = 0; i < m->ntensors; i++)
-            if (!nf_model_tensor(base, m->tensors[i].name))
-                return nf_error_set(err, NF_E_MISMATCH,
-                                    "%s (%s): tensor \"%s\" is not in the base model %s",
-                                    m->path, role, m->tensors[i].name, base->path);
+    for (size_t i = 0; i < m->ntensors; i++)
+        if (nf_dtype_is_float(m->tensors[i].dtype) && !nf_model_tensor(base, m->tensors[i].name))
+            return nf_error_set(err, NF_E_MISMATCH,
+                                "%s (%s): tensor \"%s\" is not in the base model %s", m->path,
+                                role, m->tensors[i].name, base->path);
+    return NF_OK;
+}
+
+void nf_run_note(void *user, const char *msg)
+{
+    nf_run *run = user;
+    char **n = realloc(run->notes, (run->nnotes + 1) * sizeof *n);
+    if (!n)
+        return;
+    run->notes = n;
+    if ((n[run->nnotes] = nf_strdup(msg)) != NULL)
+        run->nnotes++;
+}
+
+/* The integer and bool buffers on one side only: the output takes the base's; one the base
+ * lacks comes from the task model, or else from the previous merge. Each is noted. */
+static int adopt_one_sided(nf_run *run, int adopt, nf_error *err)
+{
+    char msg[1024], sh[128];
+    size_t nbase = run->base->ntensors;
+    for (size_t i = 0; i < nbase; i++) {
+        const nf_tensor *b = &run->base->tensors[i];
+        const nf_model *side[2] = {run->task, run->prev};
+        const char *role[2] = {"task model", "previous merge"};
+        for (int k = 0; k < 2; k++) {
+            if (!side[k] || nf_model_tensor(side[k], b->name))
+                continue;
+            shape_str(b, sh, sizeof sh);
+            snprintf(msg, sizeof msg,
+                     "tensor \"%.200s\" (%s %s) is not in the %s %.300s: taken from the base",
+                     b->name, nf_dtype_name(b->dtype), sh, role[k], side[k]->path);
+            nf_run_note(run, msg);
+        }
+    }
+    const nf_model *src[2] = {run->task, run->prev};
+    const char *role[2] = {"task model", "previous merge"};
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; src[k] && i < src[k]->ntensors; i++) {
+            const nf_tensor *t = &src[k]->tensors[i];
+            if (nf_dtype_is_float(t->dtype) || nf_model_tensor(run->base, t->name))
+                continue;
+            shape_str(t, sh, sizeof sh);
+            if (!adopt) {
+                /* a caller's model (nf_step_models) is not changed: the buffer is left out */
+                snprintf(msg, sizeof msg,
+                         "tensor \"%.200s\" (%s %s) of the %s is not in the base model: left "
+                         "out",
+                         t->name, nf_dtype_name(t->dtype), sh, role[k]);
+                nf_run_note(run, msg);
+                continue;
+            }
+            snprintf(msg, sizeof msg,
+                     "tensor \"%.200s\" (%s %s) is not in the base model: taken from the %s "
+                     "%.300s",
+                     t->name, nf_dtype_name(t->dtype), sh, role[k], src[k]->path);
+            int rc = nf_model_adopt(run->base, t, err);
+            if (rc)
+                return rc;
+            nf_run_note(run, msg);
+        }
     }
     return NF_OK;
+}
+
+/* A selection that treats nothing would give NUFILT's output as the plain base: refused, with
+ * what the tensor names look like so the user can write a preset or --layers that matches. */
+static int refuse_empty_selection(const nf_run *run, nf_error *err)
+{
+    nf_sb ex = {0};
+    int shown = 0;
+    size_t n2 = 0;
+    for (size_t i = 0; i < run->ntensors; i++) {
+        const nf_tensor *t = &run->base->tensors[i];
+        if (t->ndim != 2 || !nf_dtype_is_float(t->dtype))
+            continue;
+        n2++;
+        if (shown < 4) {
+            nf_sb_puts(&ex, shown++ ? ", " : "");
+            nf_sb_printf(&ex, "%.120s", t->name);
+        }
+    }
+    char what[300];
+    if (run->p.layers)
+        snprintf(what, sizeof what, "--layers '%.200s' matches", run->p.layers);
+    else
+        snprintf(what, sizeof what, "--preset %s%s selects", run->p.preset,
+                 run->opts->preset && strcmp(run->opts->preset, "auto") ? "" : " (auto)");
+    int rc;
+    if (n2)
+        rc = nf_error_set(err, NF_E_ARG,
+                          "%s none of the %zu 2-D float tensors of %s, so NUFILT would treat "
+                          "nothing; their names look like: %s%s (choose --preset all-linear, "
+                          "or --layers with a regular expression that matches them)",
+                          what, n2, run->base->path, ex.s ? ex.s : "", n2 > 4 ? ", ..." : "");
+    else
+        rc = nf_error_set(err, NF_E_ARG,
+                          "%s no tensor of %s: it has no 2-D float tensor, so NUFILT would treat "
+                          "nothing",
+                          what, run->base->path);
+    nf_sb_free(&ex);
+    return rc;
 }
 
 static int ends_with(const char *s, const char *suf)
@@ -138,7 +243,8 @@ static void meta_free(meta_list *l)
 }
 
 /* The task list recorded so far, with this task appended. */
-static char *tasks_json(const nf_model *prev, const char *name, const char *path)
+static char *tasks_json(const nf_model *prev, const char *name, const char *path,
+                        const char *fingerprint)
 {
     nf_sb sb = {0};
     nf_sb_puts(&sb, "[");
@@ -149,6 +255,7 @@ static char *tasks_json(const nf_model *prev, const char *name, const char *path
         for (size_t i = 0; i < j->n; i++) {
             const nf_json *e = &j->items[i];
             const nf_json *n = nf_json_get(e, "name"), *p = nf_json_get(e, "path");
+            const nf_json *f = nf_json_get(e, "fingerprint");
             if (!n || n->type != NF_JSON_STRING)
                 continue;
             nf_sb_puts(&sb, k++ ? "," : "");
@@ -157,6 +264,10 @@ static char *tasks_json(const nf_model *prev, const char *name, const char *path
             if (p && p->type == NF_JSON_STRING) {
                 nf_sb_puts(&sb, ",\"path\":");
                 nf_sb_json_str(&sb, p->str, p->len);
+            }
+            if (f && f->type == NF_JSON_STRING) {
+                nf_sb_puts(&sb, ",\"fingerprint\":");
+                nf_sb_json_str(&sb, f->str, f->len);
             }
             nf_sb_puts(&sb, "}");
         }
@@ -167,6 +278,8 @@ static char *tasks_json(const nf_model *prev, const char *name, const char *path
     nf_sb_json_str(&sb, name, strlen(name));
     nf_sb_puts(&sb, ",\"path\":");
     nf_sb_json_str(&sb, path, strlen(path));
+    nf_sb_puts(&sb, ",\"fingerprint\":");
+    nf_sb_json_str(&sb, fingerprint, strlen(fingerprint));
     nf_sb_puts(&sb, "}]");
     if (sb.oom) {
         nf_sb_free(&sb);
@@ -175,7 +288,19 @@ static char *tasks_json(const nf_model *prev, const char *name, const char *path
     return sb.s;
 }
 
-static int build_meta(nf_run *run, const char *task_path, meta_list *l)
+/* The name recorded for the task: the one given, else a Hugging Face model id (given as one,
+ * or read from a cache snapshot path), else the path's last component. */
+static char *task_name_of(const nf_run *run, const char *task_given, const char *task_path)
+{
+    if (run->opts->task_name)
+        return nf_strdup(run->opts->task_name);
+    if (task_given && strcmp(task_given, task_path) != 0)
+        return nf_strdup(task_given);
+    char *id = nf_hf_model_id(task_path);
+    return id ? id : nf_path_stem(task_path);
+}
+
+static int build_meta(nf_run *run, const char *task_given, const char *task_path, meta_list *l)
 {
     for (size_t i = 0; i < run->base->nmeta; i++)
         if (strncmp(run->base->meta[i].key, "nufilt.", 7) != 0)
@@ -192,10 +317,12 @@ static int build_meta(nf_run *run, const char *task_path, meta_list *l)
     meta_put(l, "nufilt.step", buf);
     char *pj = nf_params_json(&run->p);
     char *sj = nf_state_json(&run->state);
-    snprintf(buf, sizeof buf, "%016llx", (unsigned long long)nf_model_fingerprint(run->base));
+    snprintf(buf, sizeof buf, "%016llx", (unsigned long long)run->base_fp);
     meta_put(l, "nufilt.base", buf);
-    char *name = run->opts->task_name ? nf_strdup(run->opts->task_name) : nf_path_stem(task_path);
-    char *tj = name ? tasks_json(run->prev, name, task_path) : NULL;
+    char *name = task_name_of(run, task_given, task_path);
+    char tfp[32];
+    snprintf(tfp, sizeof tfp, "%016llx", (unsigned long long)nf_model_fingerprint(run->task));
+    char *tj = name ? tasks_json(run->prev, name, task_path, tfp) : NULL;
     if (pj) meta_put(l, "nufilt.params", pj);
     if (sj) meta_put(l, "nufilt.state", sj);
     if (tj) meta_put(l, "nufilt.tasks", tj);
@@ -279,6 +406,9 @@ static void run_free(nf_run *run, const nf_step_mem *mem)
         close(run->spill_fd);
     free(run->spill_path);
     nf_params_free(&run->p);
+    for (size_t i = 0; i < run->nnotes; i++)
+        free(run->notes[i]);
+    free(run->notes);
     pthread_mutex_destroy(&run->lock);
 }
 
@@ -288,9 +418,104 @@ static int cpu_count(void)
     return n > 0 ? (int)n : 1;
 }
 
+/* config.json with the output's dtype, and the model card, for a directory output */
+static int add_hf_files(nf_run *run, const char *base_given, const char *base,
+                        const meta_list *meta, nf_error *err)
+{
+    const nf_options *o = run->opts;
+    int rc = NF_OK;
+    const char *dn = nf_torch_dtype_name(o->out_dtype);
+    if (dn && run->base->is_dir) {
+        char *text = NULL;
+        size_t len = 0;
+        int got = nf_tree_read(base, "config.json", 16u << 20, &text, &len, err);
+        if (got < 0)
+            return err->code;
+        if (got) {
+            char *edited = NULL;
+            size_t elen = 0;
+            int e = nf_config_set_dtype(text, len, dn, &edited, &elen);
+            if (e == NF_OK)
+                rc = nf_writer_add_file(run->writer, "config.json", edited, elen, err);
+            else if (e == NF_E_NOMEM)
+                rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+            else
+                nf_run_note(run, "config.json of the base is not a valid JSON object: copied "
+                                 "unchanged, so its torch_dtype/dtype do not follow --dtype");
+            free(edited);
+        }
+        free(text);
+        if (rc)
+            return rc;
+    }
+    char *card = NULL;
+    size_t card_len = 0;
+    if (run->base->is_dir && nf_tree_read(base, "README.md", 1u << 20, &card, &card_len, err) < 0)
+        return err->code;
+    char *id = strcmp(base_given, base) != 0 ? nf_strdup(base_given) : nf_hf_model_id(base);
+    char fp[32];
+    snprintf(fp, sizeof fp, "%016llx", (unsigned long long)run->base_fp);
+    const char *params = NULL, *tasks = NULL;
+    for (size_t i = 0; i < meta->n; i++) {
+        if (!strcmp(meta->kv[i].key, "nufilt.params"))
+            params = meta->kv[i].value;
+        if (!strcmp(meta->kv[i].key, "nufilt.tasks"))
+            tasks = meta->kv[i].value;
+    }
+    nf_card_in ci = {
+        .method = run->method->info.name,
+        .params_json = params,
+        .tasks_json = tasks,
+        .base_model = id ? id : base_given,
+        .base_card = card,
+        .base_card_len = card_len,
+        .base_fp = fp,
+        .command_line = o->command_line,
+        .step = run->step,
+    };
+    char *text = nf_card_text(&ci);
+    rc = text ? nf_writer_add_file(run->writer, "README.md", text, strlen(text), err)
+              : nf_error_set(err, NF_E_NOMEM, "out of memory");
+    free(text);
+    free(id);
+    free(card);
+    return rc;
+}
+
+static int step_resolved(const char *base_given, const char *task_given, const char *base,
+                         const char *task, const char *prev, const char *out,
+                         const nf_options *o, int step_in_run, int nsteps, nf_report *report,
+                         nf_error *err, const nf_step_mem *mem);
+
 int nf_step_in_run(const char *base, const char *task, const char *prev, const char *out,
                    const nf_options *o, int step_in_run, int nsteps, nf_report *report,
                    nf_error *err, const nf_step_mem *mem)
+{
+    if (mem) /* models in memory: no paths */
+        return step_resolved(NULL, NULL, base, task, prev, out, o, step_in_run, nsteps, report,
+                             err, mem);
+    if (!base || !task || !out)
+        return step_resolved(base, task, base, task, prev, out, o, step_in_run, nsteps, report,
+                             err, NULL); /* which says what is missing */
+    /* Hugging Face model ids (org/name) from the local cache */
+    char *b = NULL, *t = NULL, *p = NULL;
+    int rc = nf_hf_resolve(base, "--base", &b, err);
+    if (rc == NF_OK)
+        rc = nf_hf_resolve(task, "task", &t, err);
+    if (rc == NF_OK)
+        rc = nf_hf_resolve(prev, "--prev", &p, err);
+    if (rc == NF_OK)
+        rc = step_resolved(base, task, b, t, p, out, o, step_in_run, nsteps, report, err, NULL);
+    free(b);
+    free(t);
+    free(p);
+    return rc;
+}
+
+static int step_resolved(const char *base_given, const char *task_given, const char *base,
+                         const char *task, const char *prev, const char *out,
+                         const nf_options *o, int step_in_run, int nsteps, nf_report *report,
+                         nf_error *err, const nf_step_mem *mem)
 {
     nf_run run;
     memset(&run, 0, sizeof run);
@@ -347,6 +572,7 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         if (prev && (rc = nf_model_open(prev, &run.prev, err)))
             goto done;
     }
+    run.base_fp = nf_model_fingerprint(run.base);
     if ((rc = check_against_base(run.base, run.task, "task", err)))
         goto done;
     if (run.prev) {
@@ -354,8 +580,7 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
             goto done;
         const char *fp = nf_model_metadata_get(run.prev, "nufilt.base");
         char mine[32];
-        snprintf(mine, sizeof mine, "%016llx",
-                 (unsigned long long)nf_model_fingerprint(run.base));
+        snprintf(mine, sizeof mine, "%016llx", (unsigned long long)run.base_fp);
         if (fp && strcmp(fp, mine) != 0) {
             rc = nf_error_set(err, NF_E_STATE,
                               "%s was merged from another base model than %s (base fingerprint "
@@ -367,6 +592,8 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     if ((rc = nf_recipe_resolve(o, run.base, run.prev, &run.p, &run.step, &run.prev_state, err)))
         goto done;
     run.method = nf_method_ops_get(run.p.method);
+    if ((rc = adopt_one_sided(&run, !mem, err)))
+        goto done;
     run.state = run.prev_state;
     run.ntensors = run.base->ntensors;
     run.treated = calloc(run.ntensors, 1);
@@ -379,6 +606,11 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     if (run.method->params & NF_P_SELECT) {
         if ((rc = nf_select(run.base, run.p.layers ? NULL : run.p.preset, run.p.layers,
                             run.treated, err)))
+            goto done;
+        size_t ntreated = 0;
+        for (size_t i = 0; i < run.ntensors; i++)
+            ntreated += run.treated[i];
+        if (!ntreated && (rc = refuse_empty_selection(&run, err)))
             goto done;
     } else {
         for (size_t i = 0; i < run.ntensors; i++)
@@ -399,7 +631,7 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         run.bytes_total += t->nbytes;
     }
     meta_list meta = {0};
-    if ((rc = build_meta(&run, task, &meta))) {
+    if ((rc = build_meta(&run, task_given, task, &meta))) {
         meta_free(&meta);
         rc = nf_error_set(err, rc, "out of memory");
         goto done;
@@ -422,6 +654,8 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         .copy_from_dir = as_dir && run.base->is_dir ? run.base->path : NULL,
         .force = o->force,
         .what = step_in_run == nsteps ? "`out`" : "`save_steps`",
+        .note = nf_run_note,
+        .note_user = &run,
     };
     if (!as_dir && o->out_shard_size && !mem) {
         meta_free(&meta);
@@ -483,10 +717,15 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     }
     /* the state the method arrived at goes into the metadata */
     meta_free(&meta);
-    if ((rc = build_meta(&run, task, &meta)) ||
+    if ((rc = build_meta(&run, task_given, task, &meta)) ||
         (rc = nf_writer_set_meta(run.writer, meta.kv, meta.n, err))) {
         meta_free(&meta);
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+        goto done;
+    }
+    if (as_dir && ((rc = add_hf_files(&run, base_given, base, &meta, err)) ||
+                   (rc = nf_writer_copy_tree(run.writer, err)))) {
+        meta_free(&meta);
         goto done;
     }
     meta_free(&meta);
@@ -590,8 +829,9 @@ done:
     return rc;
 }
 
-int nf_merge(const char *base, const char *const *tasks, int ntasks, const char *out,
-             const char *save_steps_dir, const nf_options *opts, nf_error *err)
+static int merge_resolved(const char *base, const char *const *tasks, int ntasks,
+                          const char *out, const char *save_steps_dir, const nf_options *opts,
+                          nf_error *err)
 {
     nf_options o;
     int rc = nf_options_import(opts, &o, err);
@@ -671,7 +911,7 @@ int nf_merge(const char *base, const char *const *tasks, int ntasks, const char 
         }
         nf_options so = o;
         so.report_path = NULL;
-        so.task_name = NULL;
+        so.task_name = o.task_names ? o.task_names[t - 1] : NULL;
         so.force = t == ntasks ? o.force : 1;
         rc = nf_step_in_run(base, tasks[t - 1], prev, dst, &so, t, ntasks, rep, err, NULL);
         if (rc == NF_OK && t == ntasks && save_steps_dir) {
@@ -716,5 +956,30 @@ int nf_step_models(nf_model *base, nf_model *task, nf_model *prev, const nf_sink
     }
     rc = nf_step_in_run(NULL, NULL, NULL, NULL, &o, 1, 1, rep, err, &mem);
     nf_report_free(rep);
+    return rc;
+}
+
+int nf_merge(const char *base, const char *const *tasks, int ntasks, const char *out,
+             const char *save_steps_dir, const nf_options *opts, nf_error *err)
+{
+    if (ntasks < 1 || !tasks)
+        return nf_error_set(err, NF_E_ARG, "merge needs at least one task model");
+    /* Hugging Face model ids (org/name) from the local cache, before the path checks; the
+     * ids come back from the snapshot paths for the card and the task names */
+    char **t = calloc((size_t)ntasks, sizeof *t);
+    char *b = NULL;
+    int rc = t ? nf_hf_resolve(base, "--base", &b, err)
+               : nf_error_set(err, NF_E_NOMEM, "out of memory");
+    for (int i = 0; i < ntasks && rc == NF_OK; i++) {
+        char what[32];
+        snprintf(what, sizeof what, "task %d", i + 1);
+        rc = nf_hf_resolve(tasks[i], what, &t[i], err);
+    }
+    if (rc == NF_OK)
+        rc = merge_resolved(b, (const char *const *)t, ntasks, out, save_steps_dir, opts, err);
+    for (int i = 0; t && i < ntasks; i++)
+        free(t[i]);
+    free(t);
+    free(b);
     return rc;
 }
