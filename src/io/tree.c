@@ -150,6 +150,11 @@ static int copy_entry(walk *w, const char *src_dir, const char *dst_dir, const c
             goto done;
         }
         from = real;
+        char here[PATH_MAX];
+        if (S_ISDIR(st.st_mode) && realpath(src_dir, here) && inside(here, real)) {
+            notef(w, "%s: symbolic link to a folder that holds it (a loop); not copied", rel);
+            goto done;
+        }
     }
     if (S_ISDIR(st.st_mode)) {
         if (nf_tree_is_weight(name, 1))

@@ -190,6 +190,7 @@ def st_base(d, outside_file):
     os.symlink("1_Pooling", os.path.join(d, "pool_link"))
     os.symlink(outside_file, os.path.join(d, "outside.txt"))
     os.symlink("missing-target", os.path.join(d, "dangling.txt"))
+    os.symlink("..", os.path.join(d, "1_Pooling", "loop"))
     expected = {
         "f model.safetensors", "f README.md", "f config.json", "f tokenizer.json",
         "f vocab.txt", "f modules.json", "f config_sentence_transformers.json",
@@ -242,9 +243,10 @@ def case_tree(ctx):
     notes = json.load(open(rep))["steps"][-1].get("notes", [])
     joined = "\n".join(notes)
     check("2_Dense/model.safetensors" in joined and "outside.txt" in joined and
-          "a/b/c/d/e/f/g" in joined and "dangling.txt" in joined, c,
-          "--report notes the module weights, the outside and dangling links, the deep folder",
-          notes)
+          "a/b/c/d/e/f/g" in joined and "dangling.txt" in joined and
+          "1_Pooling/loop: symbolic link to a folder that holds it" in joined, c,
+          "--report notes the module weights, the outside, dangling and looping links, the deep "
+          "folder", notes)
     check("onnx" not in joined and "pytorch_model.bin" not in joined, c,
           "weights in other formats at the top level are left out without a note", notes)
     step1 = os.path.join(w, "steps", "step01")
@@ -451,6 +453,9 @@ def case_config_dtype(ctx):
         "both": CONFIG.replace('"model_type"', '"dtype": "float32",\n  "model_type"'),
         "neither": CONFIG.replace('  "torch_dtype": "float32",\n', ""),
         "not-json": CONFIG.replace("}", ",}"),
+        # a sub-config's own keys are not the model's: left as they are
+        "nested": CONFIG.replace('"model_type"', '"text_config": {"torch_dtype":"int8", '
+                                 '"dtype":"int8"},\n  "model_type"'),
     }
     for tag, text in variants.items():
         d = os.path.join(w, tag)
