@@ -324,15 +324,17 @@ int nf_config_set_dtype(const char *text, size_t len, const char *dtype_name, ch
         nf_sb_free(&b);
         return NF_E_NOMEM;
     }
-    /* what was written must read back as one object with the new values */
+    /* what was written must read back as one object whose keys (as a JSON reader decodes
+     * them: a key spelled with \u escapes escapes the textual scan) all say the new dtype */
     nf_json *check = nf_json_parse(b.s, b.len, NULL, 0);
     int ok = 0;
     if (check && check->type == NF_JSON_OBJECT) {
         ok = 1;
         for (int k = 0; k < 2; k++) {
             const nf_json *v = nf_json_get(check, keys[k]);
-            if ((found[k] || (k == 0 && !found[1])) &&
-                (!v || v->type != NF_JSON_STRING || strcmp(v->str, dtype_name) != 0))
+            int want = found[k] || (k == 0 && !found[1]);
+            if ((want && !v) ||
+                (v && (v->type != NF_JSON_STRING || strcmp(v->str, dtype_name) != 0)))
                 ok = 0;
         }
     }
