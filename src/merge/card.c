@@ -156,10 +156,10 @@ char *nf_card_text(const nf_card_in *in)
 
     const nf_method_info *mi = nf_method_get(nf_method_from_name(in->method));
     nf_sb_printf(&b, "# Merged model\n\nThis model merges %d fine-tuned model%s of the base "
-                     "model `",
+                     "model ",
                  in->step, in->step == 1 ? "" : "s");
-    md_text(&b, in->base_model, strlen(in->base_model));
-    nf_sb_printf(&b, "` (fingerprint %s), one task at a time and without data, using "
+    md_text(&b, in->base_model, strlen(in->base_model)); /* escaped: no code span */
+    nf_sb_printf(&b, " (fingerprint %s), one task at a time and without data, using "
                      "nufilt %s. Its weights record the "
                      "same in their metadata (`nufilt inspect`), from which the next step of "
                      "the stream continues.\n\n",

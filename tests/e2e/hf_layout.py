@@ -400,7 +400,7 @@ def front_matter(card):
 def case_card(ctx):
     c = "card"
     w = os.path.join(ctx.work, c)
-    base = os.path.join(w, "base")
+    base = os.path.join(w, "the_base")
     b = bert(7)
     st.save_dir(base, b, metadata={"format": "pt"})
     write(os.path.join(base, "README.md"), BASE_CARD)
@@ -420,6 +420,9 @@ def case_card(ctx):
     check('base_model: "%s"' % base in fm and "library_name: sentence-transformers" in fm and
           re.search(r"tags:\n- merge\n- nufilt\n- ties$", fm) is not None, c,
           "front matter: base_model, library_name from the base card, tags merge/nufilt/ties", fm)
+    check(("merges 3 fine-tuned models of the base model %s (fingerprint " %
+           base.replace("_", "\\_")) in card, c, "the prose names the base, Markdown-escaped",
+          card[card.find("# "):][:300])
     check("THIS PROSE BELONGS" not in card and "license" not in fm, c,
           "the base card's prose and other keys are not copied")
     check(re.search(r"\| scale \| 0\.4 \|", card) and re.search(r"\| keep \| 0\.2 \|", card), c,
