@@ -308,16 +308,23 @@ def case_hf_cache(ctx):
     b = bert(3)
     files = {"config.json": CONFIG, "1_Pooling/config.json": '{"pooling": 1}',
              "modules.json": "[]", "README.md": BASE_CARD}
-    make_cache(cache, "sentence-transformers", "mini", b, files)
+    bsnap = make_cache(cache, "sentence-transformers", "mini", b, files)
     snap1 = make_cache(cache, "someone", "task-one", task_of(b, 1), {"config.json": CONFIG})
+    # a link from the base's snapshot into another repository's blobs: outside the base
+    other_blob = os.path.join(cache, "models--someone--task-one", "blobs", "blob0000")
+    os.symlink(os.path.relpath(other_blob, bsnap), os.path.join(bsnap, "stolen.json"))
     t2 = os.path.join(w, "t2")
     st.save_dir(t2, task_of(b, 2), metadata={"format": "pt"})
     env = {"HF_HUB_CACHE": cache}
     out = os.path.join(w, "out")
+    rep = os.path.join(w, "rep.json")
     p = nf(ctx, "merge", "--method", "ta", "--base", "sentence-transformers/mini", "--out", out,
-           snap1, "second=" + t2, env=env)
+           "--report", rep, snap1, "second=" + t2, env=env)
     if not check(p.returncode == 0, c, "merge with --base org/name from HF_HUB_CACHE", p.stderr):
         return
+    notes = " ".join(json.load(open(rep))["steps"][-1].get("notes", []))
+    check(not os.path.exists(os.path.join(out, "stolen.json")) and "stolen.json" in notes, c,
+          "a link into another cached repository's blobs is not followed, and noted", notes)
     check(read(os.path.join(out, "1_Pooling", "config.json"), "r") == '{"pooling": 1}' and
           not os.path.islink(os.path.join(out, "config.json")), c,
           "the snapshot's links into blobs/ are copied as content")
