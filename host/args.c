@@ -69,15 +69,16 @@ static const opt opts[] = {
      "compute devices: auto, cpu, opencl:N, vulkan:N or a comma list (`nufilt devices`) "
      "[auto: real GPUs, else the CPU]"},
     {"svd", "MODE", CMD_RUN, K_SPECIAL,
-     "how NUFILT finds its top singular vectors. exact: LAPACK gesdd, the method's "
-     "definition. gram: only the top vectors, as eigenvectors of the Gram matrix in double "
-     "precision; at least as accurate, faster. fast: the same in float32, sharing the task "
-     "vector's Gram matrix with the adapter's training; about as accurate as exact on task "
-     "vectors whose 128th singular value is above 1% of the largest, and gram is used for a "
-     "matrix where it is not; the fastest of the accurate modes. (--compat reference keeps "
-     "gesdd for gram and fast.) randomized: range finder, 10 extra columns, 2 power "
-     "iterations; on task vectors without a spectral gap at the cut it moves the null space "
-     "and the merged weights by up to 10-15%. See docs/performance.md [exact]"},
+     "how NUFILT finds its top singular vectors. fast: the top vectors as eigenvectors of "
+     "the Gram matrix in float32, sharing the task vector's Gram matrix with the adapter's "
+     "training; gram is used for a matrix whose 128th singular value is below 1% of the "
+     "largest; the fastest accurate mode. gram: the same in double precision. gesdd (alias "
+     "exact): LAPACK's float32 gesdd, the method's definition, slower and on wide matrices "
+     "further from a float64 SVD than gram and fast. (--compat reference uses gesdd for gram "
+     "and fast.) randomized: range finder, 10 extra columns, 2 power iterations; without a "
+     "spectral gap at the cut it moves the merged task vectors by up to 18% (see below). The mode is "
+     "recorded in the output; a step may use another mode than the previous one (--report "
+     "says so). See docs/performance.md [fast]"},
     {"threads", "N", CMD_RUN, K_INT, "worker threads [all cores]"},
     {"max-memory", "SIZE", CMD_RUN, K_SIZE,
      "cap on the estimated working memory of the tensors in flight (e.g. 500MB); fewer run at "
@@ -273,11 +274,11 @@ int cli_parse(int cmd, int argc, char **argv, int first, cli *c)
         else if (!strcmp(name, "allow-nonfinite")) o->allow_nonfinite = !negated;
         else if (!strcmp(name, "device")) o->device = val;
         else if (!strcmp(name, "svd")) {
-            if (!strcmp(val, "exact")) o->svd = NF_SVD_EXACT;
+            if (!strcmp(val, "gesdd") || !strcmp(val, "exact")) o->svd = NF_SVD_GESDD;
             else if (!strcmp(val, "randomized")) o->svd = NF_SVD_RANDOMIZED;
             else if (!strcmp(val, "gram")) o->svd = NF_SVD_GRAM;
             else if (!strcmp(val, "fast")) o->svd = NF_SVD_FAST;
-            else rc = bad(name, val, "expected exact, gram, fast or randomized");
+            else rc = bad(name, val, "expected fast, gram, gesdd (or exact) or randomized");
         } else if (!strcmp(name, "threads")) rc = parse_int(name, val, 1, 4096, &o->threads);
         else if (!strcmp(name, "report")) o->report_path = val;
         else if (!strcmp(name, "quiet")) c->quiet = !negated;

@@ -151,7 +151,12 @@ NF_API int nf_method_from_name(const char *name); /* id, or -1 */
 /* ---- options --------------------------------------------------------------------------- */
 
 enum { NF_COMPAT_UNSET = 0, NF_COMPAT_PAPER = 1, NF_COMPAT_REFERENCE = 2 };
-enum { NF_SVD_EXACT = 0, NF_SVD_RANDOMIZED = 1, NF_SVD_GRAM = 2, NF_SVD_FAST = 3 };
+/* NF_SVD_GESDD: LAPACK's gesdd (NF_SVD_EXACT is its older name). nf_options_init sets
+ * NF_SVD_FAST. */
+enum {
+    NF_SVD_GESDD = 0, NF_SVD_EXACT = NF_SVD_GESDD, NF_SVD_RANDOMIZED = 1, NF_SVD_GRAM = 2,
+    NF_SVD_FAST = 3
+};
 
 typedef struct nf_progress {
     int step, nsteps;             /* 1-based continual step, and how many in this run */
@@ -205,7 +210,7 @@ typedef struct nf_options {
     int allow_nonfinite;     /* accept NaN/Inf in task models */
     int threads;             /* 0 = all cores */
     const char *device;      /* "auto", "cpu", "opencl:0", "vulkan:0,cpu", ... NULL = auto */
-    int svd;                 /* NF_SVD_* */
+    int svd;                 /* NF_SVD_* [NF_SVD_FAST] */
     uint64_t max_memory;     /* cap on tensors in flight, bytes; 0 = none */
     const char *report_path; /* JSON report, NULL = none */
     const char *task_name;   /* name recorded for the task; NULL = from its path */

@@ -30,7 +30,7 @@ static void options_defaults(nf_options *o)
     o->scale = o->keep = o->alpha = NAN;
     o->opcm_zero_diag = -1;
     o->out_dtype = NF_DTYPE_INVALID;
-    o->svd = NF_SVD_EXACT;
+    o->svd = NF_SVD_FAST;
 }
 
 /* The caller's struct may be smaller (an older header) or larger (a newer one) than ours:

@@ -92,7 +92,9 @@ struct nf_run {
     const nf_options *opts;
     nf_error *err;             /* for begin/after_pass/end: details of a failure */
     int step;                  /* 1-based index of the task being merged */
-    int svd_mode;
+    int svd_mode;              /* NF_LA_SVD_* this step uses */
+    const char *svd_used;      /* its --svd name, recorded as nufilt.svd; NULL: no SVD */
+    const char *svd_prev;      /* the name prev recorded, or NULL */
     nf_model *base, *task, *prev;
     nf_state prev_state;       /* from prev's metadata (zeros at the first step) */
     nf_state state;            /* written into the output */

@@ -199,12 +199,47 @@ static int build_meta(nf_run *run, const char *task_path, meta_list *l)
     if (pj) meta_put(l, "nufilt.params", pj);
     if (sj) meta_put(l, "nufilt.state", sj);
     if (tj) meta_put(l, "nufilt.tasks", tj);
+    if (run->svd_used)
+        meta_put(l, "nufilt.svd", run->svd_used);
     int ok = pj && sj && tj && !l->oom;
     free(pj);
     free(sj);
     free(tj);
     free(name);
     return ok ? NF_OK : NF_E_NOMEM;
+}
+
+/* ---- the SVD mode: per step, recorded as nufilt.svd (not part of the recipe) ---- */
+
+static const char *const svd_names[] = {
+    [NF_LA_SVD_EXACT] = "gesdd", [NF_LA_SVD_RANDOMIZED] = "randomized",
+    [NF_LA_SVD_GRAM] = "gram", [NF_LA_SVD_FAST] = "fast"};
+
+/* The mode this step uses (--compat reference keeps gesdd for gram and fast, as the method
+ * does) and the one the previous merged model recorded, which must be a known name. */
+static int svd_resolve(nf_run *run, int opt, nf_error *err)
+{
+    int mode = opt == NF_SVD_RANDOMIZED ? NF_LA_SVD_RANDOMIZED
+               : opt == NF_SVD_GRAM     ? NF_LA_SVD_GRAM
+               : opt == NF_SVD_FAST     ? NF_LA_SVD_FAST
+                                        : NF_LA_SVD_EXACT;
+    if (run->p.compat == NF_COMPAT_REFERENCE &&
+        (mode == NF_LA_SVD_GRAM || mode == NF_LA_SVD_FAST))
+        mode = NF_LA_SVD_EXACT;
+    run->svd_mode = mode;
+    run->svd_used = run->p.method == NF_METHOD_NUFILT ? svd_names[mode] : NULL;
+    const char *rec = run->prev ? nf_model_metadata_get(run->prev, "nufilt.svd") : NULL;
+    if (!rec)
+        return NF_OK;
+    for (size_t i = 0; i < sizeof svd_names / sizeof svd_names[0]; i++)
+        if (strcmp(rec, svd_names[i]) == 0) {
+            run->svd_prev = svd_names[i];
+            return NF_OK;
+        }
+    return nf_error_set(err, NF_E_STATE,
+                        "%s: metadata nufilt.svd records an unknown SVD mode \"%.40s\" "
+                        "(expected gesdd, fast, gram or randomized)",
+                        run->prev->path, rec);
 }
 
 /* ---- the step ---- */
@@ -300,10 +335,6 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     run.err = err;
     run.step_in_run = step_in_run;
     run.nsteps = nsteps;
-    run.svd_mode = o->svd == NF_SVD_RANDOMIZED ? NF_LA_SVD_RANDOMIZED
-                   : o->svd == NF_SVD_GRAM     ? NF_LA_SVD_GRAM
-                   : o->svd == NF_SVD_FAST     ? NF_LA_SVD_FAST
-                                               : NF_LA_SVD_EXACT;
     nf_device **devs = NULL;
     int ndev = 0;
     int rc = NF_OK;
@@ -365,6 +396,8 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         }
     }
     if ((rc = nf_recipe_resolve(o, run.base, run.prev, &run.p, &run.step, &run.prev_state, err)))
+        goto done;
+    if ((rc = svd_resolve(&run, o->svd, err)))
         goto done;
     run.method = nf_method_ops_get(run.p.method);
     run.state = run.prev_state;
