@@ -466,8 +466,15 @@ class Bench:
         """Rewrite the documents with the task orders finished so far (all methods each)."""
         import report
         if self.args.only_svd_modes:  # only the SVD-mode section of results.md
+            part = dict(summary)
+            per = {}
+            for r in summary["svd_runs"]:
+                per[r["order_index"]] = per.get(r["order_index"], 0) + 1
+            n = sum(1 for c in per.values() if c == len(SVD_MODES))
+            if n < len(summary["orders"]):
+                part["partial"] = f"{n} of {len(summary['orders'])} task orders finished"
             try:
-                report.write_svd_section(summary, self.args.docs)
+                report.write_svd_section(part, self.args.docs)
                 log(f"SVD-mode section of results.md updated ({len(summary['svd_runs'])} runs)")
             except Exception as e:  # a report problem must not lose the runs
                 log(f"report failed: {e!r}")

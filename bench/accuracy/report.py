@@ -640,7 +640,11 @@ def svd_section(summary):
           f" | {m:+.2f} | {max(abs(x) for x in d):.2f} |")
     w("")
     ok = abs(macc) <= SVD_TOLERANCE and abs(mbwt) <= SVD_TOLERANCE
-    w(f"Mean differences: ACC {macc:+.2f}, BWT {mbwt:+.2f} points over {len(both)} orders: "
+    w("Merge seconds are wall time on the machine as it was (shared machines swing by 2x); "
+      "CPU seconds per step vary less.")
+    w("")
+    w(f"Mean differences: ACC {macc:+.2f}, BWT {mbwt:+.2f} points over {len(both)} task "
+      f"order{'s' if len(both) != 1 else ''}: "
       + (f"**within {SVD_TOLERANCE} points** of gesdd in both." if ok else
          f"**not within {SVD_TOLERANCE} points** of gesdd in "
          + " and ".join(n for n, m in (("ACC", macc), ("BWT", mbwt))
