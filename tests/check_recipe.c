@@ -3,6 +3,10 @@
 #include "io/model.h"
 #include "core/util.h"
 #include "merge/select.h"
+#include "merge/run.h"
+
+#include <math.h>
+#include <regex.h>
 #include "testutil.h"
 
 START_TEST(test_presets)
@@ -63,6 +67,102 @@ START_TEST(test_auto_detection)
         free(p);
     }
     tu_rmdir(dir);
+}
+END_TEST
+
+/* The one table of ranges: every row's methods are exactly the methods that read it (from the
+ * methods' own descriptions), and the bounds hold as written. */
+START_TEST(test_option_ranges)
+{
+    size_t n = 0;
+    const nf_option_range *r = nf_option_ranges(&n);
+    ck_assert_uint_eq(n, 10);
+    static const struct {
+        const char *key;
+        unsigned bit;
+    } bits[] = {{"null_rank", NF_P_NULL_RANK}, {"task_rank", NF_P_TASK_RANK},
+                {"lora_rank", NF_P_LORA_RANK}, {"lr", NF_P_LR},
+                {"iters", NF_P_ITERS},         {"seed", NF_P_SEED},
+                {"rank_tol", NF_P_RANK_TOL},   {"scale", NF_P_SCALE},
+                {"keep", NF_P_KEEP},           {"alpha", NF_P_ALPHA}};
+    for (size_t i = 0; i < n; i++) {
+        unsigned bit = 0;
+        for (size_t k = 0; k < sizeof bits / sizeof bits[0]; k++)
+            if (strcmp(bits[k].key, r[i].key) == 0)
+                bit = bits[k].bit;
+        ck_assert_msg(bit, "%s", r[i].key);
+        for (int m = 0; m < NF_METHOD_COUNT; m++) {
+            int reads = (nf_method_ops_get(m)->params & bit) != 0;
+            ck_assert_msg(reads == !!(r[i].methods & (1u << m)), "%s / %s", r[i].key,
+                          nf_method_get(m)->name);
+        }
+        ck_assert_ptr_eq(nf_option_range_find(r[i].option), &r[i]);
+        ck_assert_ptr_eq(nf_option_range_find(r[i].key), &r[i]);
+    }
+    ck_assert_ptr_null(nf_option_range_find("threads"));
+    const nf_option_range *rank = nf_option_range_find("null-rank");
+    ck_assert(nf_option_range_ok(rank, 0) && nf_option_range_ok(rank, 65536));
+    ck_assert(!nf_option_range_ok(rank, 65537) && !nf_option_range_ok(rank, -1));
+    ck_assert(!nf_option_range_ok(rank, 2.5) && !nf_option_range_ok(rank, NAN));
+    const nf_option_range *tol = nf_option_range_find("rank_tol");
+    ck_assert(nf_option_range_ok(tol, 0) && !nf_option_range_ok(tol, 1));
+    const nf_option_range *keep = nf_option_range_find("keep");
+    ck_assert(!nf_option_range_ok(keep, 0) && nf_option_range_ok(keep, 1));
+    const nf_option_range *lr = nf_option_range_find("lr");
+    ck_assert(nf_option_range_ok(lr, 1e-3) && !nf_option_range_ok(lr, 1e30));
+    ck_assert(!nf_option_range_ok(lr, INFINITY));
+    const nf_option_range *scale = nf_option_range_find("scale");
+    ck_assert(nf_option_range_ok(scale, -2) && !nf_option_range_ok(scale, 1e300));
+    char buf[64];
+    nf_option_range_describe(tol, buf, sizeof buf);
+    ck_assert_str_eq(buf, "a number in [0, 1)");
+    nf_option_range_describe(rank, buf, sizeof buf);
+    ck_assert_str_eq(buf, "an integer from 0 to 65536");
+}
+END_TEST
+
+/* The regex check: hostile expressions refused before regcomp, ordinary ones accepted; a
+ * refused one costs nothing like what regcomp would spend on it. */
+START_TEST(test_regex_check)
+{
+    static const char *const ok[] = {
+        "attn|fc1", "^enc\\.layers\\.[0-9]+\\.(self_attn|mlp)\\..*weight$", "a{1,200}",
+        "(ab){3}c{2,}", "[]a{]x", "[[:alpha:]]{2}", "x{", "a{,3}", "(a*)*b", "\\.", "",
+    };
+    static const struct {
+        const char *re, *why;
+    } bad[] = {
+        {"(((a{1,200}){1,200}){1,200})", "counted repetition of a counted"},
+        {"(a{2}){2}", "counted repetition of a counted"},
+        {"a{2}{2}", "counted repetition of a counted"},
+        {"((a{2})b*){3}", "counted repetition of a counted"},
+        {"(a)\\1", "back-reference"},
+        {"a{256}", "over 255"},
+        {"a{1,1000}", "over 255"},
+        {"(abcdefghijklmnopqrstuvwxyz0123456789abcdefghij){255}", "too large"},
+        {"[abc", "unterminated"},
+    };
+    char why[160];
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        ck_assert_msg(nf_regex_check(ok[i], why, sizeof why) == 0, "%s: %s", ok[i], why);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        why[0] = '\0';
+        ck_assert_msg(nf_regex_check(bad[i].re, why, sizeof why) == -1, "%s", bad[i].re);
+        ck_assert_msg(strstr(why, bad[i].why), "%s: %s", bad[i].re, why);
+    }
+    char *lng = malloc(NF_REGEX_MAX_LEN + 2);
+    memset(lng, 'a', NF_REGEX_MAX_LEN + 1);
+    lng[NF_REGEX_MAX_LEN + 1] = '\0';
+    ck_assert_int_eq(nf_regex_check(lng, why, sizeof why), -1);
+    lng[NF_REGEX_MAX_LEN] = '\0';
+    ck_assert_int_eq(nf_regex_check(lng, why, sizeof why), 0);
+    free(lng);
+    /* nesting within the cap: accepted, and regcomp of the largest accepted form is quick */
+    regex_t re;
+    ck_assert_int_eq(nf_regex_check("(a|b){255}(c|d){255}(e|f){255}", why, sizeof why), 0);
+    ck_assert_int_eq(regcomp(&re, "(a|b){255}(c|d){255}(e|f){255}", REG_EXTENDED | REG_NOSUB),
+                     0);
+    regfree(&re);
 }
 END_TEST
 
@@ -128,6 +228,8 @@ int main(void)
     tcase_add_test(tc, test_presets);
     tcase_add_test(tc, test_auto_detection);
     tcase_add_test(tc, test_recipe_conflicts);
+    tcase_add_test(tc, test_option_ranges);
+    tcase_add_test(tc, test_regex_check);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
