@@ -390,7 +390,7 @@ static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
                 rc = nf_error_set(err, NF_E_STATE,
                                   "%s: metadata nufilt.params records %s preset%s%.40s%s "
                                   "(clip, t5, llama or all-linear, and no layers beside it)",
-                                  path, r->have & NF_P_SELECT ? "a second selection, a" : "an unknown",
+                                  path, r->have & NF_P_SELECT ? "both layers and a" : "an unknown",
                                   v->type == NF_JSON_STRING ? " \"" : "",
                                   v->type == NF_JSON_STRING ? v->str : "",
                                   v->type == NF_JSON_STRING ? "\"" : "");
@@ -400,8 +400,13 @@ static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
             r->preset = nf_strdup(v->str);
         } else if (strcmp(key, "layers") == 0) {
             char why[160];
-            if (v->type != NF_JSON_STRING || (r->have & NF_P_SELECT) ||
-                strlen(v->str) != v->len) {
+            if (r->have & NF_P_SELECT) {
+                rc = nf_error_set(err, NF_E_STATE,
+                                  "%s: metadata nufilt.params records both a preset and layers",
+                                  path);
+                break;
+            }
+            if (v->type != NF_JSON_STRING || strlen(v->str) != v->len) {
                 rc = nf_error_set(err, NF_E_STATE,
                                   "%s: metadata nufilt.params records layers as something other "
                                   "than one regular expression without U+0000",

@@ -191,7 +191,10 @@ static int build_meta(nf_run *run, const char *task_path, meta_list *l)
     meta_put(l, "nufilt.step", buf);
     char *pj = nf_params_json(&run->p);
     char *sj = nf_state_json(&run->state);
-    snprintf(buf, sizeof buf, "%016llx", (unsigned long long)nf_model_fingerprint(run->base));
+    /* the fingerprint is known once pass 0 has read every tensor; until then a placeholder of
+     * the same length */
+    snprintf(buf, sizeof buf, NF_FINGERPRINT_PREFIX "%016llx",
+             (unsigned long long)run->fingerprint);
     meta_put(l, "nufilt.base", buf);
     char *name = run->opts->task_name ? nf_strdup(run->opts->task_name) : nf_path_stem(task_path);
     char *tj = name ? tasks_json(run->prev, name, task_path) : NULL;
@@ -204,6 +207,55 @@ static int build_meta(nf_run *run, const char *task_path, meta_list *l)
     free(tj);
     free(name);
     return ok ? NF_OK : NF_E_NOMEM;
+}
+
+/* ---- the base a previous merge was merged from ---- */
+
+/* Before any work: the previous merge records the base's fingerprint in this version's
+ * format. */
+static int check_recorded_base(const nf_model *prev, nf_error *err)
+{
+    const char *fp = nf_model_metadata_get(prev, "nufilt.base");
+    size_t pl = strlen(NF_FINGERPRINT_PREFIX);
+    if (!fp)
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata lacks nufilt.base, the fingerprint of the base it was "
+                            "merged from, so it cannot be checked against --base",
+                            prev->path);
+    int hex = 1;
+    for (size_t i = 0; i < 16; i++)
+        hex &= (fp[i] >= '0' && fp[i] <= '9') || (fp[i] >= 'a' && fp[i] <= 'f');
+    if (strlen(fp) == 16 && hex)
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.base is a fingerprint in the format of an "
+                            "earlier nufilt (the first and last bytes of each tensor), which "
+                            "this version no longer accepts: the fingerprint format changed to "
+                            "all of the base's bytes; re-run the stream from its first step",
+                            prev->path);
+    hex = strncmp(fp, NF_FINGERPRINT_PREFIX, pl) == 0 && strlen(fp) == pl + 16;
+    for (size_t i = 0; hex && i < 16; i++)
+        hex &= (fp[pl + i] >= '0' && fp[pl + i] <= '9') || (fp[pl + i] >= 'a' && fp[pl + i] <= 'f');
+    if (!hex)
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.base \"%.40s\" is not a base fingerprint "
+                            "(\"" NF_FINGERPRINT_PREFIX "\" and 16 lower-case hex digits)",
+                            prev->path, fp);
+    return NF_OK;
+}
+
+/* After pass 0 (every base tensor hashed), before the commit: the same base. */
+static int check_same_base(const nf_run *run, nf_error *err)
+{
+    const char *fp = nf_model_metadata_get(run->prev, "nufilt.base");
+    char mine[64];
+    snprintf(mine, sizeof mine, NF_FINGERPRINT_PREFIX "%016llx",
+             (unsigned long long)run->fingerprint);
+    if (fp && strcmp(fp, mine) == 0)
+        return NF_OK;
+    return nf_error_set(err, NF_E_STATE,
+                        "%s was merged from another base model than %s (base fingerprint %s, "
+                        "this base %s); nothing written",
+                        run->prev->path, run->base->path, fp ? fp : "none", mine);
 }
 
 /* ---- the step ---- */
@@ -270,6 +322,7 @@ static void run_free(nf_run *run)
     free(run->treated);
     free(run->out);
     free(run->reports);
+    free(run->base_hash);
     free(run->partial);
     free(run->spill_off);
     if (run->spill_fd >= 0)
@@ -335,19 +388,10 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     if (run.prev) {
         if ((rc = check_against_base(run.base, run.prev, "previous merge", err)))
             goto done;
-        const char *fp = nf_model_metadata_get(run.prev, "nufilt.base");
-        char mine[32];
-        snprintf(mine, sizeof mine, "%016llx",
-                 (unsigned long long)nf_model_fingerprint(run.base));
-        if (fp && strcmp(fp, mine) != 0) {
-            rc = nf_error_set(err, NF_E_STATE,
-                              "%s was merged from another base model than %s (base fingerprint "
-                              "%s, this base %s)",
-                              prev, base, fp, mine);
-            goto done;
-        }
     }
     if ((rc = nf_recipe_resolve(o, run.base, run.prev, &run.p, &run.step, &run.prev_state, err)))
+        goto done;
+    if (run.prev && (rc = check_recorded_base(run.prev, err)))
         goto done;
     run.method = nf_method_ops_get(run.p.method);
     run.state = run.prev_state;
@@ -355,7 +399,9 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     run.treated = calloc(run.ntensors, 1);
     run.out = calloc(run.ntensors, sizeof *run.out);
     run.reports = calloc(run.ntensors, sizeof *run.reports);
-    if (!run.treated || !run.out || !run.reports) {
+    run.base_hash = calloc(run.ntensors ? run.ntensors : 1, sizeof *run.base_hash);
+    run.out_path = out;
+    if (!run.treated || !run.out || !run.reports || !run.base_hash) {
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
         goto done;
     }
@@ -454,8 +500,12 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         meta_free(&meta);
         goto done;
     }
-    /* the state the method arrived at goes into the metadata */
+    /* pass 0 hashed every base tensor: the previous merge must come from this base */
     meta_free(&meta);
+    run.fingerprint = nf_model_fingerprint_of(run.base, run.base_hash);
+    if (run.prev && (rc = check_same_base(&run, err)))
+        goto done;
+    /* the state the method arrived at goes into the metadata */
     if ((rc = build_meta(&run, task, &meta)) ||
         (rc = nf_writer_set_meta(run.writer, meta.kv, meta.n, err))) {
         meta_free(&meta);

@@ -112,11 +112,15 @@ CASES = []
 
 class Case:
     def __init__(self, name, keywords, role, fn, xfail=None, timeout=60, max_rss_mb=None,
-                 inspect=None):
+                 inspect=None, max_seconds=None, max_extra_rss_mb=None):
         self.name, self.keywords, self.role, self.fn = name, keywords, role, fn
         self.xfail = xfail            # why it is a known issue (a fix requested elsewhere)
         self.timeout = timeout
         self.max_rss_mb = max_rss_mb  # bound on the peak resident set of the run
+        # bounds on the run's time and on its peak resident set above that of a trivial
+        # refusal run just before (the peak a child reports includes the memory of the Python
+        # process it was forked from)
+        self.max_seconds, self.max_extra_rss_mb = max_seconds, max_extra_rss_mb
         # a bad file given as the base is also given to `nufilt inspect`
         self.inspect = role in ("base", "base-dir", "base-custom") if inspect is None else inspect
 
@@ -645,6 +649,176 @@ def _(meta):
     meta["nufilt.params"] = json.dumps(params)
 
 
+# ---- what a previous merge records is untrusted (docs/security.md, "Recorded values") ----
+
+def params_with(meta, **kw):
+    params = json.loads(meta["nufilt.params"])
+    for k, v in kw.items():
+        if v is None:
+            params.pop(k, None)
+        else:
+            params[k] = v
+    meta["nufilt.params"] = json.dumps(params)
+
+
+@case("recorded --layers with nested counted repetition (10.9 GB before the check)",
+      ["layers", "counted repetition"], role="prev-meta", timeout=5, max_seconds=1,
+      max_extra_rss_mb=20)
+def _(meta):
+    params_with(meta, preset=None, layers="(((a{1,200}){1,200}){1,200})")
+
+
+@case("recorded --layers with a back-reference", ["layers", "back-reference"], role="prev-meta",
+      timeout=5)
+def _(meta):
+    params_with(meta, preset=None, layers="(attn)\\1")
+
+
+@case("recorded --layers longer than 1024 bytes", ["layers", "1024"], role="prev-meta", timeout=5)
+def _(meta):
+    params_with(meta, preset=None, layers="a" * 5000)
+
+
+@case("recorded --layers beside a preset", ["preset"], role="prev-meta")
+def _(meta):
+    params = json.loads(meta["nufilt.params"])
+    meta["nufilt.params"] = json.dumps(dict(params, layers="attn"))
+
+
+@case("recorded lr 1e30 (NaN everywhere before the check)", ["lr", "out of range"],
+      role="prev-meta")
+def _(meta):
+    params_with(meta, lr=1e30)
+
+
+@case("recorded lr 1e30 for wudi", ["lr", "out of range"], role="prev-meta")
+def _(meta):
+    meta["nufilt.method"] = "wudi"
+    meta["nufilt.params"] = json.dumps({"lr": 1e30, "iters": 5})
+
+
+@case("recorded scale 1e300 for ta (Inf everywhere before the check)", ["scale", "out of range"],
+      role="prev-meta")
+def _(meta):
+    meta["nufilt.method"] = "ta"
+    meta["nufilt.params"] = json.dumps({"scale": 1e300})
+
+
+@case("recorded scale 1e300 for isoc", ["scale", "out of range"], role="prev-meta")
+def _(meta):
+    meta["nufilt.method"] = "isoc"
+    meta["nufilt.params"] = json.dumps({"scale": 1e300})
+
+
+@case("recorded rank as 2.0 (not an integer literal)", ["null_rank"], role="prev-meta")
+def _(meta):
+    params_with(meta, null_rank=2.0)
+
+
+@case("recorded seed as a string", ["seed", "other than a number"], role="prev-meta")
+def _(meta):
+    params_with(meta, seed="0")
+
+
+@case("recorded compat \"evil\" (was read as paper)", ["compat", "evil"], role="prev-meta")
+def _(meta):
+    params_with(meta, compat="evil")
+
+
+@case("recorded opcm_zero_diag not a boolean", ["opcm_zero_diag"], role="prev-meta")
+def _(meta):
+    meta["nufilt.method"] = "opcm"
+    meta["nufilt.params"] = json.dumps({"alpha": 0.5, "opcm_zero_diag": 1})
+
+
+@case("recorded recipe with an unknown key", ["unknown key", "lr_decay"], role="prev-meta")
+def _(meta):
+    params_with(meta, lr_decay=0.5)
+
+
+@case("step \"+2\"", ["nufilt.step"], role="prev-meta")
+def _(meta):
+    meta["nufilt.step"] = "+1"
+
+
+@case("step \" 2\"", ["nufilt.step"], role="prev-meta")
+def _(meta):
+    meta["nufilt.step"] = " 1"
+
+
+@case("step \"01\"", ["nufilt.step"], role="prev-meta")
+def _(meta):
+    meta["nufilt.step"] = "01"
+
+
+@case("step count disagrees with the task list (wa would weight the task 1/1000001)",
+      ["nufilt.step", "nufilt.tasks"], role="prev-meta")
+def _(meta):
+    meta["nufilt.method"] = "wa"
+    meta["nufilt.params"] = "{}"
+    meta["nufilt.step"] = "1000000"
+
+
+@case("task list missing", ["nufilt.tasks"], role="prev-meta")
+def _(meta):
+    del meta["nufilt.tasks"]
+
+
+@case("task list not an array", ["nufilt.tasks"], role="prev-meta")
+def _(meta):
+    meta["nufilt.tasks"] = '{"name": "a"}'
+
+
+@case("task list entry without a name", ["nufilt.tasks"], role="prev-meta")
+def _(meta):
+    meta["nufilt.tasks"] = '[{"path": "/x"}]'
+
+
+@case("recorded state with a non-number", ["nufilt.state", "lambda"], role="prev-meta")
+def _(meta):
+    meta["nufilt.state"] = '{"lambda": "1", "norm_sum": 0, "norm_count": 0}'
+
+
+@case("base fingerprint missing (skipped the check)", ["nufilt.base"], role="prev-meta")
+def _(meta):
+    del meta["nufilt.base"]
+
+
+@case("base fingerprint in the old format", ["nufilt.base", "format changed"], role="prev-meta")
+def _(meta):
+    meta["nufilt.base"] = "0123456789abcdef"
+
+
+@case("base fingerprint malformed", ["nufilt.base"], role="prev-meta")
+def _(meta):
+    meta["nufilt.base"] = "data64:xyz"
+
+
+@case("previous merge of a base changed only in the middle of a tensor", ["another base"],
+      role="custom")
+def _(cdir, ctx):
+    # the base with one element in the middle of a tensor changed: the first and last 64
+    # bytes of every tensor are the same (the old fingerprint passed it)
+    other = os.path.join(cdir, "otherbase.safetensors")
+    shutil.copy(ctx["base"], other)
+    with open(other, "r+b") as f:
+        hl = struct.unpack("<Q", f.read(8))[0]
+        h = json.loads(f.read(hl))
+        t = h["enc.layers.0.mlp.fc1.weight"]
+        lo, hi = t["data_offsets"]
+        at = 8 + hl + (lo + hi) // 2
+        f.seek(at)
+        v = struct.unpack("<f", f.read(4))[0]
+        f.seek(at)
+        f.write(struct.pack("<f", v + 0.5))
+    prev = os.path.join(cdir, "prev.safetensors")
+    rc, _, err, _ = run(ctx["nufilt"], ["step", "--base", other, "--task", ctx["task"],
+                                        "--out", prev])
+    assert rc == 0, err
+    return (["step", "--base", ctx["base"], "--task", ctx["task"], "--prev", prev,
+             "--out", ctx["out"]], prev)
+
+
 @case("Inf in the previous merge (must not hang)", ["NaN or Inf"], role="prev-inf", timeout=20)
 def _(p):
     pass
@@ -976,11 +1150,20 @@ def main():
             args = ["step", "--base", base, "--task", task, "--prev", first, "--out", out,
                     "--null-rank", "3"]
             named = first
+        elif role == "custom":
+            ctx = {"base": base, "task": task, "first": first, "first_meta": first_meta,
+                   "nufilt": nufilt, "out": out}
+            args, named = fn(cdir, ctx)
         runs = [("", args)]
         if c.inspect:
             runs.append(("[inspect] ", ["inspect", bad]))
         for label, rargs in runs:
+            if c.max_extra_rss_mb and not label:
+                _, _, _, rss0 = run(nufilt, ["step", "--base", base, "--task", task, "--out",
+                                             out, "--null-rank", "x"])
+            t0 = time.monotonic()
             rc, so, se, rss = run(nufilt, rargs, timeout=c.timeout)
+            seconds = time.monotonic() - t0
             if role == "out-exists":
                 out_exists = open(out).read() != "keep me"
             else:
@@ -989,6 +1172,15 @@ def main():
             problems, msg = check(c, rc, se, rss, named, out_exists, leftovers)
             if c.max_rss_mb:
                 msg = "[peak %.0f MB] %s" % (rss, msg)
+            if c.max_seconds and not label:
+                if seconds > c.max_seconds:
+                    problems.append("took %.2f s (bound %g s)" % (seconds, c.max_seconds))
+                msg = "[%.3f s] %s" % (seconds, msg)
+            if c.max_extra_rss_mb and not label:
+                if rss - rss0 > c.max_extra_rss_mb:
+                    problems.append("peak memory %.0f MB above a trivial run's, over the %d MB "
+                                    "bound" % (rss - rss0, c.max_extra_rss_mb))
+                msg = "[peak %+.1f MB over a trivial run] %s" % (rss - rss0, msg)
             if label and CONTROL.search(so):
                 problems.append("control characters on stdout")
             report(c, label + name, problems, msg, counts)
