@@ -819,6 +819,50 @@ def _(cdir, ctx):
              "--out", ctx["out"]], prev)
 
 
+# ---- outputs that would not be finite once rounded to their dtype ----
+
+def f16_model(path, value, at=None):
+    """Every element value, or only element at (the others 1.0)."""
+    def vals(n):
+        return [value if at is None or i == at else 1.0 for i in range(n)]
+    ts = [(n, "F16", s, struct.pack("<%de" % numel(s), *vals(numel(s)))) for n, s in NAMES]
+    h, d = header_bytes(ts, {"format": "pt"})
+    st_file(path, h, d)
+
+
+@case("ta --scale 2 on an F16 model overflows F16 (64 Inf before the check)",
+      ["enc.layers.0.", "of the output", "element 5", "80000", "F16"], role="custom")
+def _(cdir, ctx):
+    b, t = os.path.join(cdir, "b16.safetensors"), os.path.join(cdir, "t16.safetensors")
+    f16_model(b, 40000.0, at=5)
+    f16_model(t, 60000.0, at=5)   # 40000 + 2 (60000 - 40000) = 80000 > 65504
+    return (["step", "--base", b, "--task", t, "--out", ctx["out"], "--method", "ta",
+             "--scale", "2"], ctx["out"])
+
+
+@case("--dtype f16 narrowing values of 1e6", ["of the output", "1e+06", "F16"], role="custom")
+def _(cdir, ctx):
+    b, t = os.path.join(cdir, "big.safetensors"), os.path.join(cdir, "bigtask.safetensors")
+    for p in (b, t):
+        ts = [(n, "F32", s, struct.pack("<%df" % numel(s), *[1e6] * numel(s))) for n, s in NAMES]
+        h, d = header_bytes(ts, {"format": "pt"})
+        st_file(p, h, d)
+    return (["step", "--base", b, "--task", t, "--out", ctx["out"], "--method", "wa",
+             "--dtype", "f16"], ctx["out"])
+
+
+@case("ta with a float32 overflow (a finite scale, values near the float32 limit)",
+      ["of the output", "infinite"], role="custom")
+def _(cdir, ctx):
+    b, t = os.path.join(cdir, "b.safetensors"), os.path.join(cdir, "t.safetensors")
+    for p, v in ((b, -3e38), (t, 3e38)):
+        ts = [(n, "F32", s, struct.pack("<%df" % numel(s), *[v] * numel(s))) for n, s in NAMES]
+        h, d = header_bytes(ts, {"format": "pt"})
+        st_file(p, h, d)
+    return (["step", "--base", b, "--task", t, "--out", ctx["out"], "--method", "ta",
+             "--scale", "1"], ctx["out"])
+
+
 @case("Inf in the previous merge (must not hang)", ["NaN or Inf"], role="prev-inf", timeout=20)
 def _(p):
     pass
@@ -1227,6 +1271,32 @@ def main():
         else:
             counts["ok"] += 1
             print("ok   --allow-nonfinite merges a task holding NaN")
+    # the same flag lets an output holding Inf be written (F16 overflow of ta --scale 2)
+    if not a.only:
+        b16, t16 = os.path.join(work, "b16.safetensors"), os.path.join(work, "t16.safetensors")
+        f16_model(b16, 40000.0)
+        f16_model(t16, 60000.0)
+        out = os.path.join(work, "allowed16.safetensors")
+        rc, _, err, _ = run(nufilt, ["step", "--base", b16, "--task", t16, "--out", out,
+                                     "--method", "ta", "--scale", "2", "--allow-nonfinite"])
+        inf = 0
+        if rc == 0 and os.path.exists(out):
+            with open(out, "rb") as f:
+                hl = struct.unpack("<Q", f.read(8))[0]
+                h = json.loads(f.read(hl))
+                data = f.read()
+            for name, shape in NAMES:
+                lo, hi = h[name]["data_offsets"]
+                inf += sum(1 for v in struct.unpack("<%de" % numel(shape), data[lo:hi])
+                           if v == float("inf"))
+        want = sum(numel(sh) for _, sh in NAMES)
+        if inf != want:
+            counts["fail"] += 1
+            print("FAIL --allow-nonfinite did not write the overflowing F16 output (%d of %d Inf): %s"
+                  % (inf, want, err.strip()))
+        else:
+            counts["ok"] += 1
+            print("ok   --allow-nonfinite writes an F16 output that overflowed (%d Inf)" % inf)
     total = sum(counts.values())
     print("%d checks: %d ok, %d failed, %d known issues (xfail), %d known issues now passing "
           "(xpass)" % (total, counts["ok"], counts["fail"], counts["xfail"], counts["xpass"]))
