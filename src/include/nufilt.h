@@ -62,7 +62,7 @@ typedef enum nf_dtype {
 NF_API const char *nf_dtype_name(nf_dtype dt);       /* safetensors spelling: "F32", "BF16" */
 NF_API size_t nf_dtype_size(nf_dtype dt);            /* bytes per element, 0 if invalid */
 NF_API nf_dtype nf_dtype_from_name(const char *name, size_t len); /* NF_DTYPE_INVALID if unknown */
-NF_API int nf_dtype_is_float(nf_dtype dt);           /* F64, F32, F16, BF16: merged in float32 */
+NF_API int nf_dtype_is_float(nf_dtype dt);           /* F64 F32 F16 BF16 F8_*: merged in float32 */
 
 /* ---- checkpoints ----------------------------------------------------------------------- */
 

@@ -86,6 +86,38 @@ static int ends_with(const char *s, const char *suf)
     return a >= b && strcmp(s + a - b, suf) == 0;
 }
 
+/* Plain F8 tensors are merged (decoded exactly to float32, encoded back to nearest even).
+ * Quantised checkpoints that carry per-tensor or per-block scales beside their F8 weights
+ * (weight_scale, weight_scale_inv, input_scale, scale_inv, ...) mean weight = F8 x scale, which
+ * nufilt does not apply: merging their raw F8 values would be silently wrong, so they are
+ * refused. */
+static int is_scale_name(const char *name)
+{
+    const char *last = strrchr(name, '.');
+    last = last ? last + 1 : name;
+    return strcmp(last, "scale_inv") == 0 || ends_with(last, "_scale") ||
+           ends_with(last, "_scale_inv");
+}
+
+static int check_f8_scales(const nf_model *m, const char *role, nf_error *err)
+{
+    const nf_tensor *f8 = NULL, *scale = NULL;
+    for (size_t i = 0; i < m->ntensors && !(f8 && scale); i++) {
+        const nf_tensor *t = &m->tensors[i];
+        if (!f8 && (t->dtype == NF_F8_E4M3 || t->dtype == NF_F8_E5M2))
+            f8 = t;
+        if (!scale && is_scale_name(t->name))
+            scale = t;
+    }
+    if (!f8 || !scale)
+        return NF_OK;
+    return nf_error_set(err, NF_E_UNSUPPORTED,
+                        "%s (%s): tensor \"%s\" looks like a scale of its %s weights (such as "
+                        "\"%s\"): nufilt merges plain F8 tensors but does not apply per-tensor "
+                        "or per-block scales; dequantise the checkpoint first",
+                        m->path, role, scale->name, nf_dtype_name(f8->dtype), f8->name);
+}
+
 /* ---- metadata of the output ---- */
 
 typedef struct meta_list {
@@ -382,6 +414,10 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     if ((rc = nf_model_open(base, &run.base, err)) || (rc = nf_model_open(task, &run.task, err)))
         goto done;
     if (prev && (rc = nf_model_open(prev, &run.prev, err)))
+        goto done;
+    if ((rc = check_f8_scales(run.base, "base", err)) ||
+        (rc = check_f8_scales(run.task, "task", err)) ||
+        (run.prev && (rc = check_f8_scales(run.prev, "previous merge", err))))
         goto done;
     if ((rc = check_against_base(run.base, run.task, "task", err)))
         goto done;

@@ -16,6 +16,7 @@ behaves, 1 otherwise. Standard library only.
 """
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -863,6 +864,31 @@ def _(cdir, ctx):
              "--scale", "1"], ctx["out"])
 
 
+# ---- 8-bit float checkpoints ----
+
+def f8_model(path, codes_of, dtype, extra=()):
+    """codes_of(name, n) -> list of byte codes; extra: (name, dtype, shape, payload)."""
+    ts = [(n, dtype, s, bytes(codes_of(n, numel(s)))) for n, s in NAMES] + list(extra)
+    h, d = header_bytes(ts, {"format": "pt"})
+    st_file(path, h, d)
+
+
+def f8_scaled_case(scale_name):
+    def make(cdir, ctx):
+        b, t = os.path.join(cdir, "b8.safetensors"), os.path.join(cdir, "t8.safetensors")
+        for p, c in ((b, 0x30), (t, 0x38)):
+            f8_model(p, lambda n, k: [c] * k, "F8_E4M3",
+                     [(scale_name, "F32", [1], struct.pack("<f", 0.5))])
+        return (["step", "--base", b, "--task", t, "--out", ctx["out"], "--method", "wa"], b)
+    return make
+
+
+for _scale in ("enc.layers.0.mlp.fc1.weight_scale_inv", "enc.layers.0.mlp.fc1.weight_scale",
+               "enc.layers.0.self_attn.q_proj.input_scale"):
+    case("F8_E4M3 weights with a scale tensor %s" % _scale.rsplit(".", 1)[1],
+         [_scale, "F8_E4M3", "scale"], role="custom")(f8_scaled_case(_scale))
+
+
 @case("Inf in the previous merge (must not hang)", ["NaN or Inf"], role="prev-inf", timeout=20)
 def _(p):
     pass
@@ -1089,6 +1115,87 @@ def report(c, label, problems, msg, counts):
         print("ok   %-53s %s" % (label, msg[:150]))
 
 
+# ---- F8 reference (from the formats' definitions; standard library only) ----
+
+F8 = {"F8_E4M3": (3, 7, 0x7E, 0x7F), "F8_E5M2": (2, 15, 0x7B, 0x7C)}  # mbits, bias, max, over
+
+
+def f8_decode(b, dtype):
+    mbits, bias, _, _ = F8[dtype]
+    s, e, m = b >> 7, (b & 0x7F) >> mbits, b & ((1 << mbits) - 1)
+    if dtype == "F8_E4M3" and e == 15 and m == 7:
+        return float("nan")
+    if dtype == "F8_E5M2" and e == 31:
+        return float("nan") if m else (-1) ** s * float("inf")
+    v = m * 2.0 ** (1 - bias - mbits) if e == 0 else ((1 << mbits) + m) * 2.0 ** (e - bias - mbits)
+    return -v if s else v
+
+
+def f8_encode(x, dtype):
+    """Nearest code, ties to the even code, in the format with its exponent unbounded: a value
+    nearer the next step above the largest finite one gets the overflow code (NaN in E4M3,
+    infinity in E5M2)."""
+    mbits, bias, top, over = F8[dtype]
+    sign = 0x80 if math.copysign(1.0, x) < 0 else 0
+    a = abs(x)
+    vals = [f8_decode(c, dtype) for c in range(top + 1)]
+    vals.append(2 * vals[top] - vals[top - 1])      # the step beyond, code top + 1
+    best = min(range(top + 2), key=lambda c: (abs(vals[c] - a), c & 1))
+    return sign | (over if best == top + 1 else best)
+
+
+def f32(x):
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def f8_merge_checks(nufilt, work, counts):
+    """wa on F8 models: step 1 gives the task's bytes, step 2 the float32 mean of the two
+    tasks rounded to the nearest F8 value (ties to even); main's binary wrote the base."""
+    import random
+    rnd = random.Random(8)
+    for dtype in F8:
+        top = F8[dtype][2]
+        finite = [c for c in range(256) if (c & 0x7F) <= top]
+        paths = {k: os.path.join(work, "%s-%s.safetensors" % (dtype, k)) for k in ("b", "t1", "t2")}
+        codes = {}
+        for k, p in paths.items():
+            codes[k] = {n: [rnd.choice(finite) for _ in range(numel(sh))] for n, sh in NAMES}
+            f8_model(p, lambda n, cnt, k=k: codes[k][n], dtype)
+        s1, s2 = os.path.join(work, dtype + "-s1.safetensors"), os.path.join(work, dtype + "-s2.safetensors")
+        problems = []
+        for args in (["step", "--base", paths["b"], "--task", paths["t1"], "--out", s1, "--method", "wa"],
+                     ["step", "--base", paths["b"], "--task", paths["t2"], "--prev", s1, "--out", s2]):
+            rc, _, err, _ = run(nufilt, args)
+            if rc != 0:
+                problems.append("%s: %s" % (args[0], err.strip()[-200:]))
+        if not problems:
+            for out, want_of in ((s1, lambda n, i: codes["t1"][n][i]),
+                                 (s2, lambda n, i: f8_encode(f32(f8_decode(codes["t1"][n][i], dtype) +
+                                                                 f8_decode(codes["t2"][n][i], dtype)) / 2,
+                                                             dtype))):
+                with open(out, "rb") as f:
+                    hl = struct.unpack("<Q", f.read(8))[0]
+                    h = json.loads(f.read(hl))
+                    data = f.read()
+                bad = 0
+                for n, sh in NAMES:
+                    if h[n]["dtype"] != dtype:
+                        problems.append("%s: %s written as %s" % (out, n, h[n]["dtype"]))
+                        continue
+                    lo, hi = h[n]["data_offsets"]
+                    got = data[lo:hi]
+                    bad += sum(1 for i in range(numel(sh)) if got[i] != want_of(n, i))
+                if bad:
+                    problems.append("%s: %d elements differ from the reference" % (os.path.basename(out), bad))
+        label = "[F8] wa on %s: step 1 = the task, step 2 = the mean rounded to nearest even" % dtype
+        if problems:
+            counts["fail"] += 1
+            print("FAIL %s: %s" % (label, "; ".join(problems)))
+        else:
+            counts["ok"] += 1
+            print("ok   %s" % label)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nufilt", required=True)
@@ -1271,6 +1378,8 @@ def main():
         else:
             counts["ok"] += 1
             print("ok   --allow-nonfinite merges a task holding NaN")
+    if not a.only:
+        f8_merge_checks(nufilt, work, counts)
     # the same flag lets an output holding Inf be written (F16 overflow of ta --scale 2)
     if not a.only:
         b16, t16 = os.path.join(work, "b16.safetensors"), os.path.join(work, "t16.safetensors")
