@@ -5,7 +5,9 @@ message naming the offending file and the problem (with no terminal control char
 it), write no output and leave no temporary file behind, and not crash (no signal) or hang
 (timeout); some cases also bound the memory used (peak resident set). Cases that give a bad
 model file are run through `nufilt inspect` as well, with the same expectations. A last group
-of awkward but valid inputs must be accepted.
+of awkward but valid inputs must be accepted. Then --allow-nonfinite must let a NaN task and an
+overflowing F16 output through, and wa on 8-bit float models must match a reference written
+from the formats' definitions.
 
     /usr/bin/python3 tests/e2e/bad_inputs.py --nufilt PATH [--workdir DIR] [--list]
         [--only SUBSTRING]
@@ -1207,8 +1209,9 @@ def main():
         for c in CASES + GOOD:
             print("%-56s %-14s %s%s" % (c.name, c.role, c.keywords,
                                         "  [known issue]" if c.xfail else ""))
-        print("%d bad-input cases (%d also through inspect), %d valid inputs, 1 escape hatch"
-              % (len(CASES), sum(c.inspect for c in CASES), len(GOOD)))
+        print("%d bad-input cases (%d also through inspect), %d valid inputs, 2 escape hatches "
+              "(a NaN task, an F16 output that overflows), %d F8 merges against a reference"
+              % (len(CASES), sum(c.inspect for c in CASES), len(GOOD), len(F8)))
         return 0
     if not os.path.exists(a.nufilt):
         print("SKIP: no nufilt binary at %s" % a.nufilt)
