@@ -3,6 +3,7 @@
 #include "io/model.h"
 #include "core/util.h"
 #include "merge/select.h"
+#include "merge/recipe.h"
 #include "merge/run.h"
 
 #include <math.h>
@@ -166,6 +167,110 @@ START_TEST(test_regex_check)
 }
 END_TEST
 
+/* The recorded metadata, read strictly: a good record of each kind resolves; each rule's
+ * violation is refused with NF_E_STATE and a message naming the key. */
+START_TEST(test_recorded_strict)
+{
+    static char n0[] = "enc.layers.0.self_attn.q_proj.weight", n1[] = "enc.layers.0.mlp.fc1.weight";
+    nf_tensor bt[2];
+    memset(bt, 0, sizeof bt);
+    bt[0].name = n0;
+    bt[1].name = n1;
+    for (int i = 0; i < 2; i++) {
+        bt[i].dtype = NF_F32;
+        bt[i].ndim = 2;
+        bt[i].shape[0] = bt[i].shape[1] = 4;
+        bt[i].numel = 16;
+        bt[i].nbytes = 64;
+    }
+    size_t by_name[2] = {1, 0};
+    nf_model base;
+    memset(&base, 0, sizeof base);
+    base.path = n0;
+    base.tensors = bt;
+    base.ntensors = 2;
+    base.by_name = by_name;
+    static const char *const T1 = "[{\"name\":\"a\",\"path\":\"/a\"}]";
+    static const char *const T2 = "[{\"name\":\"a\"},{\"name\":\"b\",\"path\":\"/b\"}]";
+    static const char *const NU = "{\"null_rank\":2,\"task_rank\":1,\"lora_rank\":2,\"lr\":0.001,"
+                                  "\"iters\":5,\"seed\":0,\"compat\":\"paper\",\"rank_tol\":1e-6,"
+                                  "\"preset\":\"clip\"}";
+    static const char *const ST = "{\"lambda\":0,\"norm_sum\":0,\"norm_count\":0}";
+    static const struct {
+        const char *method, *step, *params, *state, *tasks, *want; /* want NULL: accepted */
+    } cases[] = {
+        {"nufilt", "1", NU, ST, T1, NULL},
+        {"wa", "2", "{}", ST, T2, NULL},
+        {"ta", "1", "{\"scale\":-2.5}", ST, T1, NULL},
+        {"nufilt", "1", "{\"null_rank\":2,\"task_rank\":1,\"lora_rank\":2,\"lr\":0.001,\"iters\":5,"
+                        "\"seed\":0,\"compat\":\"reference\",\"rank_tol\":0,\"layers\":\"attn|fc1\"}",
+         ST, T1, NULL},
+        {"nufilt", "+1", NU, ST, T1, "nufilt.step"},
+        {"nufilt", " 1", NU, ST, T1, "nufilt.step"},
+        {"nufilt", "01", NU, ST, T1, "nufilt.step"},
+        {"nufilt", "1 ", NU, ST, T1, "nufilt.step"},
+        {"nufilt", "0", NU, ST, "[]", "nufilt.step"},
+        {"nufilt", "1000001", NU, ST, T1, "nufilt.step"},
+        {"wa", "1000000", "{}", ST, T1, "nufilt.tasks lists 1 task"},
+        {"wa", "1", "{}", ST, T2, "nufilt.tasks lists 2 tasks"},
+        {"wa", "1", "{}", ST, NULL, "lacks nufilt.tasks"},
+        {"wa", "1", "{}", ST, "{}", "nufilt.tasks"},
+        {"wa", "1", "{}", ST, "[{\"name\":1}]", "nufilt.tasks"},
+        {"wa", "1", "{}", ST, "[{\"name\":\"a\",\"x\":\"y\"}]", "nufilt.tasks"},
+        {"wa", "1", "{}", ST, "[\"a\"]", "nufilt.tasks"},
+        {"Wa", "1", "{}", ST, T1, "nufilt.method"},
+        {"ta", "1", "{\"scale\":1e300}", ST, T1, "scale = 1e+300"},
+        {"ta", "1", "{\"scale\":\"1\"}", ST, T1, "scale as something other"},
+        {"wudi", "1", "{\"lr\":1e30,\"iters\":5}", ST, T1, "lr = 1e+30"},
+        {"ties", "1", "{\"scale\":0.3,\"keep\":0}", ST, T1, "keep"},
+        {"nufilt", "1", "{\"null_rank\":2.0}", ST, T1, "null_rank"},
+        {"nufilt", "1", "{\"seed\":-1}", ST, T1, "seed"},
+        {"nufilt", "1", "{\"seed\":18446744073709551615}", ST, T1, "seed"},
+        {"nufilt", "1", "{\"compat\":\"evil\"}", ST, T1, "compat as \"evil\""},
+        {"nufilt", "1", "{\"compat\":1}", ST, T1, "compat"},
+        {"opcm", "1", "{\"alpha\":0.5,\"opcm_zero_diag\":\"yes\"}", ST, T1, "opcm_zero_diag"},
+        {"nufilt", "1", "{\"preset\":\"evil\"}", ST, T1, "unknown preset"},
+        {"nufilt", "1", "{\"preset\":\"clip\",\"layers\":\"a\"}", ST, T1, "both"},
+        {"nufilt", "1", "{\"layers\":\"(a{9}){9}\"}", ST, T1, "counted repetition"},
+        {"nufilt", "1", "{\"layers\":\"(a)\\\\1\"}", ST, T1, "back-reference"},
+        {"nufilt", "1", "{\"layers\":\"a\\u0000b\"}", ST, T1, "U+0000"},
+        {"nufilt", "1", "{\"layers\":\"(\"}", ST, T1, "bad --layers"},
+        {"wa", "1", "{\"lr_decay\":1}", ST, T1, "unknown key \"lr_decay\""},
+        {"wa", "1", "{}", "{\"lambda\":\"1\"}", T1, "nufilt.state records lambda"},
+        {"wa", "1", "{}", "{\"lambda\":1,\"x\":1}", T1, "nufilt.state records an unknown key"},
+        {"wa", "1", "{}", "{\"norm_sum\":-1}", T1, "norm_sum"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        nf_kv meta[5] = {{(char *)"nufilt.method", (char *)cases[i].method},
+                         {(char *)"nufilt.step", (char *)cases[i].step},
+                         {(char *)"nufilt.params", (char *)cases[i].params},
+                         {(char *)"nufilt.state", (char *)cases[i].state},
+                         {(char *)"nufilt.tasks", (char *)cases[i].tasks}};
+        nf_model prev = base;
+        prev.path = (char *)"prev.safetensors";
+        prev.meta = meta;
+        prev.nmeta = cases[i].tasks ? 5 : 4;
+        nf_options o;
+        nf_options_init(&o);
+        nf_params par;
+        memset(&par, 0, sizeof par);
+        nf_state st;
+        int step = 0;
+        nf_error err = {0};
+        int rc = nf_recipe_resolve(&o, &base, &prev, &par, &step, &st, &err);
+        if (!cases[i].want) {
+            ck_assert_msg(rc == NF_OK, "case %zu: %s", i, err.msg);
+            ck_assert_int_eq(step, atoi(cases[i].step) + 1);
+        } else {
+            ck_assert_msg(rc == NF_E_STATE, "case %zu (%s) accepted", i, cases[i].want);
+            ck_assert_msg(strstr(err.msg, cases[i].want) && strstr(err.msg, "prev.safetensors"),
+                          "case %zu: %s", i, err.msg);
+        }
+        nf_params_free(&par);
+    }
+}
+END_TEST
+
 START_TEST(test_recipe_conflicts)
 {
     char *dir = tu_tmpdir();
@@ -230,6 +335,7 @@ int main(void)
     tcase_add_test(tc, test_recipe_conflicts);
     tcase_add_test(tc, test_option_ranges);
     tcase_add_test(tc, test_regex_check);
+    tcase_add_test(tc, test_recorded_strict);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -334,7 +334,7 @@ static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
                 !nf_option_range_ok(rg, v->num) || (rg->integer && v->ival < 0)) {
                 if (v->type == NF_JSON_NUMBER)
                     rc = nf_error_set(err, NF_E_STATE,
-                                      "%s: metadata nufilt.params records %s = %.17g, which is "
+                                      "%s: metadata nufilt.params records %s = %g, which is "
                                       "out of range (%s, as --%s)",
                                       path, key, v->num, want, rg->option);
                 else

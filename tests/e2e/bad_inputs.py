@@ -797,6 +797,13 @@ def _(meta):
     meta["nufilt.base"] = "data64:xyz"
 
 
+@case("--layers with nested counted repetition on the command line (the same check)",
+      ["--layers", "counted repetition"], role="custom", timeout=5, max_seconds=1)
+def _(cdir, ctx):
+    return (["step", "--base", ctx["base"], "--task", ctx["task"], "--out", ctx["out"],
+             "--layers", "(((a{1,200}){1,200}){1,200})"], None)
+
+
 @case("previous merge of a base changed only in the middle of a tensor", ["another base"],
       role="custom")
 def _(cdir, ctx):
