@@ -254,10 +254,10 @@ static int check_recorded_base(const nf_model *prev, nf_error *err)
                             "%s: metadata lacks nufilt.base, the fingerprint of the base it was "
                             "merged from, so it cannot be checked against --base",
                             prev->path);
-    int hex = 1;
-    for (size_t i = 0; i < 16; i++)
+    int hex = strlen(fp) == 16;
+    for (size_t i = 0; hex && i < 16; i++)
         hex &= (fp[i] >= '0' && fp[i] <= '9') || (fp[i] >= 'a' && fp[i] <= 'f');
-    if (strlen(fp) == 16 && hex)
+    if (hex)
         return nf_error_set(err, NF_E_STATE,
                             "%s: metadata nufilt.base is a fingerprint in the format of an "
                             "earlier nufilt (the first and last bytes of each tensor), which "
