@@ -525,6 +525,13 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     }
     for (int pass = 0; pass < run.npasses && rc == NF_OK; pass++) {
         rc = nf_sched_pass(&run, pass, devs, ndev, threads, &stats, err);
+        if (rc == NF_OK && pass == 0) {
+            /* pass 0 hashed every base tensor: the previous merge must come from this base
+             * (checked before any later pass, and before anything is committed) */
+            run.fingerprint = nf_model_fingerprint_of(run.base, run.base_hash);
+            if (run.prev)
+                rc = check_same_base(&run, err);
+        }
         if (rc == NF_OK && run.method->after_pass)
             rc = run.method->after_pass(&run, pass);
     }
@@ -536,12 +543,8 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         meta_free(&meta);
         goto done;
     }
-    /* pass 0 hashed every base tensor: the previous merge must come from this base */
+    /* the state the method arrived at, and the base's fingerprint, go into the metadata */
     meta_free(&meta);
-    run.fingerprint = nf_model_fingerprint_of(run.base, run.base_hash);
-    if (run.prev && (rc = check_same_base(&run, err)))
-        goto done;
-    /* the state the method arrived at goes into the metadata */
     if ((rc = build_meta(&run, task, &meta)) ||
         (rc = nf_writer_set_meta(run.writer, meta.kv, meta.n, err))) {
         meta_free(&meta);

@@ -804,9 +804,18 @@ def _(cdir, ctx):
              "--layers", "(((a{1,200}){1,200}){1,200})"], None)
 
 
-@case("previous merge of a base changed only in the middle of a tensor", ["another base"],
-      role="custom")
-def _(cdir, ctx):
+def changed_mid_base(method):
+    def make(cdir, ctx):
+        return mid_base_case(cdir, ctx, method)
+    return make
+
+
+for _m in ("nufilt", "ties"):
+    case("previous %s merge of a base changed only in the middle of a tensor" % _m,
+         ["another base", "nothing written"], role="custom")(changed_mid_base(_m))
+
+
+def mid_base_case(cdir, ctx, method):
     # the base with one element in the middle of a tensor changed: the first and last 64
     # bytes of every tensor are the same (the old fingerprint passed it)
     other = os.path.join(cdir, "otherbase.safetensors")
@@ -823,7 +832,7 @@ def _(cdir, ctx):
         f.write(struct.pack("<f", v + 0.5))
     prev = os.path.join(cdir, "prev.safetensors")
     rc, _, err, _ = run(ctx["nufilt"], ["step", "--base", other, "--task", ctx["task"],
-                                        "--out", prev])
+                                        "--out", prev, "--method", method])
     assert rc == 0, err
     return (["step", "--base", ctx["base"], "--task", ctx["task"], "--prev", prev,
              "--out", ctx["out"]], prev)
