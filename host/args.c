@@ -1,4 +1,5 @@
 #include "args.h"
+#include "size.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -288,10 +289,10 @@ int cli_parse(int cmd, int argc, char **argv, int first, cli *c)
             else if (!strcmp(val, "bf16") || !strcmp(val, "BF16")) o->out_dtype = NF_BF16;
             else rc = bad(name, val, "expected keep, f32, f16 or bf16");
         } else if (!strcmp(name, "out-shard-size")) {
-            if (nf_parse_size(val, &o->out_shard_size) || o->out_shard_size == 0)
+            if (cli_parse_size(val, &o->out_shard_size) || o->out_shard_size == 0)
                 rc = bad(name, val, "expected a size such as 2GB, 500MB or 1GiB");
         } else if (!strcmp(name, "max-memory")) {
-            if (nf_parse_size(val, &o->max_memory) || o->max_memory == 0)
+            if (cli_parse_size(val, &o->max_memory) || o->max_memory == 0)
                 rc = bad(name, val, "expected a size such as 500MB or 2GiB");
         } else if (!strcmp(name, "force")) o->force = !negated;
         else if (!strcmp(name, "allow-nonfinite")) o->allow_nonfinite = !negated;
@@ -317,4 +318,45 @@ void cli_free(cli *c)
 {
     free(c->positional);
     c->positional = NULL;
+}
+
+/* The library names options by their nf_options fields in backquotes (`null_rank`); the
+ * program's messages name its flags (--null-rank). Other backquoted text stays as it is. */
+void cli_flags(const char *in, char *out, size_t n)
+{
+    static const struct {
+        const char *field, *flag;
+    } special[] = {{"out_dtype", "dtype"}, {"report_path", "report"}};
+    size_t o = 0;
+    if (!n)
+        return;
+    while (*in && o + 1 < n) {
+        const char *end = *in == '`' ? strchr(in + 1, '`') : NULL;
+        size_t len = end ? (size_t)(end - in - 1) : 0;
+        const char *flag = NULL;
+        char name[40];
+        if (end && len > 0 && len < sizeof name) {
+            memcpy(name, in + 1, len);
+            name[len] = '\0';
+            for (size_t i = 0; i < sizeof special / sizeof special[0]; i++)
+                if (!strcmp(name, special[i].field))
+                    flag = special[i].flag;
+            for (size_t i = 0; i < len; i++)
+                if (name[i] == '_')
+                    name[i] = '-';
+            for (size_t i = 0; !flag && i < sizeof opts / sizeof opts[0]; i++)
+                if (!strcmp(name, opts[i].name))
+                    flag = opts[i].name;
+        }
+        if (flag) {
+            int w = snprintf(out + o, n - o, "--%s", flag);
+            o += w > 0 ? (size_t)w : 0;
+            if (o >= n)
+                o = n - 1;
+            in = end + 1;
+        } else {
+            out[o++] = *in++;
+        }
+    }
+    out[o] = '\0';
 }

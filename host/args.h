@@ -27,4 +27,7 @@ void cli_free(cli *c);
 /* Prints the options of a command, with their defaults. */
 void cli_print_options(int cmd);
 
+/* A library message with its option names (`null_rank`) written as the program's flags. */
+void cli_flags(const char *in, char *out, size_t n);
+
 #endif

@@ -13,7 +13,9 @@
 
 static int fail(const nf_error *e)
 {
-    fprintf(stderr, "nufilt: error: %s\n", e->msg[0] ? e->msg : nf_status_message(e->code));
+    char msg[2 * sizeof e->msg];
+    cli_flags(e->msg[0] ? e->msg : nf_status_message(e->code), msg, sizeof msg);
+    fprintf(stderr, "nufilt: error: %s\n", msg);
     return e->code == NF_E_ARG ? 2 : 1;
 }
 
@@ -246,7 +248,9 @@ int cmd_methods(void)
         const nf_method_info *m = nf_method_get(i);
         printf("%-8s %s%s\n", m->name, m->summary,
                m->implemented ? "" : "  [not yet available in this build]");
-        printf("%-8s options: %s\n", "", m->options);
+        char opt[1024];
+        cli_flags(m->options, opt, sizeof opt);
+        printf("%-8s options: %s\n", "", opt);
         printf("%-8s from: %s\n\n", "", m->paper);
     }
     return 0;

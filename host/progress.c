@@ -33,13 +33,13 @@ static void human(double b, char *buf, size_t n)
     snprintf(buf, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
 }
 
-void progress_cb(void *user, const nf_progress *p)
+int progress_cb(void *user, const nf_progress *p)
 {
     progress *pr = user;
     double t = now();
     int last = p->tensors_done == p->tensors_total;
     if (!last && t - pr->last_draw < 0.1)
-        return;
+        return 0;
     pr->last_draw = t;
     if (!pr->width) {
         struct winsize ws;
@@ -78,6 +78,7 @@ void progress_cb(void *user, const nf_progress *p)
     fprintf(stderr, "\r%s[%s]%s\033[K", left, bar, right);
     fflush(stderr);
     pr->drawn = 1;
+    return 0;
 }
 
 void progress_done(progress *pr)

@@ -11,7 +11,7 @@ typedef struct progress {
     int width;
 } progress;
 
-void progress_cb(void *user, const nf_progress *p);
+int progress_cb(void *user, const nf_progress *p);
 /* Ends the bar's line, if one was drawn. */
 void progress_done(progress *pr);
 

@@ -235,13 +235,14 @@ typedef struct watch {
     sample s[NTASKS];
 } watch;
 
-static void on_progress(void *user, const nf_progress *p)
+static int on_progress(void *user, const nf_progress *p)
 {
     watch *w = user;
     if (p->step != w->last_step && p->step >= 1 && p->step <= NTASKS) {
         w->last_step = p->step;
         w->s[p->step - 1] = measure();
     }
+    return 0;
 }
 
 START_TEST(merge_does_not_accumulate)

@@ -4,6 +4,7 @@
 #include "core/util.h"
 #include "io/writer.h"
 #include "testutil.h"
+#include "../host/size.h"
 
 static char *dir;
 
@@ -257,7 +258,7 @@ START_TEST(test_writer_single_and_sharded)
         nf_error_clear(&err);
         w = NULL;
         ck_assert_int_eq(nf_writer_open(&a, &w, &err), NF_E_EXISTS);
-        ck_assert_ptr_nonnull(strstr(err.msg, "--force"));
+        ck_assert_ptr_nonnull(strstr(err.msg, "`force`"));
         free(out);
     }
     free(cfg);
@@ -327,17 +328,17 @@ END_TEST
 START_TEST(test_parse_size)
 {
     uint64_t v;
-    ck_assert_int_eq(nf_parse_size("2GB", &v), NF_OK);
+    ck_assert_int_eq(cli_parse_size("2GB", &v), 0);
     ck_assert_uint_eq(v, 2000000000ull);
-    ck_assert_int_eq(nf_parse_size("1GiB", &v), NF_OK);
+    ck_assert_int_eq(cli_parse_size("1GiB", &v), 0);
     ck_assert_uint_eq(v, 1073741824ull);
-    ck_assert_int_eq(nf_parse_size("500mb", &v), NF_OK);
+    ck_assert_int_eq(cli_parse_size("500mb", &v), 0);
     ck_assert_uint_eq(v, 500000000ull);
-    ck_assert_int_eq(nf_parse_size("123", &v), NF_OK);
+    ck_assert_int_eq(cli_parse_size("123", &v), 0);
     ck_assert_uint_eq(v, 123);
-    ck_assert_int_ne(nf_parse_size("2XB", &v), NF_OK);
-    ck_assert_int_ne(nf_parse_size("-1GB", &v), NF_OK);
-    ck_assert_int_ne(nf_parse_size("", &v), NF_OK);
+    ck_assert_int_ne(cli_parse_size("2XB", &v), 0);
+    ck_assert_int_ne(cli_parse_size("-1GB", &v), 0);
+    ck_assert_int_ne(cli_parse_size("", &v), 0);
 }
 END_TEST
 

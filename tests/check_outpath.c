@@ -171,11 +171,11 @@ START_TEST(test_library_refuses_first)
     o.force = 1;
     nf_error err = {0};
     ck_assert_int_eq(nf_merge(base, tasks, 2, mo, mo, &o, &err), NF_E_ARG);
-    ck_assert_ptr_nonnull(strstr(err.msg, "--save-steps"));
+    ck_assert_ptr_nonnull(strstr(err.msg, "`save_steps`"));
     memset(&err, 0, sizeof err);
     o.report_path = base;
     ck_assert_int_eq(nf_step(base, t1, NULL, mo, &o, &err), NF_E_ARG);
-    ck_assert_ptr_nonnull(strstr(err.msg, "--report"));
+    ck_assert_ptr_nonnull(strstr(err.msg, "`report_path`"));
     memset(&err, 0, sizeof err);
     o.report_path = NULL;
     ck_assert_int_eq(nf_step(base, t1, NULL, t1, &o, &err), NF_E_ARG);

@@ -234,7 +234,7 @@ START_TEST(test_recorded_strict)
         {"nufilt", "1", "{\"layers\":\"(a{9}){9}\"}", ST, T1, "counted repetition"},
         {"nufilt", "1", "{\"layers\":\"(a)\\\\1\"}", ST, T1, "back-reference"},
         {"nufilt", "1", "{\"layers\":\"a\\u0000b\"}", ST, T1, "U+0000"},
-        {"nufilt", "1", "{\"layers\":\"(\"}", ST, T1, "bad --layers"},
+        {"nufilt", "1", "{\"layers\":\"(\"}", ST, T1, "bad `layers`"},
         {"wa", "1", "{\"lr_decay\":1}", ST, T1, "unknown key \"lr_decay\""},
         {"wa", "1", "{}", "{\"lambda\":\"1\"}", T1, "nufilt.state records lambda"},
         {"wa", "1", "{}", "{\"lambda\":1,\"x\":1}", T1, "nufilt.state records an unknown key"},
@@ -302,14 +302,14 @@ START_TEST(test_recipe_conflicts)
     bad.null_rank = 2;
     nf_error_clear(&err);
     ck_assert_int_eq(nf_step(base, task, s2, s3, &bad, &err), NF_E_STATE);
-    ck_assert_ptr_nonnull(strstr(err.msg, "--null-rank 2 conflicts with 1"));
+    ck_assert_ptr_nonnull(strstr(err.msg, "`null_rank` 2 conflicts with 1"));
     ck_assert(!nf_exists(s3));
     /* an option of another method is refused */
     nf_options_init(&bad);
     bad.keep = 0.5;
     nf_error_clear(&err);
     ck_assert_int_eq(nf_step(base, task, NULL, s3, &bad, &err), NF_E_ARG);
-    ck_assert_ptr_nonnull(strstr(err.msg, "--keep does not apply"));
+    ck_assert_ptr_nonnull(strstr(err.msg, "`keep` does not apply"));
     /* a previous model that is not a nufilt merge is refused */
     nf_options_init(&bad);
     nf_error_clear(&err);

@@ -8,13 +8,16 @@
 # CLIPVisionModel and 4 perturbed "fine-tuned" copies, runs FusionBench's
 # continual implementations on them (task1..task4 in order), runs nufilt with
 # the same method and hyper-parameters, and prints per method the largest
-# per-tensor relative difference of the merged task vectors.  Not part of CI.
+# per-tensor relative difference of the merged task vectors.  Then installs nufilt's
+# Python package into the venv and runs its FusionBench bridge (run_bridge.py) on the
+# same models, printing its agreement with `nufilt merge`.  Not part of CI.
 # Needs: Debian 12 python3 + python3-venv, network access to PyPI, ~7 GB disk
 # (PyPI's Linux torch wheel pulls the CUDA libraries when the CPU-only index
 # download.pytorch.org cannot be reached), a few minutes on 2 cores.
 #
 # Environment: NUFILT (binary; default build/host/nufilt if built),
-#   NUFILT_PEERS_VENV, NUFILT_PEERS_WORK (default .../nufilt-peers/work),
+#   NUFILT_PEERS_VENV (an existing venv with torch and fusion-bench is reused as is),
+#   NUFILT_PEERS_WORK (default .../nufilt-peers/work),
 #   FUSION_BENCH_SPEC (default fusion-bench==0.2.33), PYTHON (default /usr/bin/python3),
 #   METHODS (default wa,ta,ties,magmax,opcm,wudi,isoc,tsvm).
 set -euo pipefail
@@ -65,3 +68,11 @@ echo "== compare -> $WORK/compare"
 args=(--models "$WORK/models" --fusionbench "$WORK/fusionbench" --out "$WORK/compare" --methods "$METHODS")
 if [ -n "$NUFILT" ]; then args+=(--nufilt "$NUFILT"); fi
 "$VENV/bin/python" "$HERE/compare.py" "${args[@]}"
+
+# nufilt's Python package in FusionBench's machinery: the bridge algorithm
+# (nufilt.fusion_bench.NufiltContinualMerging) instantiated from a `method:` config and run on a
+# BaseModelPool of the same models, against `nufilt merge` (bit-identical expected)
+echo "== nufilt's FusionBench bridge -> $WORK/bridge"
+"${PIP[@]}" install --quiet "$REPO"
+"$VENV/bin/python" "$HERE/run_bridge.py" --models "$WORK/models" --out "$WORK/bridge" \
+    --nufilt "${NUFILT:-$VENV/bin/nufilt}" 2>&1 | grep "bit-identical"

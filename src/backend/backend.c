@@ -131,26 +131,26 @@ static int open_named(const char *item, nf_device **out, nf_error *err)
     const char *colon = strchr(item, ':');
     size_t alen = colon ? (size_t)(colon - item) : strlen(item);
     if (alen == 0 || alen >= sizeof api)
-        return nf_error_set(err, NF_E_ARG, "--device: bad device name \"%s\"", item);
+        return nf_error_set(err, NF_E_ARG, "`device`: bad device name \"%s\"", item);
     memcpy(api, item, alen);
     api[alen] = '\0';
     if (colon) {
         char *end;
         long v = strtol(colon + 1, &end, 10);
         if (end == colon + 1 || *end || v < 0 || v > 1000)
-            return nf_error_set(err, NF_E_ARG, "--device: bad device index in \"%s\"", item);
+            return nf_error_set(err, NF_E_ARG, "`device`: bad device index in \"%s\"", item);
         index = (int)v;
     }
     const nf_backend *b = nf_backend_find(api);
     if (!b)
         return nf_error_set(err, NF_E_NODEV,
-                            "--device %s: no %s backend in this build (see `nufilt devices`)",
+                            "`device` %s: no %s backend in this build (see `nufilt devices`)",
                             item, api);
     int cnt = 0;
     const char *why = NULL;
     b->count(&cnt, &why);
     if (index >= cnt)
-        return nf_error_set(err, NF_E_NODEV, "--device %s: no such device (%s has %d%s%s)",
+        return nf_error_set(err, NF_E_NODEV, "`device` %s: no such device (%s has %d%s%s)",
                             item, api, cnt, why ? "; " : "", why ? why : "");
     return b->open(index, out, err);
 }
@@ -211,7 +211,7 @@ static int devices_open(const char *spec, nf_device ***devs_out, int *ndev, nf_e
     }
     free(copy);
     if (rc == NF_OK && n == 0)
-        rc = nf_error_set(err, NF_E_ARG, "--device: no device named in \"%s\"", spec);
+        rc = nf_error_set(err, NF_E_ARG, "`device`: no device named in \"%s\"", spec);
     if (rc) {
         nf_devices_close(devs, n);
         return rc;

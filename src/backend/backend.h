@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "nufilt.h"
+#include "../core/error.h"
 
 typedef struct nf_buffer nf_buffer;   /* backend-defined */
 typedef struct nf_device nf_device;   /* backend-defined; starts with nf_device_common */
@@ -180,5 +181,6 @@ int nf_cpu_eig_top_krylov(int n, const float *k, int r, const float *x0, int b, 
                           float *w, float *vt, int ldvt, nf_error *err);
 /* Number of threads OpenBLAS may use in the calling thread's BLAS/LAPACK calls. */
 void nf_cpu_set_threads(int n);
+int nf_cpu_get_threads(void); /* OpenBLAS's current thread count */
 
 #endif

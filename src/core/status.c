@@ -1,5 +1,5 @@
 /* Status names and messages, and the error record every fallible call fills. */
-#include "nufilt.h"
+#include "error.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "error.h"
+
 /* Growable NUL-terminated string. On allocation failure it sets oom and stops growing. */
 typedef struct nf_sb {
     char *s;

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "nufilt_status.h"
+#include "nufilt_version.h" /* NF_VERSION_STRING, NF_VERSION_NUMBER (from meson's version) */
 
 #ifdef __cplusplus
 extern "C" {
@@ -23,7 +24,6 @@ extern "C" {
 #define NF_API
 #endif
 
-#define NF_VERSION_STRING "0.1.0"
 #define NF_MAX_DIMS 8
 
 /* ---- errors ---------------------------------------------------------------------------- */
@@ -36,17 +36,12 @@ typedef struct nf_error {
 NF_API const char *nf_status_name(int code);
 NF_API const char *nf_status_message(int code);
 NF_API void nf_error_clear(nf_error *err);
-/* Records the first error only (later ones are usually its consequences); returns code. */
-NF_API int nf_error_set(nf_error *err, int code, const char *fmt, ...)
-#ifdef __GNUC__
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
 
+/* The library's version: "MAJOR.MINOR.PATCH", and MAJOR * 1000000 + MINOR * 1000 + PATCH.
+ * Compare with NF_VERSION_NUMBER (the header compiled against) to detect a different library
+ * at run time. */
 NF_API const char *nf_version(void);
-
-/* Parses sizes like "2GB", "500MB", "1.5GiB" or "1000000" (bytes; SI and binary units). */
-NF_API int nf_parse_size(const char *s, uint64_t *out);
+NF_API int nf_version_number(void);
 
 /* ---- dtypes ---------------------------------------------------------------------------- */
 
@@ -91,6 +86,36 @@ NF_API size_t nf_model_metadata_count(const nf_model *m);
 NF_API int nf_model_metadata_at(const nf_model *m, size_t i, const char **key, const char **value);
 NF_API const char *nf_model_metadata_get(const nf_model *m, const char *key); /* NULL if absent */
 
+/* ---- models in the caller's memory ------------------------------------------------------ */
+
+/* One tensor that lives in the caller's memory. */
+typedef struct nf_mem_tensor {
+    const char *name;
+    nf_dtype dtype;
+    int ndim;                     /* 0 .. NF_MAX_DIMS */
+    int64_t shape[NF_MAX_DIMS];
+    const void *data;             /* borrowed: valid and unchanged while the model is open */
+    const int64_t *strides;       /* byte strides, ndim of them, or NULL for C order (packed).
+                                   * A tensor with other strides is copied, packed, once when
+                                   * the model is made (its size more memory, that tensor only) */
+} nf_mem_tensor;
+
+typedef struct nf_meta_entry {
+    const char *key, *value;
+} nf_meta_entry;
+
+/* Makes a model of tensors in the caller's memory, usable wherever an opened checkpoint is
+ * (nf_step_models, nf_model_tensor_info, nf_select...). The tensors are borrowed, not copied
+ * (except strided ones), in the order given; names, shapes and the metadata are copied.
+ * name stands for the model in messages and, for a task, in the merge history. meta is what a
+ * file would carry in its __metadata__: for a previous merged model, the entries nf_step_models
+ * returned with it (nufilt.method, nufilt.params, nufilt.state, nufilt.tasks, ...). Every
+ * tensor is checked as a file's would be (name, dtype, shape, size). Close with
+ * nf_model_close. */
+NF_API int nf_model_from_memory(const char *name, const nf_mem_tensor *tensors, size_t ntensors,
+                                const nf_meta_entry *meta, size_t nmeta, nf_model **out,
+                                nf_error *err);
+
 /* ---- tensor selection ------------------------------------------------------------------ */
 
 /* Resolves a preset ("auto", "clip", "t5", "llama", "all-linear") for a model: "auto" picks
@@ -130,19 +155,33 @@ enum { NF_SVD_EXACT = 0, NF_SVD_RANDOMIZED = 1, NF_SVD_GRAM = 2, NF_SVD_FAST = 3
 
 typedef struct nf_progress {
     int step, nsteps;             /* 1-based continual step, and how many in this run */
-    int pass, npasses;            /* pass over the tensors within the step */
-    size_t tensors_done, tensors_total;
-    uint64_t bytes_done, bytes_total;
+    int pass, npasses;            /* 0-based pass over the tensors within the step, and how many
+                                   * the method makes in it (most 1; TIES 4, OPCM 2) */
+    size_t tensors_done, tensors_total; /* jobs finished in this step, over all passes */
+    uint64_t bytes_done, bytes_total;   /* input bytes of the finished jobs, of this pass */
     double elapsed_s;             /* since the step started */
     const char *tensor;           /* the tensor just finished, or NULL */
 } nf_progress;
 
-typedef void (*nf_progress_fn)(void *user, const nf_progress *p);
+/* Called after every tensor finishes (from the worker thread that finished it, one call at a
+ * time). Returning non-zero cancels the run: the workers stop after the tensors they hold,
+ * temporary outputs are removed, nothing is committed, and the call returns
+ * NF_E_CANCELLED. */
+typedef int (*nf_progress_fn)(void *user, const nf_progress *p);
 
-/* Hyper-parameters left unset (-1, NAN or NULL) take their value from the previous merged
+/* Options of nf_step, nf_merge and nf_step_models. Initialise with nf_options_init, which
+ * sets struct_size to the size this program was compiled with: a library with more fields
+ * gives the missing ones their defaults, so a binding compiled against an older header keeps
+ * working against a newer library. New fields are only ever added at the end. A larger
+ * struct than the library knows is accepted when its extra bytes are all zero, refused
+ * (NF_E_UNSUPPORTED) otherwise.
+ *
+ * Hyper-parameters left unset (-1, NAN or NULL) take their value from the previous merged
  * model's metadata, or the method's default at the first step. A value that is set and
- * disagrees with the previous merged model is refused (NF_E_STATE). */
+ * disagrees with the previous merged model is refused (NF_E_STATE). Error messages name these
+ * fields in backquotes (`force`, `null_rank`); the nufilt program prints its flags instead. */
 typedef struct nf_options {
+    size_t struct_size;      /* sizeof(nf_options) as the caller compiled it */
     int method;              /* nf_method_id, -1 = from previous model or nufilt */
     int null_rank;           /* r_p */
     int task_rank;           /* r_v */
@@ -170,11 +209,13 @@ typedef struct nf_options {
     uint64_t max_memory;     /* cap on tensors in flight, bytes; 0 = none */
     const char *report_path; /* JSON report, NULL = none */
     const char *task_name;   /* name recorded for the task; NULL = from its path */
-    nf_progress_fn progress;
+    nf_progress_fn progress; /* NULL = none */
     void *progress_user;
 } nf_options;
 
-NF_API void nf_options_init(nf_options *o);
+/* Defaults for every field, and struct_size = struct_size. Use the macro. */
+NF_API void nf_options_init_sized(nf_options *o, size_t struct_size);
+#define nf_options_init(o) nf_options_init_sized((o), sizeof(nf_options))
 
 /* The ranges of the recipe's numeric options: one table that both the command line and the
  * values a previous merged model recorded (its nufilt.params metadata) are checked against. */
@@ -204,6 +245,33 @@ NF_API int nf_step(const char *base, const char *task, const char *prev, const c
  * save_steps_dir (may be NULL) receives every intermediate model as stepNN[.safetensors]. */
 NF_API int nf_merge(const char *base, const char *const *tasks, int ntasks, const char *out,
                     const char *save_steps_dir, const nf_options *opts, nf_error *err);
+
+/* Where nf_step_models puts the merged model instead of a file. */
+typedef struct nf_sink {
+    size_t struct_size;           /* sizeof(nf_sink) as the caller compiled it */
+    /* Destinations, one per tensor of the base in its order (nf_model_tensor_info gives the
+     * shapes; the dtype is the base's, or nf_options.out_dtype for float tensors): each
+     * buffer holds the tensor packed in C order. NULL, or a NULL entry: the library holds
+     * that tensor in its own memory until tensor_done has seen it. */
+    void *const *buffers;
+    size_t nbuffers;
+    /* Optional: called once per tensor as soon as it is complete, from the worker thread that
+     * finished it, one call at a time; data is the caller's buffer or the library's (valid
+     * during the call only). Non-zero cancels the run (NF_E_CANCELLED). */
+    int (*tensor_done)(void *user, size_t i, const nf_tensor_info *info, const void *data);
+    /* Called for each metadata entry of the merged model, once every tensor is complete: the
+     * entries a file would carry, the merge state (nufilt.*) among them. Pass them with the
+     * merged tensors to nf_model_from_memory to continue the stream. Non-zero cancels. */
+    int (*metadata)(void *user, const char *key, const char *value);
+    void *user;
+} nf_sink;
+
+/* One continual step between opened models (files or memory): out = merge(base, prev, task),
+ * the tensors delivered to the sink. prev NULL is the first step. The models are borrowed
+ * and stay open. Bit for bit the same tensors and metadata as nf_step on the same inputs.
+ * out_shard_size is refused (NF_E_ARG); a method's scratch file goes to $TMPDIR (or /tmp). */
+NF_API int nf_step_models(nf_model *base, nf_model *task, nf_model *prev, const nf_sink *out,
+                          const nf_options *opts, nf_error *err);
 
 /* Removes the temporary outputs of every merge in progress in this process. Safe to call from
  * a SIGINT/SIGTERM handler, so that an interrupted run leaves nothing behind. */

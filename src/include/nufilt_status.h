@@ -18,7 +18,8 @@
     X(NF_E_NONFINITE, -11, "non-finite values (NaN or Inf)")                        \
     X(NF_E_NODEV, -12, "no such device or driver")                                 \
     X(NF_E_LIMIT, -13, "resource limit exceeded")                                  \
-    X(NF_E_INTERNAL, -14, "internal error")
+    X(NF_E_INTERNAL, -14, "internal error")                                     \
+    X(NF_E_CANCELLED, -15, "cancelled")
 
 #define NF_STATUS_ENUM_(name, value, msg) name = value,
 typedef enum nf_status { NF_STATUS_LIST(NF_STATUS_ENUM_) } nf_status;

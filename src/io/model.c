@@ -87,6 +87,8 @@ void nf_tensor_prefault(const nf_tensor *t)
 #ifdef __linux__
     void *p;
     size_t n;
+    if (t && t->in_memory)
+        return; /* the caller's memory, already resident */
     /* 22 = MADV_POPULATE_READ (Linux 5.14); older kernels answer EINVAL, and the pages then
      * come in by faults as before */
     if (tensor_pages(t, &p, &n))
@@ -100,6 +102,8 @@ void nf_tensor_release(const nf_tensor *t)
 {
     void *p;
     size_t n;
+    if (t && t->in_memory)
+        return; /* the caller's memory is not ours to drop */
     /* a read-only private file mapping: the page-table entries go, the page cache stays, and a
      * later read (a neighbour sharing the edge page) faults the same bytes back in */
     if (tensor_pages(t, &p, &n))
@@ -125,6 +129,9 @@ void nf_model_close(nf_model *m)
         free(m->meta[i].value);
     }
     free(m->meta);
+    for (size_t i = 0; i < m->nowned; i++)
+        free(m->owned[i]);
+    free(m->owned);
     free(m->path);
     free(m);
 }

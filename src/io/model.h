@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "nufilt.h"
+#include "../core/error.h"
 
 #define NF_MAX_HEADER_BYTES (100u * 1024u * 1024u)
 /* __metadata__ entries per file. Real files have a handful ("format", a few model-card keys);
@@ -20,7 +21,9 @@ typedef struct nf_tensor {
     uint64_t numel, nbytes;
     int shard;
     uint64_t begin;                 /* offset of the data within its file */
-    const unsigned char *data;      /* borrowed from the mapping */
+    const unsigned char *data;      /* borrowed from the mapping (or the caller's memory) */
+    int in_memory;                  /* data is the caller's (nf_model_from_memory): never
+                                     * prefaulted or released */
 } nf_tensor;
 
 typedef struct nf_shard {
@@ -44,6 +47,8 @@ struct nf_model {
     size_t *by_name;       /* indices sorted by name */
     nf_kv *meta;           /* __metadata__ of the first file */
     size_t nmeta;
+    void **owned;          /* nf_model_from_memory: packed copies of strided tensors */
+    size_t nowned;
 };
 
 /* Parses and validates one safetensors image; tensors are appended to m (shard index s). */

@@ -255,7 +255,7 @@ static int walk_dir(const char *out, const char *what, const char *dir, const ch
         if (rc == NF_OK && !ok)
             rc = nf_error_set(err, NF_E_EXISTS,
                               "%s: exists and holds \"%s\", which nufilt does not write (%s "
-                              "--force replaces only a directory of safetensors weights, their "
+                              "`force` replaces only a directory of safetensors weights, their "
                               "index, README.md and files of the base model directory); "
                               "remove it yourself or choose another path",
                               out, r, what);
@@ -289,8 +289,8 @@ int nf_outpath_replaceable(const char *path, const char *what, nf_out_kind kind,
     if (!force) {
         if (kind == NF_OUT_REPORT)
             return nf_error_set(err, NF_E_EXISTS,
-                                "%s: the report exists (use --force to replace it)", path);
-        return nf_error_set(err, NF_E_EXISTS, "%s: output exists (use --force to replace it)",
+                                "%s: the report exists (use `force` to replace it)", path);
+        return nf_error_set(err, NF_E_EXISTS, "%s: output exists (use `force` to replace it)",
                             path);
     }
     int is_dir = tgt && S_ISDIR(ts.st_mode);
@@ -304,14 +304,14 @@ int nf_outpath_replaceable(const char *path, const char *what, nf_out_kind kind,
         if (S_ISREG(st.st_mode) && file_is(path, nf_looks_like_safetensors))
             return NF_OK;
         return nf_error_set(err, NF_E_EXISTS,
-                            "%s: exists and is not a safetensors file; %s --force replaces only "
+                            "%s: exists and is not a safetensors file; %s `force` replaces only "
                             "nufilt's kind of output",
                             path, what);
     case NF_OUT_REPORT:
         if (S_ISREG(st.st_mode) && file_is(path, looks_like_report))
             return NF_OK;
         return nf_error_set(err, NF_E_EXISTS,
-                            "%s: exists and is not a JSON report; --report --force replaces only "
+                            "%s: exists and is not a JSON report; `report_path` `force` replaces only "
                             "a report",
                             path);
     case NF_OUT_DIR:

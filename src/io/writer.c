@@ -16,6 +16,7 @@
 #include "../core/util.h"
 #include "dtype.h"
 #include "outpath.h"
+#include "sink.h"
 
 #define HEADER_RESERVE 4096 /* room for metadata that changes before commit */
 #define CHUNK_ELEMS (1u << 18)
@@ -47,6 +48,7 @@ struct nf_writer {
     int registered;
     pthread_mutex_t fd_lock; /* guards the files' fd, refs, and nopen */
     size_t nopen;
+    struct nf_mem_sink *sink; /* in memory: every call goes there (sink.c) */
 };
 
 /* Temporary paths to remove if the process is interrupted: a fixed table so that a signal
@@ -229,41 +231,6 @@ void nf_writer_cleanup_signal(void)
         tmp_used[i] = 0;
     }
     errno = saved;
-}
-
-int nf_parse_size(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || errno || v < 0)
-        return NF_E_ARG;
-    while (*end == ' ')
-        end++;
-    double mul = 1;
-    if (*end) {
-        char u[8] = {0};
-        size_t n = strlen(end);
-        if (n >= sizeof u)
-            return NF_E_ARG;
-        for (size_t i = 0; i < n; i++)
-            u[i] = (char)(end[i] >= 'a' && end[i] <= 'z' ? end[i] - 32 : end[i]);
-        if (!strcmp(u, "B")) mul = 1;
-        else if (!strcmp(u, "K") || !strcmp(u, "KB")) mul = 1e3;
-        else if (!strcmp(u, "M") || !strcmp(u, "MB")) mul = 1e6;
-        else if (!strcmp(u, "G") || !strcmp(u, "GB")) mul = 1e9;
-        else if (!strcmp(u, "T") || !strcmp(u, "TB")) mul = 1e12;
-        else if (!strcmp(u, "KIB")) mul = 1024.0;
-        else if (!strcmp(u, "MIB")) mul = 1024.0 * 1024;
-        else if (!strcmp(u, "GIB")) mul = 1024.0 * 1024 * 1024;
-        else if (!strcmp(u, "TIB")) mul = 1024.0 * 1024 * 1024 * 1024;
-        else return NF_E_ARG;
-    }
-    double b = v * mul;
-    if (b >= 1.8e19)
-        return NF_E_ARG;
-    *out = (uint64_t)b;
-    return NF_OK;
 }
 
 static int cmp_member(const void *pa, const void *pb, void *ctx)
@@ -557,6 +524,11 @@ static void remove_old_output(const char *path);
 
 void nf_writer_abort(nf_writer *w)
 {
+    if (w && w->sink) {
+        nf_mem_sink_free(w->sink);
+        free(w);
+        return;
+    }
     if (!w)
         return;
     for (size_t i = 0; i < w->nfiles; i++) {
@@ -585,14 +557,39 @@ void nf_writer_abort(nf_writer *w)
     free(w);
 }
 
+int nf_writer_open_memory(const nf_sink *s, const nf_out_spec *spec, size_t n,
+                          const nf_kv *meta, size_t nmeta, nf_writer **out, nf_error *err)
+{
+    *out = NULL;
+    nf_writer *w = calloc(1, sizeof *w);
+    if (!w)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    int rc = nf_mem_sink_new(s, spec, n, &w->sink, err);
+    if (rc == NF_OK)
+        rc = nf_mem_sink_set_meta(w->sink, meta, nmeta, err);
+    if (rc) {
+        nf_mem_sink_free(w->sink);
+        free(w);
+        return rc;
+    }
+    *out = w;
+    return NF_OK;
+}
+
 int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
 {
     *out = NULL;
-    int rc = nf_outpath_replaceable(a->out, a->what ? a->what : "--out",
+    int rc = nf_outpath_replaceable(a->out, a->what ? a->what : "`out`",
                                     a->as_dir ? NF_OUT_DIR : NF_OUT_FILE, a->copy_from_dir,
                                     a->force, err);
     if (rc)
         return rc;
+    if (nf_exists(a->out) && !a->force)
+        return nf_error_set(err, NF_E_EXISTS, "%s: output exists (use `force` to replace it)",
+                            a->out);
+    if (nf_exists(a->out) && a->as_dir != nf_is_dir(a->out))
+        return nf_error_set(err, NF_E_EXISTS, "%s: exists and is %s; refusing to replace it",
+                            a->out, nf_is_dir(a->out) ? "a directory" : "not a directory");
     if (a->nmeta > NF_MAX_METADATA_ENTRIES)
         return nf_error_set(err, NF_E_LIMIT,
                             "%s: the output's metadata would have %zu entries (the base's and "
@@ -600,7 +597,7 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
                             a->out, a->nmeta, NF_MAX_METADATA_ENTRIES);
     if (!a->as_dir && a->shard_size)
         return nf_error_set(err, NF_E_ARG,
-                            "%s: --out-shard-size needs a directory output (a path not ending "
+                            "%s: `out_shard_size` needs a directory output (a path not ending "
                             "in .safetensors)",
                             a->out);
     nf_writer *w = calloc(1, sizeof *w);
@@ -794,6 +791,8 @@ fail:
 int nf_writer_put(nf_writer *w, size_t i, uint64_t off, const void *bytes, size_t len,
                   nf_error *err)
 {
+    if (w->sink)
+        return nf_mem_sink_put(w->sink, i, off, bytes, len, err);
     if (i >= w->a.ntensors || off + len > w->a.tensors[i].nbytes)
         return nf_error_set(err, NF_E_INTERNAL, "writer: tensor %zu write out of range", i);
     out_file *f = &w->files[w->file_of[i]];
@@ -818,6 +817,8 @@ int nf_writer_put(nf_writer *w, size_t i, uint64_t off, const void *bytes, size_
 
 int nf_writer_put_f32(nf_writer *w, size_t i, const float *vals, nf_error *err)
 {
+    if (w->sink)
+        return nf_mem_sink_put_f32(w->sink, i, vals, err);
     const nf_out_spec *t = &w->a.tensors[i];
     size_t es = nf_dtype_size(t->dtype);
     if (!nf_dtype_is_float(t->dtype))
@@ -841,6 +842,8 @@ int nf_writer_put_f32(nf_writer *w, size_t i, const float *vals, nf_error *err)
 
 int nf_writer_set_meta(nf_writer *w, const nf_kv *meta, size_t nmeta, nf_error *err)
 {
+    if (w->sink)
+        return nf_mem_sink_set_meta(w->sink, meta, nmeta, err);
     if (nmeta > NF_MAX_METADATA_ENTRIES)
         return nf_error_set(err, NF_E_LIMIT, "%s: the output's metadata would have %zu entries",
                             w->out, nmeta);
@@ -961,11 +964,11 @@ static int move_into_place(nf_writer *w, const char *src, nf_error *err)
             return nf_error_set(err, NF_E_IO, CANNOT_MOVE, w->out, strerror(e));
         if (!w->a.force)
             return nf_error_set(err, NF_E_EXISTS,
-                                "%s: output appeared while merging (use --force to replace it)",
+                                "%s: output appeared while merging (use `force` to replace it)",
                                 w->out);
         /* what is there now (it may have changed since the writer opened) must still be
          * nufilt's kind of output */
-        int rc = nf_outpath_replaceable(w->out, w->a.what ? w->a.what : "--out",
+        int rc = nf_outpath_replaceable(w->out, w->a.what ? w->a.what : "`out`",
                                         w->a.as_dir ? NF_OUT_DIR : NF_OUT_FILE,
                                         w->a.copy_from_dir, 1, err);
         if (rc)
@@ -990,6 +993,11 @@ static int move_into_place(nf_writer *w, const char *src, nf_error *err)
 
 int nf_writer_commit(nf_writer *w, nf_error *err)
 {
+    if (w->sink) {
+        int rc = nf_mem_sink_commit(w->sink, err);
+        free(w);
+        return rc;
+    }
     int rc = NF_OK;
     for (size_t f = 0; f < w->nfiles && rc == NF_OK; f++) {
         out_file *of = &w->files[f];

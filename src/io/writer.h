@@ -44,6 +44,11 @@ int nf_writer_commit(nf_writer *w, nf_error *err);
 /* Removes everything written so far; w is freed. Accepts NULL. */
 void nf_writer_abort(nf_writer *w);
 
+/* A writer whose tensors and metadata go to the caller's memory (nf_sink) instead of a file:
+ * the same calls, nothing on disk. */
+int nf_writer_open_memory(const nf_sink *s, const nf_out_spec *spec, size_t n,
+                          const nf_kv *meta, size_t nmeta, nf_writer **out, nf_error *err);
+
 /* Removes every temporary output still open in this process; async-signal-safe, for a
  * program's handler of SIGINT, SIGTERM and the other terminating signals. */
 void nf_writer_cleanup_signal(void);

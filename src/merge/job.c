@@ -140,7 +140,7 @@ static int check_output(nf_job *job, uint64_t first, const void *bytes, nf_dtype
         snprintf(why, sizeof why, "the merged value is %s", isnan(v) ? "NaN" : "infinite");
     return nf_error_set(job->err, NF_E_NONFINITE,
                         "%s: tensor \"%s\" of the output would hold NaN or Inf at element %llu "
-                        "(%s); nothing written (--allow-nonfinite writes it anyway)",
+                        "(%s); nothing written (`allow_nonfinite` writes it anyway)",
                         job->run->out_path ? job->run->out_path : "output", o->name,
                         (unsigned long long)(first + k), why);
 }

@@ -6,6 +6,7 @@
 #include "recipe.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <regex.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,9 +16,10 @@
 #include "../io/json.h"
 #include "select.h"
 
-void nf_options_init(nf_options *o)
+static void options_defaults(nf_options *o)
 {
     memset(o, 0, sizeof *o);
+    o->struct_size = sizeof *o;
     o->method = -1;
     o->null_rank = o->task_rank = o->lora_rank = -1;
     o->lr = NAN;
@@ -29,6 +31,47 @@ void nf_options_init(nf_options *o)
     o->opcm_zero_diag = -1;
     o->out_dtype = NF_DTYPE_INVALID;
     o->svd = NF_SVD_EXACT;
+}
+
+/* The caller's struct may be smaller (an older header) or larger (a newer one) than ours:
+ * only its first struct_size bytes are written. The whole of it is zeroed first, padding
+ * included, so that bytes an older caller's struct ends with read as 0, which is the default
+ * of every field added after it. */
+void nf_options_init_sized(nf_options *o, size_t struct_size)
+{
+    if (!o || struct_size < sizeof o->struct_size)
+        return;
+    nf_options d;
+    options_defaults(&d);
+    memset(o, 0, struct_size);
+    memcpy(o, &d, struct_size < sizeof d ? struct_size : sizeof d);
+    o->struct_size = struct_size;
+}
+
+int nf_options_import(const nf_options *in, nf_options *out, nf_error *err)
+{
+    options_defaults(out);
+    if (!in)
+        return NF_OK;
+    size_t n = in->struct_size;
+    if (n < offsetof(nf_options, method) + sizeof in->method)
+        return nf_error_set(err, NF_E_ARG,
+                            "nf_options.struct_size is %zu, smaller than any nf_options (was it "
+                            "set with nf_options_init?)",
+                            n);
+    if (n > sizeof *out) {
+        const unsigned char *extra = (const unsigned char *)in + sizeof *out;
+        for (size_t i = 0; i < n - sizeof *out; i++)
+            if (extra[i])
+                return nf_error_set(err, NF_E_UNSUPPORTED,
+                                    "nf_options: the caller sets fields this library (%s, %zu "
+                                    "bytes of options) does not know (struct_size %zu)",
+                                    NF_VERSION_STRING, sizeof *out, n);
+        n = sizeof *out;
+    }
+    memcpy(out, in, n);
+    out->struct_size = sizeof *out;
+    return NF_OK;
 }
 
 /* ---- the methods ---- */
@@ -299,7 +342,7 @@ static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
     if (!meth || !step || !params)
         return nf_error_set(err, NF_E_STATE,
                             "%s: no nufilt merge state in its metadata (is it a model merged by "
-                            "nufilt? the first step takes no --prev)",
+                            "nufilt? the first step takes no `prev`)",
                             path);
     r->method = nf_method_from_name(meth);
     if (r->method < 0)
@@ -335,13 +378,13 @@ static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
                 if (v->type == NF_JSON_NUMBER)
                     rc = nf_error_set(err, NF_E_STATE,
                                       "%s: metadata nufilt.params records %s = %g, which is "
-                                      "out of range (%s, as --%s)",
-                                      path, key, v->num, want, rg->option);
+                                      "out of range (%s, as `%s`)",
+                                      path, key, v->num, want, rg->key);
                 else
                     rc = nf_error_set(err, NF_E_STATE,
                                       "%s: metadata nufilt.params records %s as something other "
-                                      "than a number (%s, as --%s)",
-                                      path, key, want, rg->option);
+                                      "than a number (%s, as `%s`)",
+                                      path, key, want, rg->key);
                 break;
             }
             r->have |= bit;
@@ -415,7 +458,7 @@ static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
             }
             if (nf_regex_check(v->str, why, sizeof why)) {
                 rc = nf_error_set(err, NF_E_STATE,
-                                  "%s: metadata nufilt.params records a --layers expression "
+                                  "%s: metadata nufilt.params records a `layers` expression "
                                   "\"%.80s\" that is not accepted: %s",
                                   path, v->str, why);
                 break;
@@ -423,7 +466,7 @@ static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
             regex_t re;
             if (regcomp(&re, v->str, REG_EXTENDED | REG_NOSUB) != 0) {
                 rc = nf_error_set(err, NF_E_STATE,
-                                  "%s: metadata nufilt.params records a bad --layers expression "
+                                  "%s: metadata nufilt.params records a bad `layers` expression "
                                   "\"%.80s\"",
                                   path, v->str);
                 break;
@@ -479,19 +522,19 @@ out:
 static const char *opt_name(unsigned bit)
 {
     switch (bit) {
-    case NF_P_NULL_RANK: return "--null-rank";
-    case NF_P_TASK_RANK: return "--task-rank";
-    case NF_P_LORA_RANK: return "--lora-rank";
-    case NF_P_LR: return "--lr";
-    case NF_P_ITERS: return "--iters";
-    case NF_P_SEED: return "--seed";
-    case NF_P_COMPAT: return "--compat";
-    case NF_P_RANK_TOL: return "--rank-tol";
-    case NF_P_SELECT: return "--preset/--layers";
-    case NF_P_SCALE: return "--scale";
-    case NF_P_KEEP: return "--keep";
-    case NF_P_ALPHA: return "--alpha";
-    case NF_P_ZERO_DIAG: return "--opcm-zero-diag";
+    case NF_P_NULL_RANK: return "`null_rank`";
+    case NF_P_TASK_RANK: return "`task_rank`";
+    case NF_P_LORA_RANK: return "`lora_rank`";
+    case NF_P_LR: return "`lr`";
+    case NF_P_ITERS: return "`iters`";
+    case NF_P_SEED: return "`seed`";
+    case NF_P_COMPAT: return "`compat`";
+    case NF_P_RANK_TOL: return "`rank_tol`";
+    case NF_P_SELECT: return "`preset`/`layers`";
+    case NF_P_SCALE: return "`scale`";
+    case NF_P_KEEP: return "`keep`";
+    case NF_P_ALPHA: return "`alpha`";
+    case NF_P_ZERO_DIAG: return "`opcm_zero_diag`";
     }
     return "?";
 }
@@ -531,7 +574,7 @@ static void fmt_value(unsigned bit, const nf_params *p, char *buf, size_t n)
     case NF_P_ALPHA: snprintf(buf, n, "%g", p->alpha); break;
     case NF_P_ZERO_DIAG: snprintf(buf, n, "%s", p->opcm_zero_diag ? "on" : "off"); break;
     case NF_P_SELECT:
-        snprintf(buf, n, "%s%s", p->layers ? "--layers " : "--preset ",
+        snprintf(buf, n, "%s%s", p->layers ? "`layers` " : "`preset` ",
                  p->layers ? p->layers : p->preset);
         break;
     default: buf[0] = '\0';
@@ -606,12 +649,12 @@ static int check_ranges(const nf_params *p, unsigned used, nf_error *err)
         if (!nf_option_range_ok(&ranges[i], v)) {
             char want[64];
             nf_option_range_describe(&ranges[i], want, sizeof want);
-            return nf_error_set(err, NF_E_ARG, "--%s %g: expected %s", ranges[i].option, v, want);
+            return nf_error_set(err, NF_E_ARG, "`%s` %g: expected %s", ranges[i].key, v, want);
         }
     }
     if (p->method == NF_METHOD_MAGMAX && p->scale == 0)
         return nf_error_set(err, NF_E_ARG,
-                            "--scale 0 is not allowed with --method magmax (the merged task "
+                            "`scale` 0 is not allowed with `method` magmax (the merged task "
                             "vector is divided by it)");
     return NF_OK;
 }
@@ -628,7 +671,7 @@ int nf_recipe_resolve(const nf_options *o, const nf_model *base, const nf_model 
             goto out;
         if (o->method >= 0 && o->method != rec.method) {
             rc = nf_error_set(err, NF_E_STATE,
-                              "%s was merged with --method %s; this step asks for --method %s "
+                              "%s was merged with `method` %s; this step asks for `method` %s "
                               "(a stream keeps one method)",
                               prev->path, methods[rec.method]->info.name,
                               methods[o->method]->info.name);
@@ -639,7 +682,7 @@ int nf_recipe_resolve(const nf_options *o, const nf_model *base, const nf_model 
     }
     const nf_method_ops *m = nf_method_ops_get(method);
     if (!m || !m->tensor) {
-        rc = nf_error_set(err, NF_E_UNSUPPORTED, "--method %s is not available in this build",
+        rc = nf_error_set(err, NF_E_UNSUPPORTED, "`method` %s is not available in this build",
                           m ? m->info.name : "?");
         goto out;
     }
@@ -647,7 +690,7 @@ int nf_recipe_resolve(const nf_options *o, const nf_model *base, const nf_model 
     unsigned extra = set & ~m->params;
     if (extra) {
         unsigned bit = extra & -extra;
-        rc = nf_error_set(err, NF_E_ARG, "%s does not apply to --method %s", opt_name(bit),
+        rc = nf_error_set(err, NF_E_ARG, "%s does not apply to `method` %s", opt_name(bit),
                           m->info.name);
         goto out;
     }

@@ -14,4 +14,8 @@ void nf_params_free(nf_params *p);
 char *nf_params_json(const nf_params *p);
 char *nf_state_json(const nf_state *s);
 
+/* The caller's options (any struct_size from an older or newer header) as a full struct of
+ * this library's layout, defaults where the caller's struct ends; NULL gives the defaults. */
+int nf_options_import(const nf_options *in, nf_options *out, nf_error *err);
+
 #endif

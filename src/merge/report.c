@@ -194,7 +194,7 @@ int nf_report_commit(nf_report *r, nf_error *err)
         int e = errno;
         if (e == EEXIST && !r->force)
             rc = nf_error_set(err, NF_E_EXISTS,
-                              "%s: the report appeared meanwhile (use --force to replace it)",
+                              "%s: the report appeared meanwhile (use `force` to replace it)",
                               r->path);
         else if ((e == EEXIST || e == EINVAL || e == ENOSYS) && rename(r->tmp, r->path) == 0)
             rc = NF_OK;

@@ -23,9 +23,16 @@ int nf_report_commit(nf_report *r, nf_error *err);
 void nf_report_discard(nf_report *r);
 void nf_report_free(nf_report *r);
 
-/* One step as part of a longer run (step_in_run of nsteps, for progress), adding to report. */
+/* Opened models and an in-memory output, in place of the paths of nf_step_in_run. */
+typedef struct nf_step_mem {
+    nf_model *base, *task, *prev; /* borrowed: not closed by the step */
+    const nf_sink *sink;
+} nf_step_mem;
+
+/* One step as part of a longer run (step_in_run of nsteps, for progress), adding to report.
+ * With mem, the paths are NULL and the step reads and writes memory. */
 int nf_step_in_run(const char *base, const char *task, const char *prev, const char *out,
                    const nf_options *o, int step_in_run, int nsteps, nf_report *report,
-                   nf_error *err);
+                   nf_error *err, const nf_step_mem *mem);
 
 #endif

@@ -46,7 +46,7 @@ static int check_finite(const nf_model *m, const nf_tensor *t, nf_error *err)
         at++;
     return nf_error_set(err, NF_E_NONFINITE,
                         "%s: tensor \"%s\" holds NaN or Inf (element %llu); refusing to merge "
-                        "it (--allow-nonfinite to proceed anyway)",
+                        "it (`allow_nonfinite` to proceed anyway)",
                         m->path, t->name, (unsigned long long)at);
 }
 
@@ -104,8 +104,10 @@ static int do_job(worker *w, size_t i)
     return rc;
 }
 
-static void report_progress(nf_run *run, const nf_tensor *t)
+/* Non-zero when the caller's progress callback asks to cancel. */
+static int report_progress(nf_run *run, int pass, const nf_tensor *t)
 {
+    int cancel = 0;
     pthread_mutex_lock(&run->lock);
     run->done++;
     run->bytes_done += t->nbytes;
@@ -113,7 +115,7 @@ static void report_progress(nf_run *run, const nf_tensor *t)
         nf_progress p = {
             .step = run->step_in_run,
             .nsteps = run->nsteps,
-            .pass = 0,
+            .pass = pass,
             .npasses = run->npasses,
             .tensors_done = run->done,
             .tensors_total = run->ntensors * (size_t)run->npasses,
@@ -122,9 +124,10 @@ static void report_progress(nf_run *run, const nf_tensor *t)
             .elapsed_s = nf_now() - run->t_start,
             .tensor = t->name,
         };
-        run->opts->progress(run->opts->progress_user, &p);
+        cancel = run->opts->progress(run->opts->progress_user, &p) != 0;
     }
     pthread_mutex_unlock(&run->lock);
+    return cancel;
 }
 
 static void *work(void *arg)
@@ -145,7 +148,7 @@ static void *work(void *arg)
         if (b->cap && need > b->cap) {
             nf_error_set(&w->err, NF_E_LIMIT,
                          "tensor \"%s\" needs about %.0f MB of working memory, more than "
-                         "--max-memory %.0f MB allows",
+                         "`max_memory` %.0f MB allows",
                          run->base->tensors[i].name, (double)need / 1e6, (double)b->cap / 1e6);
             atomic_store(w->stop, 1);
             break;
@@ -166,7 +169,13 @@ static void *work(void *arg)
             atomic_store(w->stop, 1);
             break;
         }
-        report_progress(w->run, &w->run->base->tensors[i]);
+        if (report_progress(w->run, w->pass, &w->run->base->tensors[i])) {
+            /* the caller cancelled: every worker stops after the tensor it holds, and the step
+             * unwinds as on any error (temporary outputs removed, nothing committed) */
+            nf_error_set(&w->err, NF_E_CANCELLED, "cancelled by the progress callback");
+            atomic_store(w->stop, 1);
+            break;
+        }
     }
     return NULL;
 }

@@ -56,7 +56,7 @@ int nf_preset_resolve(const nf_model *m, const char *preset, const char **resolv
                 return NF_OK;
             }
         return nf_error_set(err, NF_E_ARG,
-                            "--preset %s: unknown preset (auto, clip, t5, llama, all-linear)",
+                            "`preset` %s: unknown preset (auto, clip, t5, llama, all-linear)",
                             preset);
     }
     int t5 = 0, fc1 = 0, attn = 0, selfattn = 0, mlp = 0;
@@ -251,12 +251,12 @@ static int rule_open(rule *r, const nf_model *m, const char *preset, const char 
         return nf_preset_resolve(m, preset, &r->preset, err);
     char why[160];
     if (nf_regex_check(layers, why, sizeof why))
-        return nf_error_set(err, NF_E_ARG, "--layers \"%.200s\": not accepted: %s", layers, why);
+        return nf_error_set(err, NF_E_ARG, "`layers` \"%.200s\": not accepted: %s", layers, why);
     int rc = regcomp(&r->re, layers, REG_EXTENDED | REG_NOSUB);
     if (rc != 0) {
         char msg[200];
         regerror(rc, &r->re, msg, sizeof msg);
-        return nf_error_set(err, NF_E_ARG, "--layers \"%s\": bad regular expression: %s", layers,
+        return nf_error_set(err, NF_E_ARG, "`layers` \"%s\": bad regular expression: %s", layers,
                             msg);
     }
     r->has_re = 1;

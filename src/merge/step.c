@@ -22,6 +22,7 @@
 #include "select.h"
 
 const char *nf_version(void) { return NF_VERSION_STRING; }
+int nf_version_number(void) { return NF_VERSION_NUMBER; }
 
 static void shape_str(const nf_tensor *t, char *buf, size_t n)
 {
@@ -252,7 +253,7 @@ static int check_recorded_base(const nf_model *prev, nf_error *err)
     if (!fp)
         return nf_error_set(err, NF_E_STATE,
                             "%s: metadata lacks nufilt.base, the fingerprint of the base it was "
-                            "merged from, so it cannot be checked against --base",
+                            "merged from, so it cannot be checked against `base`",
                             prev->path);
     int hex = strlen(fp) == 16;
     for (size_t i = 0; hex && i < 16; i++)
@@ -343,14 +344,16 @@ reserve:
     return NF_OK;
 }
 
-static void run_free(nf_run *run)
+static void run_free(nf_run *run, const nf_step_mem *mem)
 {
     if (run->method && run->method->cleanup)
         run->method->cleanup(run);
     nf_writer_abort(run->writer);
-    nf_model_close(run->base);
-    nf_model_close(run->task);
-    nf_model_close(run->prev);
+    if (!mem) {
+        nf_model_close(run->base);
+        nf_model_close(run->task);
+        nf_model_close(run->prev);
+    }
     free(run->treated);
     free(run->out);
     free(run->reports);
@@ -372,7 +375,7 @@ static int cpu_count(void)
 
 int nf_step_in_run(const char *base, const char *task, const char *prev, const char *out,
                    const nf_options *o, int step_in_run, int nsteps, nf_report *report,
-                   nf_error *err)
+                   nf_error *err, const nf_step_mem *mem)
 {
     nf_run run;
     memset(&run, 0, sizeof run);
@@ -389,32 +392,46 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     nf_device **devs = NULL;
     int ndev = 0;
     int rc = NF_OK;
+    int blas_threads = 0;
     double t0 = nf_now();
 
-    if (!base || !task || !out) {
-        rc = nf_error_set(err, NF_E_ARG, "a step needs --base, --task and --out");
-        goto done;
-    }
-    /* what this step writes may not touch its inputs, and replaces only nufilt's kind of
-     * output (--force); checked before anything is opened or computed */
     const char *report_path = report && step_in_run == nsteps ? nf_report_path(report) : NULL;
-    {
+    if (mem) {
+        /* models the caller opened (files or memory) and an in-memory output */
+        if (!mem->base || !mem->task) {
+            rc = nf_error_set(err, NF_E_ARG, "a step needs a base and a task model");
+            goto done;
+        }
+        run.base = mem->base;
+        run.task = mem->task;
+        run.prev = mem->prev;
+        base = run.base->path;
+        task = run.task->path;
+        prev = run.prev ? run.prev->path : NULL;
+    } else {
+        if (!base || !task || !out) {
+            rc = nf_error_set(err, NF_E_ARG, "a step needs `base`, `task` and `out`");
+            goto done;
+        }
+        /* what this step writes may not touch its inputs, and replaces only nufilt's kind
+         * of output (`force`); checked before anything is opened or computed */
         nf_out_input ins[3] = {{base, "the base model"},
                                {task, "the task model"},
                                {prev, "the previous merge"}};
         nf_out_target tg[2] = {
-            {out, step_in_run == nsteps ? "--out" : "--save-steps",
+            {out, step_in_run == nsteps ? "`out`" : "`save_steps`",
              ends_with(out, ".safetensors") ? NF_OUT_FILE : NF_OUT_DIR},
-            {report_path, "--report", NF_OUT_REPORT}};
+            {report_path, "`report_path`", NF_OUT_REPORT}};
         nf_outpath_args pa = {ins, 3, tg, report_path ? 2 : 1,
                               nf_is_dir(base) ? base : NULL, o->force};
         if ((rc = nf_outpath_check(&pa, err)))
             goto done;
+        if ((rc = nf_model_open(base, &run.base, err)) ||
+            (rc = nf_model_open(task, &run.task, err)))
+            goto done;
+        if (prev && (rc = nf_model_open(prev, &run.prev, err)))
+            goto done;
     }
-    if ((rc = nf_model_open(base, &run.base, err)) || (rc = nf_model_open(task, &run.task, err)))
-        goto done;
-    if (prev && (rc = nf_model_open(prev, &run.prev, err)))
-        goto done;
     if ((rc = check_f8_scales(run.base, "base", err)) ||
         (rc = check_f8_scales(run.task, "task", err)) ||
         (run.prev && (rc = check_f8_scales(run.prev, "previous merge", err))))
@@ -469,7 +486,7 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         rc = nf_error_set(err, rc, "out of memory");
         goto done;
     }
-    int as_dir = !ends_with(out, ".safetensors");
+    int as_dir = !mem && !ends_with(out, ".safetensors");
     uint64_t shard = o->out_shard_size;
     if (as_dir && !shard && run.base->indexed) {
         for (size_t s = 0; s < run.base->nshards; s++)
@@ -486,17 +503,19 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         .shard_size = as_dir ? shard : 0,
         .copy_from_dir = as_dir && run.base->is_dir ? run.base->path : NULL,
         .force = o->force,
-        .what = step_in_run == nsteps ? "--out" : "--save-steps",
+        .what = step_in_run == nsteps ? "`out`" : "`save_steps`",
     };
-    if (!as_dir && o->out_shard_size) {
+    if (!as_dir && o->out_shard_size && !mem) {
         meta_free(&meta);
         rc = nf_error_set(err, NF_E_ARG,
-                          "%s: --out-shard-size needs a directory output (a path not ending in "
+                          "%s: `out_shard_size` needs a directory output (a path not ending in "
                           ".safetensors)",
                           out);
         goto done;
     }
-    rc = nf_writer_open(&wa, &run.writer, err);
+    rc = mem ? nf_writer_open_memory(mem->sink, run.out, run.ntensors, meta.kv, meta.n,
+                                     &run.writer, err)
+             : nf_writer_open(&wa, &run.writer, err);
     if (rc) {
         meta_free(&meta);
         goto done;
@@ -508,7 +527,9 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         goto done;
     }
     int threads = o->threads > 0 ? o->threads : cpu_count();
-    nf_cpu_set_threads(threads > 1 ? 1 : 1);
+    /* one OpenBLAS thread per worker for the step; the caller's setting comes back after */
+    blas_threads = nf_cpu_get_threads();
+    nf_cpu_set_threads(1);
 
     run.npasses = run.method->npasses;
     run.t_start = nf_now();
@@ -519,7 +540,13 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
         meta_free(&meta);
         goto done;
     }
-    if (run.want_spill && (rc = spill_open(&run, out, err))) {
+    /* an in-memory output keeps its scratch file in $TMPDIR (or /tmp) */
+    char mem_out[4096];
+    if (!out) {
+        const char *td = getenv("TMPDIR");
+        snprintf(mem_out, sizeof mem_out, "%s/nufilt-memory", td && td[0] ? td : "/tmp");
+    }
+    if (run.want_spill && (rc = spill_open(&run, out ? out : mem_out, err))) {
         meta_free(&meta);
         goto done;
     }
@@ -555,7 +582,7 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     /* the report is written (beside its path) before the output is committed, and moved
      * into place after: one that cannot be written leaves nothing committed */
     if (report &&
-        ((rc = nf_report_add_step(report, &run, task, out, &stats, nf_now() - t0,
+        ((rc = nf_report_add_step(report, &run, task, out ? out : "(memory)", &stats, nf_now() - t0,
                                   devs && ndev ? nf_device_get_info(devs[0]) : NULL, err)) ||
          (report_path && (rc = nf_report_prepare(report, err)))))
         goto done;
@@ -568,28 +595,29 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     if (report_path)
         rc = nf_report_commit(report, err);
 done:
+    if (blas_threads > 0)
+        nf_cpu_set_threads(blas_threads);
     nf_devices_close(devs, ndev);
-    run_free(&run);
+    run_free(&run, mem);
     return rc;
 }
 
 int nf_step(const char *base, const char *task, const char *prev, const char *out,
-            const nf_options *opts, nf_error *err)
+            const nf_options *options, nf_error *err)
 {
-    nf_options defaults;
-    if (!opts) {
-        nf_options_init(&defaults);
-        opts = &defaults;
-    }
+    nf_options full;
+    const nf_options *opts = &full;
+    int rc = nf_options_import(options, &full, err);
+    if (rc)
+        return rc;
     nf_report *rep = NULL;
-    int rc = NF_OK;
     if (opts->report_path &&
         ((rc = nf_report_new(&rep, err)) ||
          (rc = nf_report_set_path(rep, opts->report_path, opts->force, err)))) {
         nf_report_free(rep);
         return rc;
     }
-    rc = nf_step_in_run(base, task, prev, out, opts, 1, 1, rep, err);
+    rc = nf_step_in_run(base, task, prev, out, opts, 1, 1, rep, err, NULL);
     nf_report_free(rep);
     return rc;
 }
@@ -624,18 +652,18 @@ static int merge_check_paths(const char *base, const char *const *tasks, int nta
         snprintf(whats[t], sizeof whats[t], "task model %d", t + 1);
         ins[t + 1] = (nf_out_input){tasks[t], whats[t]};
     }
-    tg[ntg++] = (nf_out_target){out, "--out", as_dir ? NF_OUT_DIR : NF_OUT_FILE};
+    tg[ntg++] = (nf_out_target){out, "`out`", as_dir ? NF_OUT_DIR : NF_OUT_FILE};
     if (o->report_path)
-        tg[ntg++] = (nf_out_target){o->report_path, "--report", NF_OUT_REPORT};
+        tg[ntg++] = (nf_out_target){o->report_path, "`report_path`", NF_OUT_REPORT};
     if (save_steps_dir) {
-        tg[ntg++] = (nf_out_target){save_steps_dir, "--save-steps", NF_OUT_STEPS_DIR};
+        tg[ntg++] = (nf_out_target){save_steps_dir, "`save_steps`", NF_OUT_STEPS_DIR};
         for (int t = 1; t <= ntasks; t++) {
             steps[t - 1] = step_path(save_steps_dir, t, as_dir);
             if (!steps[t - 1]) {
                 rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
                 goto done;
             }
-            tg[ntg++] = (nf_out_target){steps[t - 1], "--save-steps",
+            tg[ntg++] = (nf_out_target){steps[t - 1], "`save_steps`",
                                         as_dir ? NF_OUT_DIR : NF_OUT_FILE};
         }
     }
@@ -655,14 +683,13 @@ int nf_merge(const char *base, const char *const *tasks, int ntasks, const char 
              const char *save_steps_dir, const nf_options *opts, nf_error *err)
 {
     nf_options o;
-    if (opts)
-        o = *opts;
-    else
-        nf_options_init(&o);
+    int rc = nf_options_import(opts, &o, err);
+    if (rc)
+        return rc;
     if (ntasks < 1)
         return nf_error_set(err, NF_E_ARG, "merge needs at least one task model");
     int as_dir = !ends_with(out, ".safetensors");
-    int rc = merge_check_paths(base, tasks, ntasks, out, save_steps_dir, &o, as_dir, err);
+    rc = merge_check_paths(base, tasks, ntasks, out, save_steps_dir, &o, as_dir, err);
     if (rc)
         return rc;
     char *scratch = NULL;
@@ -735,7 +762,7 @@ int nf_merge(const char *base, const char *const *tasks, int ntasks, const char 
         so.report_path = NULL;
         so.task_name = NULL;
         so.force = t == ntasks ? o.force : 1;
-        rc = nf_step_in_run(base, tasks[t - 1], prev, dst, &so, t, ntasks, rep, err);
+        rc = nf_step_in_run(base, tasks[t - 1], prev, dst, &so, t, ntasks, rep, err, NULL);
         if (rc == NF_OK && t == ntasks && save_steps_dir) {
             char *sp = step_path(save_steps_dir, t, as_dir);
             rc = sp ? nf_link_or_copy(dst, sp, err) : nf_error_set(err, NF_E_NOMEM, "out of memory");
@@ -752,6 +779,31 @@ int nf_merge(const char *base, const char *const *tasks, int ntasks, const char 
         nf_tmp_unregister(scratch);
         free(scratch);
     }
+    nf_report_free(rep);
+    return rc;
+}
+
+int nf_step_models(nf_model *base, nf_model *task, nf_model *prev, const nf_sink *out,
+                   const nf_options *options, nf_error *err)
+{
+    nf_options o;
+    int rc = nf_options_import(options, &o, err);
+    if (rc)
+        return rc;
+    if (!out)
+        return nf_error_set(err, NF_E_ARG, "nf_step_models: no output (nf_sink) given");
+    if (o.out_shard_size)
+        return nf_error_set(err, NF_E_ARG,
+                            "`out_shard_size` applies to file outputs, not to nf_step_models");
+    nf_step_mem mem = {base, task, prev, out};
+    nf_report *rep = NULL;
+    if (o.report_path &&
+        ((rc = nf_report_new(&rep, err)) ||
+         (rc = nf_report_set_path(rep, o.report_path, o.force, err)))) {
+        nf_report_free(rep);
+        return rc;
+    }
+    rc = nf_step_in_run(NULL, NULL, NULL, NULL, &o, 1, 1, rep, err, &mem);
     nf_report_free(rep);
     return rc;
 }

@@ -66,7 +66,7 @@ static uint64_t isoc_memory(const nf_run *run, size_t i)
 
 const nf_method_ops nf_method_isoc = {
     .info = {"isoc", "Iso-C: flattens the spectrum of the summed task vectors",
-             "--scale 1 (lambda)",
+             "`scale` 1 (lambda)",
              "Marczak et al., No Task Left Behind: Isotropic Model Merging with Common and "
              "Task-Specific Subspaces, ICML 2025 (arXiv 2502.04959)",
              1},

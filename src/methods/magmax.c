@@ -31,7 +31,7 @@ static int magmax_tensor(nf_job *job)
 
 const nf_method_ops nf_method_magmax = {
     .info = {"magmax", "MagMax: keeps the larger-magnitude update per parameter",
-             "--scale 0.5 (lambda, non-zero)",
+             "`scale` 0.5 (lambda, non-zero)",
              "Marczak et al., MagMax: Leveraging Model Merging for Seamless Continual "
              "Learning, ECCV 2024 (arXiv 2407.06322)",
              1},

@@ -368,8 +368,8 @@ static uint64_t nufilt_memory(const nf_run *run, size_t i)
 const nf_method_ops nf_method_nufilt = {
     .info = {"nufilt",
              "null-space filter of each new task vector plus a projection-aware LoRA adapter",
-             "--null-rank 128, --task-rank 8, --lora-rank 64, --lr 1e-3, --iters 50, --seed 0, "
-             "--compat paper, --rank-tol 1e-6, --preset auto / --layers",
+             "`null_rank` 128, `task_rank` 8, `lora_rank` 64, `lr` 1e-3, `iters` 50, `seed` 0, "
+             "`compat` paper, `rank_tol` 1e-6, `preset` auto / `layers`",
              "Qiu et al., Null-Space Filtering for Data-Free Continual Model Merging, ICLR 2026 "
              "(arXiv 2509.21413)",
              1},

@@ -290,7 +290,7 @@ static int opcm_begin(nf_run *run)
         !isfinite(run->prev_state.norm_sum))
         return nf_error_set(run->err, NF_E_STATE,
                             "%s: its metadata lacks a valid OPCM state (nufilt.state: lambda, "
-                            "norm_sum, norm_count); was it merged with --method opcm?",
+                            "norm_sum, norm_count); was it merged with `method` opcm?",
                             run->prev->path);
     if (!(run->mstate = calloc(1, sizeof(double))))
         return NF_E_NOMEM;
@@ -314,7 +314,7 @@ static uint64_t opcm_memory(const nf_run *run, size_t i)
 
 const nf_method_ops nf_method_opcm = {
     .info = {"opcm", "orthogonal projection of each task vector, norm-preserving rescale",
-             "--alpha 0.5 (share of the spectrum projected out), --opcm-zero-diag off",
+             "`alpha` 0.5 (share of the spectrum projected out), `opcm_zero_diag` off",
              "Tang et al., Merging Models on the Fly Without Retraining: A Sequential "
              "Approach to Scalable Continual Model Merging (OPCM), 2025 (arXiv 2501.09522)",
              1},

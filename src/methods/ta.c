@@ -23,7 +23,7 @@ static int ta_tensor(nf_job *job)
 
 const nf_method_ops nf_method_ta = {
     .info = {"ta", "task arithmetic: adds lambda times each task vector",
-             "--scale 0.3 (lambda; the paper runs use 0.1 for 14 and 20 tasks)",
+             "`scale` 0.3 (lambda; the paper runs use 0.1 for 14 and 20 tasks)",
              "Ilharco et al., Editing models with task arithmetic, ICLR 2023 (arXiv 2212.04089)",
              1},
     .params = NF_P_SCALE,

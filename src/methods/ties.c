@@ -254,7 +254,7 @@ static void ties_cleanup(nf_run *run)
 
 const nf_method_ops nf_method_ties = {
     .info = {"ties", "TIES-merging: trim, elect sign, disjoint sum, over the whole model",
-             "--scale 0.3 (lambda), --keep 0.2 (fraction kept by the trim)",
+             "`scale` 0.3 (lambda), `keep` 0.2 (fraction kept by the trim)",
              "Yadav et al., TIES-Merging: Resolving Interference When Merging Models, "
              "NeurIPS 2023 (arXiv 2306.01708)",
              1},

@@ -92,7 +92,7 @@ static uint64_t tsvm_memory(const nf_run *run, size_t i)
 }
 
 const nf_method_ops nf_method_tsvm = {
-    .info = {"tsvm", "TSV-M: decorrelated task singular vectors", "--scale 1 (lambda)",
+    .info = {"tsvm", "TSV-M: decorrelated task singular vectors", "`scale` 1 (lambda)",
              "Gargiulo et al., Task Singular Vectors: Reducing Task Interference in Model "
              "Merging, CVPR 2025 (arXiv 2412.00081)",
              1},

@@ -127,7 +127,7 @@ static uint64_t wudi_memory(const nf_run *run, size_t i)
 
 const nf_method_ops nf_method_wudi = {
     .info = {"wudi", "data-free interference minimisation with Adam on task-vector subspaces",
-             "--iters 50 (Adam steps), --lr 1e-5",
+             "`iters` 50 (Adam steps), `lr` 1e-5",
              "Cheng et al., Whoever Started the Interference Should End It: Guiding Data-Free "
              "Model Merging via Task Vectors (WUDI), ICML 2025 (arXiv 2503.08099)",
              1},

@@ -25,6 +25,7 @@ struct nf_device {
 /* ---- kernels (also used as the fallback for GPU backends) ---- */
 
 void nf_cpu_set_threads(int n) { openblas_set_num_threads(n < 1 ? 1 : n); }
+int nf_cpu_get_threads(void) { return openblas_get_num_threads(); }
 
 void nf_cpu_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,
                  const float *b, int ldb, float beta, float *c, int ldc)
@@ -90,25 +91,44 @@ double nf_cpu_dot(size_t n, const float *x, const float *y)
     return (s0 + s1) + (s2 + s3);
 }
 
-/* Compiled twice on x86-64 and chosen at load time: with AVX2 the divisions and square roots
- * run 8 wide instead of 4. The target leaves out FMA, so no multiply-add is contracted and
- * both versions round every operation alike: the results are bit-identical. */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-__attribute__((target_clones("avx2", "default")))
+/* Compiled twice on x86-64 and chosen at the first call: with AVX2 the divisions and square
+ * roots run 8 wide instead of 4. The target leaves out FMA, so no multiply-add is contracted
+ * and both versions round every operation alike: the results are bit-identical. (Dispatched
+ * by hand rather than with target_clones, whose ifunc and resolver GCC exports from the shared
+ * library whatever the visibility.) */
+#define NF_ADAM_BODY                                                                       \
+    {                                                                                      \
+        const float ss = (float)step_size, bc = (float)bc2_sqrt;                           \
+        for (size_t i = 0; i < n; i++) {                                                   \
+            float gi = g[i];                                                               \
+            m[i] = b1 * m[i] + (1.0f - b1) * gi;                                           \
+            v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;                                      \
+            float denom = sqrtf(v[i]) / bc + eps;                                          \
+            x[i] -= ss * (m[i] / denom);                                                   \
+        }                                                                                  \
+    }
+
+static void adam_default(size_t n, float *x, const float *g, float *m, float *v, float b1,
+                         float b2, float eps, double step_size, double bc2_sqrt)
+NF_ADAM_BODY
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"))) static void
+adam_avx2(size_t n, float *x, const float *g, float *m, float *v, float b1, float b2, float eps,
+          double step_size, double bc2_sqrt)
+NF_ADAM_BODY
 #endif
-#endif
+
 void nf_cpu_adam(size_t n, float *x, const float *g, float *m, float *v, float b1, float b2,
                  float eps, double step_size, double bc2_sqrt)
 {
-    const float ss = (float)step_size, bc = (float)bc2_sqrt;
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i];
-        m[i] = b1 * m[i] + (1.0f - b1) * gi;
-        v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-        float denom = sqrtf(v[i]) / bc + eps;
-        x[i] -= ss * (m[i] / denom);
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (__builtin_cpu_supports("avx2")) {
+        adam_avx2(n, x, g, m, v, b1, b2, eps, step_size, bc2_sqrt);
+        return;
     }
+#endif
+    adam_default(n, x, g, m, v, b1, b2, eps, step_size, bc2_sqrt);
 }
 
 int nf_cpu_qr(int m, int n, float *a, int lda, nf_error *err)

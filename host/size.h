@@ -1,0 +1,11 @@
+/* Sizes on the command line. */
+#ifndef NFH_SIZE_H
+#define NFH_SIZE_H
+
+#include <stdint.h>
+
+/* Parses sizes like "2GB", "500MB", "1.5GiB" or "1000000" (bytes; SI and binary units):
+ * 0, or -1 for a malformed or negative size. */
+int cli_parse_size(const char *s, uint64_t *out);
+
+#endif
