@@ -103,6 +103,9 @@ struct nf_run {
     nf_out_spec *out;          /* output plan, base order */
     nf_writer *writer;
     nf_tensor_report *reports;
+    uint64_t *base_hash;       /* per base tensor: nf_tensor_hash, computed in pass 0 */
+    uint64_t fingerprint;      /* the base's, once every tensor is hashed (0 before) */
+    const char *out_path;      /* the destination, for messages */
     void *mstate;              /* method-private */
     double *partial;           /* per-tensor partial results, npartial per tensor */
     int npartial;
