@@ -49,6 +49,7 @@ struct nf_model {
     size_t nmeta;
     void **owned;          /* nf_model_from_memory: packed copies of strided tensors */
     size_t nowned;
+    size_t nadopted;       /* the last tensors, taken from another model (nf_model_adopt) */
 };
 
 /* Parses and validates one safetensors image; tensors are appended to m (shard index s). */
@@ -73,9 +74,17 @@ int nf_model_adopt(nf_model *m, const nf_tensor *t, nf_error *err);
 /* Sum of tensor bytes. */
 uint64_t nf_model_total_bytes(const nf_model *m);
 
-/* A cheap identity of a model's content: names, dtypes, shapes and the first and last bytes
- * of every tensor, hashed. Distinguishes different bases of one architecture without reading
- * them whole. */
+/* The identity of a model's content (the base fingerprint recorded as nufilt.base): names,
+ * dtypes, shapes and every byte of every tensor, hashed in name order (so the same tensors in
+ * other shards give the same value). 64 bits, not cryptographic. */
+uint64_t nf_hash64(const void *data, size_t n, uint64_t seed);
+/* nf_hash64 of all of t's bytes: the per-tensor part, computed where the tensor is read. */
+uint64_t nf_tensor_hash(const nf_tensor *t);
+/* The fingerprint from the per-tensor hashes (tensor_hash[i] of m->tensors[i]). */
+uint64_t nf_model_fingerprint_of(const nf_model *m, const uint64_t *tensor_hash);
+/* The same, reading every tensor here (0 when out of memory). */
 uint64_t nf_model_fingerprint(const nf_model *m);
+/* nufilt.base as written: the fingerprint's format, then its 16 hex digits. */
+#define NF_FINGERPRINT_PREFIX "data64:"
 
 #endif

@@ -73,6 +73,8 @@ static int do_job(worker *w, size_t i)
         nf_tensor_prefault(bt);
         nf_tensor_prefault(job.task);
         nf_tensor_prefault(job.prev);
+        /* the base fingerprint's part of this tensor, while its pages come in anyway */
+        run->base_hash[i] = nf_tensor_hash(bt);
     }
     /* NaN or Inf in any input: refused (LAPACK's SVD would not even return on Inf) */
     if (w->pass == 0 && !run->opts->allow_nonfinite) {

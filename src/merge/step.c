@@ -192,6 +192,38 @@ static int ends_with(const char *s, const char *suf)
     return a >= b && strcmp(s + a - b, suf) == 0;
 }
 
+/* Plain F8 tensors are merged (decoded exactly to float32, encoded back to nearest even).
+ * Quantised checkpoints that carry per-tensor or per-block scales beside their F8 weights
+ * (weight_scale, weight_scale_inv, input_scale, scale_inv, ...) mean weight = F8 x scale, which
+ * nufilt does not apply: merging their raw F8 values would be silently wrong, so they are
+ * refused. */
+static int is_scale_name(const char *name)
+{
+    const char *last = strrchr(name, '.');
+    last = last ? last + 1 : name;
+    return strcmp(last, "scale_inv") == 0 || ends_with(last, "_scale") ||
+           ends_with(last, "_scale_inv");
+}
+
+static int check_f8_scales(const nf_model *m, const char *role, nf_error *err)
+{
+    const nf_tensor *f8 = NULL, *scale = NULL;
+    for (size_t i = 0; i < m->ntensors && !(f8 && scale); i++) {
+        const nf_tensor *t = &m->tensors[i];
+        if (!f8 && (t->dtype == NF_F8_E4M3 || t->dtype == NF_F8_E5M2))
+            f8 = t;
+        if (!scale && is_scale_name(t->name))
+            scale = t;
+    }
+    if (!f8 || !scale)
+        return NF_OK;
+    return nf_error_set(err, NF_E_UNSUPPORTED,
+                        "%s (%s): tensor \"%s\" looks like a scale of its %s weights (such as "
+                        "\"%s\"): nufilt merges plain F8 tensors but does not apply per-tensor "
+                        "or per-block scales; dequantise the checkpoint first",
+                        m->path, role, scale->name, nf_dtype_name(f8->dtype), f8->name);
+}
+
 /* ---- metadata of the output ---- */
 
 typedef struct meta_list {
@@ -317,21 +349,108 @@ static int build_meta(nf_run *run, const char *task_given, const char *task_path
     meta_put(l, "nufilt.step", buf);
     char *pj = nf_params_json(&run->p);
     char *sj = nf_state_json(&run->state);
-    snprintf(buf, sizeof buf, "%016llx", (unsigned long long)run->base_fp);
+    /* the fingerprint is known once pass 0 has read every tensor; until then a placeholder of
+     * the same length */
+    snprintf(buf, sizeof buf, NF_FINGERPRINT_PREFIX "%016llx",
+             (unsigned long long)run->fingerprint);
     meta_put(l, "nufilt.base", buf);
     char *name = task_name_of(run, task_given, task_path);
     char tfp[32];
-    snprintf(tfp, sizeof tfp, "%016llx", (unsigned long long)nf_model_fingerprint(run->task));
+    snprintf(tfp, sizeof tfp, "%016llx", (unsigned long long)run->task_fp);
     char *tj = name ? tasks_json(run->prev, name, task_path, tfp) : NULL;
     if (pj) meta_put(l, "nufilt.params", pj);
     if (sj) meta_put(l, "nufilt.state", sj);
     if (tj) meta_put(l, "nufilt.tasks", tj);
+    if (run->svd_used)
+        meta_put(l, "nufilt.svd", run->svd_used);
     int ok = pj && sj && tj && !l->oom;
     free(pj);
     free(sj);
     free(tj);
     free(name);
     return ok ? NF_OK : NF_E_NOMEM;
+}
+
+/* ---- the SVD mode: per step, recorded as nufilt.svd (not part of the recipe) ---- */
+
+static const char *const svd_names[] = {
+    [NF_LA_SVD_EXACT] = "gesdd", [NF_LA_SVD_RANDOMIZED] = "randomized",
+    [NF_LA_SVD_GRAM] = "gram", [NF_LA_SVD_FAST] = "fast"};
+
+/* The mode this step uses (--compat reference keeps gesdd for gram and fast, as the method
+ * does) and the one the previous merged model recorded, which must be a known name. */
+static int svd_resolve(nf_run *run, int opt, nf_error *err)
+{
+    int mode = opt == NF_SVD_RANDOMIZED ? NF_LA_SVD_RANDOMIZED
+               : opt == NF_SVD_GRAM     ? NF_LA_SVD_GRAM
+               : opt == NF_SVD_FAST     ? NF_LA_SVD_FAST
+                                        : NF_LA_SVD_EXACT;
+    if (run->p.compat == NF_COMPAT_REFERENCE &&
+        (mode == NF_LA_SVD_GRAM || mode == NF_LA_SVD_FAST))
+        mode = NF_LA_SVD_EXACT;
+    run->svd_mode = mode;
+    run->svd_used = run->p.method == NF_METHOD_NUFILT ? svd_names[mode] : NULL;
+    const char *rec = run->prev ? nf_model_metadata_get(run->prev, "nufilt.svd") : NULL;
+    if (!rec)
+        return NF_OK;
+    for (size_t i = 0; i < sizeof svd_names / sizeof svd_names[0]; i++)
+        if (strcmp(rec, svd_names[i]) == 0) {
+            run->svd_prev = svd_names[i];
+            return NF_OK;
+        }
+    return nf_error_set(err, NF_E_STATE,
+                        "%s: metadata nufilt.svd records an unknown SVD mode \"%.40s\" "
+                        "(expected gesdd, fast, gram or randomized)",
+                        run->prev->path, rec);
+}
+
+/* ---- the base a previous merge was merged from ---- */
+
+/* Before any work: the previous merge records the base's fingerprint in this version's
+ * format. */
+static int check_recorded_base(const nf_model *prev, nf_error *err)
+{
+    const char *fp = nf_model_metadata_get(prev, "nufilt.base");
+    size_t pl = strlen(NF_FINGERPRINT_PREFIX);
+    if (!fp)
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata lacks nufilt.base, the fingerprint of the base it was "
+                            "merged from, so it cannot be checked against `base`",
+                            prev->path);
+    int hex = strlen(fp) == 16;
+    for (size_t i = 0; hex && i < 16; i++)
+        hex &= (fp[i] >= '0' && fp[i] <= '9') || (fp[i] >= 'a' && fp[i] <= 'f');
+    if (hex)
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.base is a fingerprint in the format of an "
+                            "earlier nufilt (the first and last bytes of each tensor), which "
+                            "this version no longer accepts: the fingerprint format changed to "
+                            "all of the base's bytes; re-run the stream from its first step",
+                            prev->path);
+    hex = strncmp(fp, NF_FINGERPRINT_PREFIX, pl) == 0 && strlen(fp) == pl + 16;
+    for (size_t i = 0; hex && i < 16; i++)
+        hex &= (fp[pl + i] >= '0' && fp[pl + i] <= '9') || (fp[pl + i] >= 'a' && fp[pl + i] <= 'f');
+    if (!hex)
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.base \"%.40s\" is not a base fingerprint "
+                            "(\"" NF_FINGERPRINT_PREFIX "\" and 16 lower-case hex digits)",
+                            prev->path, fp);
+    return NF_OK;
+}
+
+/* After pass 0 (every base tensor hashed), before the commit: the same base. */
+static int check_same_base(const nf_run *run, nf_error *err)
+{
+    const char *fp = nf_model_metadata_get(run->prev, "nufilt.base");
+    char mine[64];
+    snprintf(mine, sizeof mine, NF_FINGERPRINT_PREFIX "%016llx",
+             (unsigned long long)run->fingerprint);
+    if (fp && strcmp(fp, mine) == 0)
+        return NF_OK;
+    return nf_error_set(err, NF_E_STATE,
+                        "%s was merged from another base model than %s (base fingerprint %s, "
+                        "this base %s); nothing written",
+                        run->prev->path, run->base->path, fp ? fp : "none", mine);
 }
 
 /* ---- the step ---- */
@@ -400,6 +519,7 @@ static void run_free(nf_run *run, const nf_step_mem *mem)
     free(run->treated);
     free(run->out);
     free(run->reports);
+    free(run->base_hash);
     free(run->partial);
     free(run->spill_off);
     if (run->spill_fd >= 0)
@@ -453,8 +573,8 @@ static int add_hf_files(nf_run *run, const char *base_given, const char *base,
     if (run->base->is_dir && nf_tree_read(base, "README.md", 1u << 20, &card, &card_len, err) < 0)
         return err->code;
     char *id = strcmp(base_given, base) != 0 ? nf_strdup(base_given) : nf_hf_model_id(base);
-    char fp[32];
-    snprintf(fp, sizeof fp, "%016llx", (unsigned long long)run->base_fp);
+    char fp[48];
+    snprintf(fp, sizeof fp, NF_FINGERPRINT_PREFIX "%016llx", (unsigned long long)run->fingerprint);
     const char *params = NULL, *tasks = NULL;
     for (size_t i = 0; i < meta->n; i++) {
         if (!strcmp(meta->kv[i].key, "nufilt.params"))
@@ -525,10 +645,6 @@ static int step_resolved(const char *base_given, const char *task_given, const c
     run.err = err;
     run.step_in_run = step_in_run;
     run.nsteps = nsteps;
-    run.svd_mode = o->svd == NF_SVD_RANDOMIZED ? NF_LA_SVD_RANDOMIZED
-                   : o->svd == NF_SVD_GRAM     ? NF_LA_SVD_GRAM
-                   : o->svd == NF_SVD_FAST     ? NF_LA_SVD_FAST
-                                               : NF_LA_SVD_EXACT;
     nf_device **devs = NULL;
     int ndev = 0;
     int rc = NF_OK;
@@ -572,24 +688,22 @@ static int step_resolved(const char *base_given, const char *task_given, const c
         if (prev && (rc = nf_model_open(prev, &run.prev, err)))
             goto done;
     }
-    run.base_fp = nf_model_fingerprint(run.base);
+    if ((rc = check_f8_scales(run.base, "base", err)) ||
+        (rc = check_f8_scales(run.task, "task", err)) ||
+        (run.prev && (rc = check_f8_scales(run.prev, "previous merge", err))))
+        goto done;
+    run.task_fp = nf_model_fingerprint(run.task);
     if ((rc = check_against_base(run.base, run.task, "task", err)))
         goto done;
     if (run.prev) {
         if ((rc = check_against_base(run.base, run.prev, "previous merge", err)))
             goto done;
-        const char *fp = nf_model_metadata_get(run.prev, "nufilt.base");
-        char mine[32];
-        snprintf(mine, sizeof mine, "%016llx", (unsigned long long)run.base_fp);
-        if (fp && strcmp(fp, mine) != 0) {
-            rc = nf_error_set(err, NF_E_STATE,
-                              "%s was merged from another base model than %s (base fingerprint "
-                              "%s, this base %s)",
-                              prev, base, fp, mine);
-            goto done;
-        }
     }
     if ((rc = nf_recipe_resolve(o, run.base, run.prev, &run.p, &run.step, &run.prev_state, err)))
+        goto done;
+    if (run.prev && (rc = check_recorded_base(run.prev, err)))
+        goto done;
+    if ((rc = svd_resolve(&run, o->svd, err)))
         goto done;
     run.method = nf_method_ops_get(run.p.method);
     if ((rc = adopt_one_sided(&run, !mem, err)))
@@ -599,7 +713,9 @@ static int step_resolved(const char *base_given, const char *task_given, const c
     run.treated = calloc(run.ntensors, 1);
     run.out = calloc(run.ntensors, sizeof *run.out);
     run.reports = calloc(run.ntensors, sizeof *run.reports);
-    if (!run.treated || !run.out || !run.reports) {
+    run.base_hash = calloc(run.ntensors ? run.ntensors : 1, sizeof *run.base_hash);
+    run.out_path = out;
+    if (!run.treated || !run.out || !run.reports || !run.base_hash) {
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
         goto done;
     }
@@ -704,6 +820,13 @@ static int step_resolved(const char *base_given, const char *task_given, const c
     }
     for (int pass = 0; pass < run.npasses && rc == NF_OK; pass++) {
         rc = nf_sched_pass(&run, pass, devs, ndev, threads, &stats, err);
+        if (rc == NF_OK && pass == 0) {
+            /* pass 0 hashed every base tensor: the previous merge must come from this base
+             * (checked before any later pass, and before anything is committed) */
+            run.fingerprint = nf_model_fingerprint_of(run.base, run.base_hash);
+            if (run.prev)
+                rc = check_same_base(&run, err);
+        }
         if (rc == NF_OK && run.method->after_pass)
             rc = run.method->after_pass(&run, pass);
     }
@@ -715,7 +838,7 @@ static int step_resolved(const char *base_given, const char *task_given, const c
         meta_free(&meta);
         goto done;
     }
-    /* the state the method arrived at goes into the metadata */
+    /* the state the method arrived at, and the base's fingerprint, go into the metadata */
     meta_free(&meta);
     if ((rc = build_meta(&run, task_given, task, &meta)) ||
         (rc = nf_writer_set_meta(run.writer, meta.kv, meta.n, err))) {
