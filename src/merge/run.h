@@ -107,7 +107,9 @@ struct nf_run {
     const nf_options *opts;
     nf_error *err;             /* for begin/after_pass/end: details of a failure */
     int step;                  /* 1-based index of the task being merged */
-    int svd_mode;
+    int svd_mode;              /* NF_LA_SVD_* this step uses */
+    const char *svd_used;      /* its --svd name, recorded as nufilt.svd; NULL: no SVD */
+    const char *svd_prev;      /* the name prev recorded, or NULL */
     nf_model *base, *task, *prev;
     nf_adapter *adapter;       /* the task is a PEFT LoRA adapter (task is then NULL) */
     nf_state prev_state;       /* from prev's metadata (zeros at the first step) */
@@ -117,6 +119,9 @@ struct nf_run {
     nf_out_spec *out;          /* output plan, base order */
     nf_writer *writer;
     nf_tensor_report *reports;
+    uint64_t *base_hash;       /* per base tensor: nf_tensor_hash, computed in pass 0 */
+    uint64_t fingerprint;      /* the base's, once every tensor is hashed (0 before) */
+    const char *out_path;      /* the destination, for messages */
     void *mstate;              /* method-private */
     double *partial;           /* per-tensor partial results, npartial per tensor */
     int npartial;
@@ -137,7 +142,14 @@ struct nf_run {
     double t_start;
     int npasses;
     int nsteps, step_in_run;
+    /* Hugging Face layout */
+    uint64_t task_fp;          /* fingerprint of the task model, recorded in nufilt.tasks */
+    char **notes;              /* remarks for the report: what was tolerated or left out */
+    size_t nnotes;
 };
+
+/* Adds a remark to the step's report (best effort: dropped when out of memory). */
+void nf_run_note(void *run, const char *msg);
 
 /* ---- helpers methods call ---- */
 

@@ -160,12 +160,14 @@ static int do_job(worker *w, size_t i)
         if (run->task)
             nf_tensor_prefault(job.task);
         nf_tensor_prefault(job.prev);
+        /* the base fingerprint's part of this tensor, while its pages come in anyway */
+        run->base_hash[i] = nf_tensor_hash(bt);
     }
     /* NaN or Inf in any input: refused (LAPACK's SVD would not even return on Inf) */
     if (w->pass == 0 && !run->opts->allow_nonfinite) {
         if (run->adapter)
             rc = check_adapter_finite(run, i, &w->err);
-        else if (nf_dtype_is_float(job.task->dtype))
+        else if (job.task && nf_dtype_is_float(job.task->dtype)) /* NULL: a buffer only the base has */
             rc = check_finite(run->task, job.task, &w->err);
         if (rc == NF_OK && job.prev && nf_dtype_is_float(job.prev->dtype))
             rc = check_finite(run->prev, job.prev, &w->err);
