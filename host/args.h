@@ -19,11 +19,15 @@ typedef struct cli {
     int quiet;
     int progress;   /* -1 auto (a terminal), 0 off, 1 on */
     int help;
+    char *command_line;   /* argv shell-quoted, for the model card (c->o.command_line) */
+    const char **task_paths, **task_names; /* merge: NAME=PATH split (allocated) */
 } cli;
 
 /* Parses argv[first..] for a command (CMD_*). Returns 0, or prints a message and returns 2. */
 int cli_parse(int cmd, int argc, char **argv, int first, cli *c);
 void cli_free(cli *c);
+/* argv as one shell command line (the program's own name without its directory). */
+char *quote_command(int argc, char **argv);
 /* Prints the options of a command, with their defaults. */
 void cli_print_options(int cmd);
 

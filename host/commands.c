@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,6 +39,23 @@ static void setup_progress(cli *c, progress *pr)
     }
 }
 
+/* NAME=PATH: a task given with the name to record for it. Only when the whole argument is not
+ * an existing path and NAME is non-empty without '/' (a path may contain '='). */
+static int split_named(const char *arg, const char **path, char **name)
+{
+    *path = arg;
+    *name = NULL;
+    const char *eq = strchr(arg, '=');
+    struct stat st;
+    if (!eq || eq == arg || memchr(arg, '/', (size_t)(eq - arg)) || !eq[1] || lstat(arg, &st) == 0)
+        return 0;
+    *name = strndup(arg, (size_t)(eq - arg));
+    if (!*name)
+        return -1;
+    *path = eq + 1;
+    return 0;
+}
+
 int cmd_step(cli *c)
 {
     if (!c->base || !c->task || !c->out) {
@@ -50,12 +68,19 @@ int cmd_step(cli *c)
                 c->positional[0]);
         return 2;
     }
+    const char *task = c->task;
+    char *name = NULL;
+    if (split_named(c->task, &task, &name))
+        return 1;
+    if (name && !c->o.task_name)
+        c->o.task_name = name;
     progress pr;
     setup_progress(c, &pr);
     nf_error err = {0};
     double t0 = now();
-    int rc = nf_step(c->base, c->task, c->prev, c->out, &c->o, &err);
+    int rc = nf_step(c->base, task, c->prev, c->out, &c->o, &err);
     progress_done(&pr);
+    free(name);
     if (rc)
         return fail(&err);
     if (!c->quiet)
@@ -75,13 +100,28 @@ int cmd_merge(cli *c)
                         "models after the options\n");
         return 2;
     }
+    c->task_paths = calloc((size_t)c->npositional, sizeof *c->task_paths);
+    c->task_names = calloc((size_t)c->npositional, sizeof *c->task_names);
+    if (!c->task_paths || !c->task_names)
+        return 1;
+    int named = 0, rc = 0;
+    for (int i = 0; i < c->npositional && rc == 0; i++) {
+        char *nm = NULL;
+        rc = split_named(c->positional[i], &c->task_paths[i], &nm);
+        c->task_names[i] = nm;
+        named |= nm != NULL;
+    }
+    if (rc == 0 && named)
+        c->o.task_names = c->task_names;
     progress pr;
     setup_progress(c, &pr);
     nf_error err = {0};
     double t0 = now();
-    int rc = nf_merge(c->base, c->positional, c->npositional, c->out, c->save_steps, &c->o,
-                      &err);
+    if (rc == 0)
+        rc = nf_merge(c->base, c->task_paths, c->npositional, c->out, c->save_steps, &c->o, &err);
     progress_done(&pr);
+    for (int i = 0; i < c->npositional; i++)
+        free((char *)c->task_names[i]);
     if (rc)
         return fail(&err);
     if (!c->quiet)
@@ -151,6 +191,15 @@ int cmd_inspect(cli *c)
         nf_model_tensor_info(m, i, &ti);
         bytes += ti.nbytes;
     }
+    /* a merged model shows the selection its merge recorded, unless one is asked for */
+    char rec_kind[16], rec_value[4096];
+    int recorded = !c->o.layers && !c->o.preset &&
+                   nf_model_recorded_selection(m, rec_kind, sizeof rec_kind, rec_value,
+                                               sizeof rec_value);
+    if (recorded && !strcmp(rec_kind, "layers"))
+        c->o.layers = rec_value;
+    else if (recorded)
+        c->o.preset = rec_value;
     const char *preset = NULL;
     if (!c->o.layers && nf_preset_resolve(m, c->o.preset, &preset, &err)) {
         nf_model_close(m);
@@ -179,11 +228,16 @@ int cmd_inspect(cli *c)
     }
     for (size_t i = 0; tr && i < n; i++)
         treated += tr[i];
-    if (c->o.layers)
-        printf("  selection --layers '%s': %zu tensors treated by nufilt\n", c->o.layers, treated);
-    else
+    const char *how = recorded ? " (recorded by its merge)" : "";
+    if (c->o.layers) {
+        printf("  selection --layers '");
+        put_clean(c->o.layers, 4096);
+        printf("'%s: %zu tensors treated by nufilt\n", how, treated);
+    } else {
         printf("  preset %s%s: %zu tensors treated by nufilt\n", preset,
-               c->o.preset && strcmp(c->o.preset, "auto") ? "" : " (auto)", treated);
+               recorded ? how : c->o.preset && strcmp(c->o.preset, "auto") ? "" : " (auto)",
+               treated);
+    }
     /* merge history */
     const char *meth = nf_model_metadata_get(m, "nufilt.method");
     if (meth) {

@@ -29,7 +29,10 @@ static void usage(FILE *f)
             "  nufilt help [COMMAND]   |   nufilt --version\n"
             "\n"
             "Models are .safetensors files or Hugging Face directories (model.safetensors, or\n"
-            "shards plus model.safetensors.index.json), in F32, F16 or BF16 (F64 read).\n"
+            "shards plus model.safetensors.index.json), in F32, F16 or BF16 (F64 read), or\n"
+            "model ids (org/name) already in the local Hugging Face cache. A directory output\n"
+            "carries the base's other files and folders (config, tokenizer, modules) and a\n"
+            "model card.\n"
             "`step` merges one task into the previous merged model; the first step has no\n"
             "--prev. `merge` runs the whole stream in order and is identical, bit for bit, to\n"
             "the chain of steps. Each output records the method, its hyper-parameters and the\n"
@@ -53,13 +56,16 @@ static void help_command(const char *cmd)
         cli_print_options(CMD_STEP);
     } else if (!strcmp(cmd, "merge")) {
         printf("Usage: nufilt merge --base BASE --out OUT [--save-steps DIR] [options] TASK1 "
-               "TASK2 ...\n\nMerges the tasks in the order given, one continual step each.\n\n"
-               "Options:\n");
+               "TASK2 ...\n\nMerges the tasks in the order given, one continual step each. A task\n"
+               "is a checkpoint like BASE, or a PEFT LoRA adapter directory (adapter_config.json\n"
+               "+ adapter_model.safetensors) trained on BASE. A task given as NAME=PATH is\n"
+               "recorded under NAME (else its id or folder name).\n\nOptions:\n");
         cli_print_options(CMD_MERGE);
     } else if (!strcmp(cmd, "inspect")) {
         printf("Usage: nufilt inspect [--preset NAME | --layers REGEX] PATH\n\n"
                "Lists the tensors of a model (name, dtype, shape), marks those NUFILT treats\n"
-               "under the chosen preset, and prints the merge history kept in its metadata.\n\n"
+               "under the chosen preset (a merged model: the selection its merge recorded),\n"
+               "and prints the merge history kept in its metadata.\n\n"
                "Options:\n");
         cli_print_options(CMD_INSPECT);
     } else if (!strcmp(cmd, "methods")) {

@@ -45,32 +45,40 @@ int progress_cb(void *user, const nf_progress *p)
         struct winsize ws;
         pr->width = ioctl(2, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 40 ? ws.ws_col : 80;
     }
-    double frac = p->tensors_total ? (double)p->tensors_done / (double)p->tensors_total : 1.0;
-    if (p->bytes_total && p->npasses == 1)
-        frac = (double)p->bytes_done / (double)p->bytes_total;
-    /* the whole run: earlier steps done, this one frac done */
-    if (!pr->start)
-        pr->start = t - p->elapsed_s;
-    double all = p->nsteps > 0 ? ((double)(p->step - 1) + frac) / (double)p->nsteps : frac;
-    double elapsed = t - pr->start;
+    /* one bar for the whole run, weighted by the library's work estimate (the treated
+     * matrices dominate); the time left extrapolates the rate so far over the work left */
+    double all, elapsed, left_s = -1.0;
+    if (p->work_total > 0) {
+        all = p->work_done < p->work_total ? p->work_done / p->work_total : 1.0;
+        elapsed = p->run_elapsed_s;
+        left_s = p->eta_s;
+    } else { /* a library without the estimate: steps and tensors */
+        double frac = p->tensors_total ? (double)p->tensors_done / (double)p->tensors_total : 1.0;
+        if (!pr->start)
+            pr->start = t - p->elapsed_s;
+        all = p->nsteps > 0 ? ((double)(p->step - 1) + frac) / (double)p->nsteps : frac;
+        elapsed = t - pr->start;
+        if (all > 0.02)
+            left_s = elapsed * (1.0 - all) / all;
+    }
     char el[32], rem[32], bd[32], bt[32];
     hms(elapsed, el, sizeof el);
-    if (all > 0.02)
-        hms(elapsed * (1.0 - all) / all, rem, sizeof rem);
+    if (left_s >= 0)
+        hms(left_s, rem, sizeof rem);
     else
         snprintf(rem, sizeof rem, "--:--");
     human((double)p->bytes_done, bd, sizeof bd);
     human((double)p->bytes_total * (p->npasses > 0 ? p->npasses : 1), bt, sizeof bt);
-    char left[64], right[160];
+    char left[64], right[256];
     snprintf(left, sizeof left, "step %d/%d ", p->step, p->nsteps);
-    snprintf(right, sizeof right, " %zu/%zu tensors  %s/%s  %s elapsed  %s left",
-             p->tensors_done, p->tensors_total, bd, bt, el, rem);
+    snprintf(right, sizeof right, " %3.0f%%  %zu/%zu tensors  %s/%s  %s elapsed  %s left",
+             100.0 * all, p->tensors_done, p->tensors_total, bd, bt, el, rem);
     int barw = pr->width - (int)strlen(left) - (int)strlen(right) - 3;
     if (barw < 10)
         barw = 10;
     if (barw > 40)
         barw = 40;
-    int fill = (int)(frac * barw + 0.5);
+    int fill = (int)(all * barw + 0.5);
     char bar[64];
     for (int i = 0; i < barw; i++)
         bar[i] = i < fill ? '#' : '.';

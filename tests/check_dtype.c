@@ -1,5 +1,5 @@
-/* Dtype conversion against independent references: every F16 and BF16 bit pattern decoded
- * with ldexp, and rounding checked against the nearest representable values found by search. */
+/* Dtype conversion against independent references: every F16, BF16 and F8 bit pattern
+ * decoded with ldexp, and rounding checked against the nearest representable values found by search. */
 #include "io/dtype.h"
 #include "testutil.h"
 
@@ -181,6 +181,132 @@ START_TEST(test_count_nonfinite)
 }
 END_TEST
 
+/* Independent 8-bit float decoding from the formats' definitions (the OCP FP8 formats):
+ * value = (-1)^s (2^mbits + m) 2^(e - bias - mbits) for e > 0, m 2^(1 - bias - mbits) for
+ * e = 0; E4M3 has no infinity and only S.1111.111 as NaN; E5M2 has IEEE-style infinities and
+ * NaNs at e = 31. The integer significand and the power of two are formed apart. */
+static double f8_ref(unsigned b, int e5m2)
+{
+    int mbits = e5m2 ? 2 : 3, bias = e5m2 ? 15 : 7;
+    int s = b >> 7, e = (b & 0x7F) >> mbits, m = b & ((1 << mbits) - 1);
+    double v;
+    if (!e5m2 && e == 15 && m == 7)
+        return NAN;
+    if (e5m2 && e == 31)
+        v = m ? NAN : INFINITY;
+    else if (e == 0)
+        v = ldexp(m, 1 - bias - mbits);
+    else
+        v = ldexp((1 << mbits) + m, e - bias - mbits);
+    return s ? -v : v;
+}
+
+static float f8_dec(unsigned b, int e5m2)
+{
+    return e5m2 ? nf_f8_e5m2_to_f32((uint8_t)b) : nf_f8_e4m3_to_f32((uint8_t)b);
+}
+
+static unsigned f8_enc(float f, int e5m2)
+{
+    return e5m2 ? nf_f32_to_f8_e5m2(f) : nf_f32_to_f8_e4m3(f);
+}
+
+START_TEST(test_f8_decode_all)
+{
+    for (int e5m2 = 0; e5m2 < 2; e5m2++) {
+        int nans = 0, infs = 0;
+        for (unsigned b = 0; b < 256; b++) {
+            float f = f8_dec(b, e5m2);
+            double r = f8_ref(b, e5m2);
+            if (isnan(r)) {
+                ck_assert_msg(isnan(f), "f8 %s %02x should be NaN", e5m2 ? "e5m2" : "e4m3", b);
+                nans++;
+            } else {
+                ck_assert_msg((double)f == r && !!signbit(f) == !!signbit(r),
+                              "f8 %s %02x: %g vs %g", e5m2 ? "e5m2" : "e4m3", b, (double)f, r);
+                infs += isinf(r) != 0;
+            }
+        }
+        ck_assert_int_eq(nans, e5m2 ? 6 : 2);
+        ck_assert_int_eq(infs, e5m2 ? 2 : 0);
+    }
+    ck_assert(f8_ref(0x7E, 0) == 448 && f8_ref(0x7B, 1) == 57344);
+    ck_assert(f8_ref(0x01, 0) == 0x1p-9 && f8_ref(0x01, 1) == 0x1p-16);
+}
+END_TEST
+
+/* Encoding: every finite code back to itself; between two neighbours (taken from the
+ * reference table) the midpoint goes to the even code and anything off it to the nearer one;
+ * beyond the largest finite value, NaN (E4M3) or infinity (E5M2), with the tie at the top
+ * rounding to even as everywhere else; NaN and infinity in; both signs. */
+START_TEST(test_f8_encode)
+{
+    for (int e5m2 = 0; e5m2 < 2; e5m2++) {
+        unsigned maxcode = e5m2 ? 0x7B : 0x7E, over = e5m2 ? 0x7C : 0x7F;
+        for (unsigned c = 0; c <= maxcode; c++) {
+            for (unsigned sg = 0; sg < 2; sg++) {
+                float v = (float)f8_ref(c, e5m2) * (sg ? -1.0f : 1.0f);
+                ck_assert_uint_eq(f8_enc(v, e5m2), c | (sg << 7));
+            }
+            if (c == maxcode)
+                break;
+            double lo = f8_ref(c, e5m2), hi = f8_ref(c + 1, e5m2);
+            float mid = (float)((lo + hi) / 2);
+            ck_assert((double)mid == (lo + hi) / 2); /* exact in float32 */
+            unsigned even = (c & 1) ? c + 1 : c;
+            ck_assert_msg(f8_enc(mid, e5m2) == even, "%s tie %g -> %02x, want %02x",
+                          e5m2 ? "e5m2" : "e4m3", (double)mid, f8_enc(mid, e5m2), even);
+            ck_assert_uint_eq(f8_enc(-mid, e5m2), even | 0x80);
+            ck_assert_uint_eq(f8_enc(nextafterf(mid, INFINITY), e5m2), c + 1);
+            ck_assert_uint_eq(f8_enc(nextafterf(mid, 0), e5m2), c);
+        }
+        double top = f8_ref(maxcode, e5m2), ulp = top - f8_ref(maxcode - 1, e5m2);
+        float tie = (float)(top + ulp / 2); /* 464, 61440 */
+        ck_assert_uint_eq(f8_enc(tie, e5m2), (maxcode & 1) ? over : maxcode);
+        ck_assert_uint_eq(f8_enc(nextafterf(tie, 0), e5m2), maxcode);
+        ck_assert_uint_eq(f8_enc(nextafterf(tie, INFINITY), e5m2), over);
+        ck_assert_uint_eq(f8_enc(-nextafterf(tie, INFINITY), e5m2), over | 0x80);
+        ck_assert_uint_eq(f8_enc(1e30f, e5m2), over);
+        ck_assert_uint_eq(f8_enc(INFINITY, e5m2), over);
+        ck_assert_uint_eq(f8_enc(-INFINITY, e5m2), over | 0x80);
+        ck_assert_uint_eq(f8_enc(NAN, e5m2) & 0x7F, 0x7F);
+        /* below the smallest subnormal: half of it is a tie to 0, anything above goes up */
+        float tiny = (float)f8_ref(1, e5m2);
+        ck_assert_uint_eq(f8_enc(tiny / 2, e5m2), 0);
+        ck_assert_uint_eq(f8_enc(nextafterf(tiny / 2, 1), e5m2), 1);
+        ck_assert_uint_eq(f8_enc(-tiny / 4, e5m2), 0x80);
+    }
+    ck_assert_uint_eq(nf_f32_to_f8_e4m3(464.0f), 0x7E);
+    ck_assert_uint_eq(nf_f32_to_f8_e4m3(465.0f), 0x7F);
+    ck_assert_uint_eq(nf_f32_to_f8_e5m2(61440.0f), 0x7C);
+}
+END_TEST
+
+/* The bulk paths: nf_to_f32 counts NaN (and E5M2 infinities), nf_count_nonfinite agrees, and
+ * nf_from_f32 writes what the single-value encoders give. */
+START_TEST(test_f8_bulk)
+{
+    unsigned char all[257];
+    float f[256];
+    for (unsigned b = 0; b < 256; b++)
+        all[b + 1] = (unsigned char)b; /* misaligned on purpose */
+    ck_assert_uint_eq(nf_to_f32(all + 1, NF_F8_E4M3, f, 256), 2);
+    ck_assert_uint_eq(nf_count_nonfinite(all + 1, NF_F8_E4M3, 256), 2);
+    unsigned char back[256];
+    nf_from_f32(f, NF_F8_E4M3, back, 256);
+    for (unsigned b = 0; b < 256; b++)
+        if ((b & 0x7F) != 0x7F)
+            ck_assert_uint_eq(back[b], b);
+    ck_assert_uint_eq(nf_to_f32(all + 1, NF_F8_E5M2, f, 256), 8);
+    ck_assert_uint_eq(nf_count_nonfinite(all + 1, NF_F8_E5M2, 256), 8);
+    nf_from_f32(f, NF_F8_E5M2, back, 256);
+    for (unsigned b = 0; b < 256; b++)
+        if ((b & 0x7F) < 0x7D)
+            ck_assert_uint_eq(back[b], b);
+    ck_assert(nf_dtype_is_float(NF_F8_E4M3) && nf_dtype_is_float(NF_F8_E5M2));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("dtype");
@@ -193,6 +319,9 @@ int main(void)
     tcase_add_test(tc, test_bf16_rounding);
     tcase_add_test(tc, test_bulk_and_nonfinite);
     tcase_add_test(tc, test_count_nonfinite);
+    tcase_add_test(tc, test_f8_decode_all);
+    tcase_add_test(tc, test_f8_encode);
+    tcase_add_test(tc, test_f8_bulk);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -213,6 +213,67 @@ START_TEST(test_svd_vs_jacobi)
 }
 END_TEST
 
+/* The right singular vectors of a rank-r product bf af from its factors (QRs and an r x r
+ * SVD) against the Jacobi SVD of the product formed in double. Loop index: the shape. */
+static const int lr_shapes[][3] = {{40, 30, 5}, {30, 40, 5}, {64, 64, 16}, {20, 20, 20},
+                                   {50, 8, 8}};
+
+START_TEST(test_svd_lowrank_vs_jacobi)
+{
+    int m = lr_shapes[_i][0], n = lr_shapes[_i][1], r = lr_shapes[_i][2];
+    float *b = malloc(sizeof(float) * m * r), *a = malloc(sizeof(float) * r * n);
+    tu_fill(b, (size_t)m * r, 31 + _i, 1.0);
+    tu_fill(a, (size_t)r * n, 47 + _i, 1.0);
+    for (int i = 0; i < m; i++) /* column weights: distinct singular values */
+        for (int j = 0; j < r; j++)
+            b[i * r + j] *= (float)(1.0 - 0.6 * j / r);
+    double *xd = calloc((size_t)m * n, sizeof(double)), s[64], vt[64 * 64];
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++)
+            for (int p = 0; p < r; p++)
+                xd[i * n + j] += (double)b[i * r + p] * a[p * n + j];
+    jacobi_svd(m, n, xd, s, vt);
+    nf_mat B, A, V;
+    ck_assert_int_eq(nf_la_alloc(&la, m, r, &B), NF_OK);
+    ck_assert_int_eq(nf_la_alloc(&la, r, n, &A), NF_OK);
+    nf_la_upload(&la, &B, b);
+    nf_la_upload(&la, &A, a);
+    int want = r > 1 ? r - 1 : 1, got = -1;
+    float sv[64];
+    nf_svd_args args = {want, 1e-6, NF_LA_SVD_FAST, 0, 0, 0};
+    ck_assert_int_eq(nf_la_svd_right_lowrank(&la, &B, &A, &args, &V, &got, sv), NF_OK);
+    ck_assert_int_eq(got, want);
+    for (int j = 0; j < got; j++)
+        ck_assert_msg(fabs(sv[j] - s[j]) <= 1e-5 * s[0], "sigma %d: %g vs %g", j,
+                      (double)sv[j], s[j]);
+    float *hv = nf_la_host(&la, &V);
+    for (int i = 0; i < got; i++)
+        for (int j = 0; j < got; j++) {
+            double d = 0;
+            for (int p = 0; p < n; p++)
+                d += (double)hv[i * n + p] * hv[j * n + p];
+            ck_assert(fabs(d - (i == j)) < 1e-5);
+        }
+    ck_assert_double_lt(subspace_sine(got, n, hv, vt), 1e-4);
+    nf_la_free(&la, &V);
+    /* asking for more than r: r vectors (the rest are zero singular values), and with a zero
+     * factor none */
+    args.rank = r + 3 < n && r + 3 < m ? r + 3 : r;
+    ck_assert_int_eq(nf_la_svd_right_lowrank(&la, &B, &A, &args, &V, &got, NULL), NF_OK);
+    ck_assert_int_eq(got, r);
+    nf_la_free(&la, &V);
+    nf_la_fill(&la, &B, 0.0f);
+    ck_assert_int_eq(nf_la_svd_right_lowrank(&la, &B, &A, &args, &V, &got, NULL), NF_OK);
+    ck_assert_int_eq(got, 0);
+    nf_la_free(&la, &V);
+    nf_la_free(&la, &B);
+    nf_la_free(&la, &A);
+    free(a);
+    free(b);
+    free(xd);
+}
+END_TEST
+
 /* Loop index: bit 0 = wide (m < n), the rest the method (modes[]). */
 START_TEST(test_svd_rank_tolerance)
 {
@@ -545,6 +606,8 @@ int main(void)
     tcase_add_loop_test(tc, test_tridiag_bisection, 0, 4);
     tcase_add_test(tc, test_eig_top_split);
     tcase_add_test(tc, test_gemm_views);
+    tcase_add_loop_test(tc, test_svd_lowrank_vs_jacobi, 0,
+                        (int)(sizeof lr_shapes / sizeof lr_shapes[0]));
     tcase_add_test(tc, test_adam_pytorch_semantics);
     tcase_add_test(tc, test_qr_dot_axpby);
     suite_add_tcase(s, tc);

@@ -220,7 +220,7 @@ START_TEST(test_writer_single_and_sharded)
     for (int sharded = 0; sharded < 2; sharded++) {
         char *out = tu_path(dir, sharded ? "outdir" : "out.safetensors");
         nf_writer_args a = {out, sharded, t, 3, meta, 1, sharded ? 40 : 0,
-                            sharded ? cfgdir : NULL, 0, NULL};
+                            sharded ? cfgdir : NULL, 0, NULL, NULL, NULL};
         nf_writer *w = NULL;
         nf_error err = {0};
         ck_assert_int_eq(nf_writer_open(&a, &w, &err), NF_OK);
@@ -286,7 +286,7 @@ START_TEST(test_writer_abort_leaves_nothing)
     nf_out_spec t[1] = {spec("w", NF_F32, 8, 8)};
     for (int as_dir = 0; as_dir < 2; as_dir++) {
         char *out = tu_path(dir, as_dir ? "o" : "o.safetensors");
-        nf_writer_args a = {out, as_dir, t, 1, NULL, 0, 0, NULL, 0, NULL};
+        nf_writer_args a = {out, as_dir, t, 1, NULL, 0, 0, NULL, 0, NULL, NULL, NULL};
         nf_writer *w = NULL;
         nf_error err = {0};
         ck_assert_int_eq(nf_writer_open(&a, &w, &err), NF_OK);
@@ -304,7 +304,7 @@ START_TEST(test_writer_force_replaces)
     char *out = tu_path(dir, "f.safetensors");
     /* not a safetensors file: --force does not replace it, and it is left as it was */
     tu_write_file(out, "old file", 8);
-    nf_writer_args a = {out, 0, t, 1, NULL, 0, 0, NULL, 1, NULL};
+    nf_writer_args a = {out, 0, t, 1, NULL, 0, 0, NULL, 1, NULL, NULL, NULL};
     nf_writer *w = NULL;
     nf_error err = {0};
     ck_assert_int_eq(nf_writer_open(&a, &w, &err), NF_E_EXISTS);
@@ -362,6 +362,64 @@ START_TEST(test_fingerprint)
 }
 END_TEST
 
+/* The fingerprint covers every byte: a bit flipped anywhere in a tensor of 4,000 bytes (the
+ * old fingerprint read only the first and last 64), and a byte moved from one tensor to the
+ * next, change it; the per-tensor form the step computes during its pass gives the same
+ * value; a word of zeros more or less changes nf_hash64. */
+START_TEST(test_fingerprint_all_bytes)
+{
+    enum { N = 1000 };
+    char hdr[256];
+    snprintf(hdr, sizeof hdr,
+             "{\"w\":{\"dtype\":\"F32\",\"shape\":[%d],\"data_offsets\":[0,%d]},"
+             "\"v\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[%d,%d]}}",
+             N, 4 * N, 4 * N, 4 * N + 8);
+    float *d = calloc(N + 2, sizeof *d);
+    tu_fill(d, N + 2, 7, 1.0);
+    char *p = tu_path(dir, "fp.safetensors");
+    tu_write_st(p, hdr, d, (N + 2) * 4);
+    nf_model *m = NULL;
+    nf_error err = {0};
+    ck_assert_int_eq(nf_model_open(p, &m, &err), NF_OK);
+    uint64_t ref = nf_model_fingerprint(m);
+    uint64_t th[2];
+    for (size_t i = 0; i < 2; i++)
+        th[i] = nf_tensor_hash(&m->tensors[i]);
+    ck_assert_uint_eq(nf_model_fingerprint_of(m, th), ref);
+    nf_model_close(m);
+    unsigned char *bytes = (unsigned char *)d;
+    int changed = 0, tried = 0;
+    for (size_t at = 0; at < (N + 2) * 4; at += 13) {
+        int bit = (int)(at % 8);
+        bytes[at] ^= (unsigned char)(1u << bit);
+        tu_write_st(p, hdr, d, (N + 2) * 4);
+        ck_assert_int_eq(nf_model_open(p, &m, &err), NF_OK);
+        changed += nf_model_fingerprint(m) != ref;
+        tried++;
+        nf_model_close(m);
+        bytes[at] ^= (unsigned char)(1u << bit);
+    }
+    ck_assert_int_eq(changed, tried);
+    /* the same bytes, split differently between the two tensors */
+    snprintf(hdr, sizeof hdr,
+             "{\"w\":{\"dtype\":\"F32\",\"shape\":[%d],\"data_offsets\":[0,%d]},"
+             "\"v\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[%d,%d]}}",
+             N - 1, 4 * N - 4, 4 * N - 4, 4 * N + 8);
+    tu_write_st(p, hdr, d, (N + 2) * 4);
+    ck_assert_int_eq(nf_model_open(p, &m, &err), NF_OK);
+    ck_assert_uint_ne(nf_model_fingerprint(m), ref);
+    nf_model_close(m);
+    unsigned char z[64] = {0};
+    for (size_t n = 0; n < 56; n++) {
+        ck_assert_uint_ne(nf_hash64(z, n, 0), nf_hash64(z, n + 8, 0));
+        ck_assert_uint_ne(nf_hash64(z, n, 0), nf_hash64(z, n + 1, 0));
+        ck_assert_uint_ne(nf_hash64(z, n, 0), nf_hash64(z, n, 1));
+    }
+    free(d);
+    free(p);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("model");
@@ -376,6 +434,7 @@ int main(void)
     tcase_add_test(tc, test_writer_force_replaces);
     tcase_add_test(tc, test_parse_size);
     tcase_add_test(tc, test_fingerprint);
+    tcase_add_test(tc, test_fingerprint_all_bytes);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

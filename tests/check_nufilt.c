@@ -161,7 +161,7 @@ START_TEST(test_gradients_vs_finite_differences)
     nf_la_alloc(&la, N, R + RV, &gdk);
     nf_la_alloc(&la, K + R, R, &gw);
     nf_la_alloc(&la, R, K + R, &gsq);
-    nf_nufilt_gram gram = {&gk, &gdk, &gw, &gsq};
+    nf_nufilt_gram gram = {&gk, &gdk, &gw, &gsq, NULL, NULL, NULL};
     float fa[R * N], fb[N * R];
     memcpy(fa, hga, sizeof fa);
     memcpy(fb, hgb, sizeof fb);
@@ -198,6 +198,46 @@ START_TEST(test_gradients_vs_finite_differences)
     }
     ck_assert_msg(gn2 > 0 && sqrt(gd2 / gn2) < 1e-6, "B = 0 shortcut: dL/dB differs by %g",
                   sqrt(gd2 / gn2));
+    /* K factored as ka^T kg ka (a LoRA task's form) gives the same gradients: here
+     * kg = diag(1 .. M) and ka = kg^(-1/2) tau, so K = tau^T tau; B is the last dL/dB */
+    {
+        nf_mat kg, kt, ka;
+        nf_la_alloc(&la, M, M, &kg);
+        nf_la_alloc(&la, M, 2 * R, &kt);
+        nf_la_alloc(&la, M, N, &ka);
+        float hkg[M * M], hka[M * N];
+        for (int i = 0; i < M; i++) {
+            for (int j = 0; j < M; j++)
+                hkg[i * M + j] = i == j ? (float)(i + 1) : 0.0f;
+            for (int j = 0; j < N; j++)
+                hka[i * N + j] = (float)(tau[i * N + j] / sqrt(i + 1.0));
+        }
+        nf_la_upload(&la, &kg, hkg);
+        nf_la_upload(&la, &ka, hka);
+        nf_la_copy(&la, &gb, &b);
+        nf_nufilt_gram gf = {NULL, &gdk, &gw, &gsq, &ka, &kg, &kt};
+        ck_assert_int_eq(nf_nufilt_gram_setup(&la, &ws, &gram, 0), NF_OK);
+        ck_assert_int_eq(nf_nufilt_grad_gram(&la, &ws, &gram, 0), NF_OK);
+        memcpy(fa, hga, sizeof fa);
+        memcpy(fb, hgb, sizeof fb);
+        nf_la_fill(&la, &gk, NAN); /* the factored form must not read K */
+        ck_assert_int_eq(nf_nufilt_gram_setup(&la, &ws, &gf, 0), NF_OK);
+        ck_assert_int_eq(nf_nufilt_grad_gram(&la, &ws, &gf, 0), NF_OK);
+        gd2 = gn2 = 0;
+        for (int i = 0; i < R * N; i++) {
+            gd2 += ((double)hga[i] - fa[i]) * ((double)hga[i] - fa[i]);
+            gn2 += (double)fa[i] * fa[i];
+        }
+        for (int i = 0; i < N * R; i++) {
+            gd2 += ((double)hgb[i] - fb[i]) * ((double)hgb[i] - fb[i]);
+            gn2 += (double)fb[i] * fb[i];
+        }
+        ck_assert_msg(gn2 > 0 && sqrt(gd2 / gn2) < 1e-5, "factored K: gradients differ by %g",
+                      sqrt(gd2 / gn2));
+        nf_la_free(&la, &kg);
+        nf_la_free(&la, &kt);
+        nf_la_free(&la, &ka);
+    }
     nf_mat *gall[] = {&gk, &gdk, &gw, &gsq};
     for (size_t i = 0; i < 4; i++)
         nf_la_free(&la, gall[i]);

@@ -3,6 +3,11 @@
 #include "io/model.h"
 #include "core/util.h"
 #include "merge/select.h"
+#include "merge/recipe.h"
+#include "merge/run.h"
+
+#include <math.h>
+#include <regex.h>
 #include "testutil.h"
 
 START_TEST(test_presets)
@@ -63,6 +68,206 @@ START_TEST(test_auto_detection)
         free(p);
     }
     tu_rmdir(dir);
+}
+END_TEST
+
+/* The one table of ranges: every row's methods are exactly the methods that read it (from the
+ * methods' own descriptions), and the bounds hold as written. */
+START_TEST(test_option_ranges)
+{
+    size_t n = 0;
+    const nf_option_range *r = nf_option_ranges(&n);
+    ck_assert_uint_eq(n, 10);
+    static const struct {
+        const char *key;
+        unsigned bit;
+    } bits[] = {{"null_rank", NF_P_NULL_RANK}, {"task_rank", NF_P_TASK_RANK},
+                {"lora_rank", NF_P_LORA_RANK}, {"lr", NF_P_LR},
+                {"iters", NF_P_ITERS},         {"seed", NF_P_SEED},
+                {"rank_tol", NF_P_RANK_TOL},   {"scale", NF_P_SCALE},
+                {"keep", NF_P_KEEP},           {"alpha", NF_P_ALPHA}};
+    for (size_t i = 0; i < n; i++) {
+        unsigned bit = 0;
+        for (size_t k = 0; k < sizeof bits / sizeof bits[0]; k++)
+            if (strcmp(bits[k].key, r[i].key) == 0)
+                bit = bits[k].bit;
+        ck_assert_msg(bit, "%s", r[i].key);
+        for (int m = 0; m < NF_METHOD_COUNT; m++) {
+            int reads = (nf_method_ops_get(m)->params & bit) != 0;
+            ck_assert_msg(reads == !!(r[i].methods & (1u << m)), "%s / %s", r[i].key,
+                          nf_method_get(m)->name);
+        }
+        ck_assert_ptr_eq(nf_option_range_find(r[i].option), &r[i]);
+        ck_assert_ptr_eq(nf_option_range_find(r[i].key), &r[i]);
+    }
+    ck_assert_ptr_null(nf_option_range_find("threads"));
+    const nf_option_range *rank = nf_option_range_find("null-rank");
+    ck_assert(nf_option_range_ok(rank, 0) && nf_option_range_ok(rank, 65536));
+    ck_assert(!nf_option_range_ok(rank, 65537) && !nf_option_range_ok(rank, -1));
+    ck_assert(!nf_option_range_ok(rank, 2.5) && !nf_option_range_ok(rank, NAN));
+    const nf_option_range *tol = nf_option_range_find("rank_tol");
+    ck_assert(nf_option_range_ok(tol, 0) && !nf_option_range_ok(tol, 1));
+    const nf_option_range *keep = nf_option_range_find("keep");
+    ck_assert(!nf_option_range_ok(keep, 0) && nf_option_range_ok(keep, 1));
+    const nf_option_range *lr = nf_option_range_find("lr");
+    ck_assert(nf_option_range_ok(lr, 1e-3) && !nf_option_range_ok(lr, 1e30));
+    ck_assert(!nf_option_range_ok(lr, INFINITY));
+    const nf_option_range *scale = nf_option_range_find("scale");
+    ck_assert(nf_option_range_ok(scale, -2) && !nf_option_range_ok(scale, 1e300));
+    char buf[64];
+    nf_option_range_describe(tol, buf, sizeof buf);
+    ck_assert_str_eq(buf, "a number in [0, 1)");
+    nf_option_range_describe(rank, buf, sizeof buf);
+    ck_assert_str_eq(buf, "an integer from 0 to 65536");
+}
+END_TEST
+
+/* The regex check: hostile expressions refused before regcomp, ordinary ones accepted; a
+ * refused one costs nothing like what regcomp would spend on it. */
+START_TEST(test_regex_check)
+{
+    static const char *const ok[] = {
+        "attn|fc1", "^enc\\.layers\\.[0-9]+\\.(self_attn|mlp)\\..*weight$", "a{1,200}",
+        "(ab){3}c{2,}", "[]a{]x", "[[:alpha:]]{2}", "x{", "a{,3}", "(a*)*b", "\\.", "",
+    };
+    static const struct {
+        const char *re, *why;
+    } bad[] = {
+        {"(((a{1,200}){1,200}){1,200})", "counted repetition of a counted"},
+        {"(a{2}){2}", "counted repetition of a counted"},
+        {"a{2}{2}", "counted repetition of a counted"},
+        {"((a{2})b*){3}", "counted repetition of a counted"},
+        {"(a)\\1", "back-reference"},
+        {"a{256}", "over 255"},
+        {"a{1,1000}", "over 255"},
+        {"(abcdefghijklmnopqrstuvwxyz0123456789abcdefghij){255}", "too large"},
+        {"[abc", "unterminated"},
+    };
+    char why[160];
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        ck_assert_msg(nf_regex_check(ok[i], why, sizeof why) == 0, "%s: %s", ok[i], why);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        why[0] = '\0';
+        ck_assert_msg(nf_regex_check(bad[i].re, why, sizeof why) == -1, "%s", bad[i].re);
+        ck_assert_msg(strstr(why, bad[i].why), "%s: %s", bad[i].re, why);
+    }
+    char *lng = malloc(NF_REGEX_MAX_LEN + 2);
+    memset(lng, 'a', NF_REGEX_MAX_LEN + 1);
+    lng[NF_REGEX_MAX_LEN + 1] = '\0';
+    ck_assert_int_eq(nf_regex_check(lng, why, sizeof why), -1);
+    lng[NF_REGEX_MAX_LEN] = '\0';
+    ck_assert_int_eq(nf_regex_check(lng, why, sizeof why), 0);
+    free(lng);
+    /* nesting within the cap: accepted, and regcomp of the largest accepted form is quick */
+    regex_t re;
+    ck_assert_int_eq(nf_regex_check("(a|b){255}(c|d){255}(e|f){255}", why, sizeof why), 0);
+    ck_assert_int_eq(regcomp(&re, "(a|b){255}(c|d){255}(e|f){255}", REG_EXTENDED | REG_NOSUB),
+                     0);
+    regfree(&re);
+}
+END_TEST
+
+/* The recorded metadata, read strictly: a good record of each kind resolves; each rule's
+ * violation is refused with NF_E_STATE and a message naming the key. */
+START_TEST(test_recorded_strict)
+{
+    static char n0[] = "enc.layers.0.self_attn.q_proj.weight", n1[] = "enc.layers.0.mlp.fc1.weight";
+    nf_tensor bt[2];
+    memset(bt, 0, sizeof bt);
+    bt[0].name = n0;
+    bt[1].name = n1;
+    for (int i = 0; i < 2; i++) {
+        bt[i].dtype = NF_F32;
+        bt[i].ndim = 2;
+        bt[i].shape[0] = bt[i].shape[1] = 4;
+        bt[i].numel = 16;
+        bt[i].nbytes = 64;
+    }
+    size_t by_name[2] = {1, 0};
+    nf_model base;
+    memset(&base, 0, sizeof base);
+    base.path = n0;
+    base.tensors = bt;
+    base.ntensors = 2;
+    base.by_name = by_name;
+    static const char *const T1 = "[{\"name\":\"a\",\"path\":\"/a\"}]";
+    static const char *const T2 = "[{\"name\":\"a\"},{\"name\":\"b\",\"path\":\"/b\"}]";
+    static const char *const NU = "{\"null_rank\":2,\"task_rank\":1,\"lora_rank\":2,\"lr\":0.001,"
+                                  "\"iters\":5,\"seed\":0,\"compat\":\"paper\",\"rank_tol\":1e-6,"
+                                  "\"preset\":\"clip\"}";
+    static const char *const ST = "{\"lambda\":0,\"norm_sum\":0,\"norm_count\":0}";
+    static const struct {
+        const char *method, *step, *params, *state, *tasks, *want; /* want NULL: accepted */
+    } cases[] = {
+        {"nufilt", "1", NU, ST, T1, NULL},
+        {"wa", "2", "{}", ST, T2, NULL},
+        {"ta", "1", "{\"scale\":-2.5}", ST, T1, NULL},
+        {"nufilt", "1", "{\"null_rank\":2,\"task_rank\":1,\"lora_rank\":2,\"lr\":0.001,\"iters\":5,"
+                        "\"seed\":0,\"compat\":\"reference\",\"rank_tol\":0,\"layers\":\"attn|fc1\"}",
+         ST, T1, NULL},
+        {"nufilt", "+1", NU, ST, T1, "nufilt.step"},
+        {"nufilt", " 1", NU, ST, T1, "nufilt.step"},
+        {"nufilt", "01", NU, ST, T1, "nufilt.step"},
+        {"nufilt", "1 ", NU, ST, T1, "nufilt.step"},
+        {"nufilt", "0", NU, ST, "[]", "nufilt.step"},
+        {"nufilt", "1000001", NU, ST, T1, "nufilt.step"},
+        {"wa", "1000000", "{}", ST, T1, "nufilt.tasks lists 1 task"},
+        {"wa", "1", "{}", ST, T2, "nufilt.tasks lists 2 tasks"},
+        {"wa", "1", "{}", ST, NULL, "lacks nufilt.tasks"},
+        {"wa", "1", "{}", ST, "{}", "nufilt.tasks"},
+        {"wa", "1", "{}", ST, "[{\"name\":1}]", "nufilt.tasks"},
+        {"wa", "1", "{}", ST, "[{\"name\":\"a\",\"x\":\"y\"}]", "nufilt.tasks"},
+        {"wa", "1", "{}", ST, "[\"a\"]", "nufilt.tasks"},
+        {"Wa", "1", "{}", ST, T1, "nufilt.method"},
+        {"ta", "1", "{\"scale\":1e300}", ST, T1, "scale = 1e+300"},
+        {"ta", "1", "{\"scale\":\"1\"}", ST, T1, "scale as something other"},
+        {"wudi", "1", "{\"lr\":1e30,\"iters\":5}", ST, T1, "lr = 1e+30"},
+        {"ties", "1", "{\"scale\":0.3,\"keep\":0}", ST, T1, "keep"},
+        {"nufilt", "1", "{\"null_rank\":2.0}", ST, T1, "null_rank"},
+        {"nufilt", "1", "{\"seed\":-1}", ST, T1, "seed"},
+        {"nufilt", "1", "{\"seed\":18446744073709551615}", ST, T1, "seed"},
+        {"nufilt", "1", "{\"compat\":\"evil\"}", ST, T1, "compat as \"evil\""},
+        {"nufilt", "1", "{\"compat\":1}", ST, T1, "compat"},
+        {"opcm", "1", "{\"alpha\":0.5,\"opcm_zero_diag\":\"yes\"}", ST, T1, "opcm_zero_diag"},
+        {"nufilt", "1", "{\"preset\":\"evil\"}", ST, T1, "unknown preset"},
+        {"nufilt", "1", "{\"preset\":\"clip\",\"layers\":\"a\"}", ST, T1, "both"},
+        {"nufilt", "1", "{\"layers\":\"(a{9}){9}\"}", ST, T1, "counted repetition"},
+        {"nufilt", "1", "{\"layers\":\"(a)\\\\1\"}", ST, T1, "back-reference"},
+        {"nufilt", "1", "{\"layers\":\"a\\u0000b\"}", ST, T1, "U+0000"},
+        {"nufilt", "1", "{\"layers\":\"(\"}", ST, T1, "bad `layers`"},
+        {"wa", "1", "{\"lr_decay\":1}", ST, T1, "unknown key \"lr_decay\""},
+        {"wa", "1", "{}", "{\"lambda\":\"1\"}", T1, "nufilt.state records lambda"},
+        {"wa", "1", "{}", "{\"lambda\":1,\"x\":1}", T1, "nufilt.state records an unknown key"},
+        {"wa", "1", "{}", "{\"norm_sum\":-1}", T1, "norm_sum"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        nf_kv meta[5] = {{(char *)"nufilt.method", (char *)cases[i].method},
+                         {(char *)"nufilt.step", (char *)cases[i].step},
+                         {(char *)"nufilt.params", (char *)cases[i].params},
+                         {(char *)"nufilt.state", (char *)cases[i].state},
+                         {(char *)"nufilt.tasks", (char *)cases[i].tasks}};
+        nf_model prev = base;
+        prev.path = (char *)"prev.safetensors";
+        prev.meta = meta;
+        prev.nmeta = cases[i].tasks ? 5 : 4;
+        nf_options o;
+        nf_options_init(&o);
+        nf_params par;
+        memset(&par, 0, sizeof par);
+        nf_state st;
+        int step = 0;
+        nf_error err = {0};
+        int rc = nf_recipe_resolve(&o, &base, &prev, &par, &step, &st, &err);
+        if (!cases[i].want) {
+            ck_assert_msg(rc == NF_OK, "case %zu: %s", i, err.msg);
+            ck_assert_int_eq(step, atoi(cases[i].step) + 1);
+        } else {
+            ck_assert_msg(rc == NF_E_STATE, "case %zu (%s) accepted", i, cases[i].want);
+            ck_assert_msg(strstr(err.msg, cases[i].want) && strstr(err.msg, "prev.safetensors"),
+                          "case %zu: %s", i, err.msg);
+        }
+        nf_params_free(&par);
+    }
 }
 END_TEST
 
@@ -128,6 +333,9 @@ int main(void)
     tcase_add_test(tc, test_presets);
     tcase_add_test(tc, test_auto_detection);
     tcase_add_test(tc, test_recipe_conflicts);
+    tcase_add_test(tc, test_option_ranges);
+    tcase_add_test(tc, test_regex_check);
+    tcase_add_test(tc, test_recorded_strict);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

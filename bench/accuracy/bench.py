@@ -55,10 +55,18 @@ SWEEP = ([(f"nufilt-rp{r}", f"r_p = {r}", NUFILT_ARGS + ["--null-rank", str(r)])
          [(f"nufilt-rl{r}", f"r_l = {r}", NUFILT_ARGS + ["--lora-rank", str(r)])
           for r in (16, 128)])
 SWEEP_KEYS = [m[0] for m in SWEEP]
+# NUFILT's SVD modes side by side over every task order (--svd-modes): gesdd is LAPACK's
+# float32 SVD, the method's definition; fast is the float32 Gram-matrix eigen-solve, the
+# default since it was measured here within 0.3 points of gesdd.
+SVD_MODES = [(f"nufilt-svd-{m}", f"NUFILT --svd {m}", NUFILT_ARGS + ["--svd", m])
+             for m in ("gesdd", "fast")]
+SVD_KEYS = [m[0] for m in SVD_MODES]
 
 
 def add_run(summary, res):
-    summary["sweep_runs" if res.get("method") in SWEEP_KEYS else "runs"].append(res)
+    k = res.get("method")
+    summary["sweep_runs" if k in SWEEP_KEYS else "svd_runs" if k in SVD_KEYS
+            else "runs"].append(res)
 BENCH_VERSION = 1
 
 
@@ -115,6 +123,18 @@ def pin_binary(path, sha):
         shutil.copy2(path, dst + ".tmp")
         os.replace(dst + ".tmp", dst)
     return dst
+
+
+def recorded_svd(path):
+    """The SVD mode a merged model records (metadata nufilt.svd), or None."""
+    try:
+        from safetensors import safe_open
+        if os.path.isdir(path):
+            path = sorted(glob.glob(os.path.join(path, "*.safetensors")))[0]
+        with safe_open(path, "pt") as fh:
+            return (fh.metadata() or {}).get("nufilt.svd")
+    except Exception:  # noqa: BLE001 (older binaries record none)
+        return None
 
 
 def needed_pairs(T, full):
@@ -264,6 +284,7 @@ class Bench:
                 log(f"{key} order {v}: FAILED: {res['error']}")
                 shutil.rmtree(run_dir, ignore_errors=True)
                 return res
+        res["svd_recorded"] = recorded_svd(step_files[-1])
         ev = self.ensure_evaluator()
         pairs = needed_pairs(T, full)
         acc, nonfinite = {}, []
@@ -331,6 +352,8 @@ class Bench:
                    "nufilt_sha256": self.nufilt_sha, "orders": orders, "tasks": self.tasks_meta(),
                    "references": self.refs, "ckpt_dir": self.ckpt_dir, "runs": [],
                    "sweep_runs": [], "sweep": [(k, l, m) for k, l, m in SWEEP] if a.sweep else [],
+                   "svd_runs": [],
+                   "svd_modes": [(k, l, m) for k, l, m in SVD_MODES] if a.svd_modes else [],
                    "skipped": {}, "methods": [(k, l, m) for k, l, m in methods],
                    "settings": {"orders": a.orders, "triangle_orders": a.triangle_orders,
                                 "analysis_order": 0, "threads": torch.get_num_threads(),
@@ -356,6 +379,9 @@ class Bench:
             if v == 0 and a.sweep:
                 jobs += [(key, label, margs, 0, order, False, False)
                          for key, label, margs in SWEEP]
+            if a.svd_modes:
+                jobs += [(key, label, margs, v, order, False, False)
+                         for key, label, margs in SVD_MODES]
         if a.report_only:  # no merging: the runs already in the cache
             for job in jobs:
                 key, label, margs, v, order, full, analyse = job
@@ -374,7 +400,7 @@ class Bench:
                     r["cached"] = True
                     add_run(summary, r)
             n_orders = len({r["order_index"] for r in summary["runs"]})
-            n_main = len([j for j in jobs if j[0] not in SWEEP_KEYS])
+            n_main = len([j for j in jobs if j[0] not in SWEEP_KEYS + SVD_KEYS])
             if len(summary["runs"]) < n_main:
                 summary["partial"] = (f"{len(summary['runs'])} of {n_main} (method, order) "
                                       f"runs finished, in {n_orders} of {len(orders)} orders")
@@ -425,6 +451,7 @@ class Bench:
                 for f in cf.as_completed(list(pending)):
                     finished(pending.pop(f), f.result())
         summary["runs"].sort(key=lambda r: (r["order_index"], METHOD_KEYS.index(r["method"])))
+        summary["svd_runs"].sort(key=lambda r: (r["order_index"], SVD_KEYS.index(r["method"])))
         ev_runs = [r for r in summary["runs"] if "eval_count" in r]
         summary["eval_seconds"] = sum(r["eval_seconds"] for r in ev_runs)
         summary["eval_cpu_seconds"] = sum(r.get("eval_cpu_seconds", 0) for r in ev_runs)
@@ -438,9 +465,25 @@ class Bench:
     def partial_report(self, summary, t_start):
         """Rewrite the documents with the task orders finished so far (all methods each)."""
         import report
+        if self.args.only_svd_modes:  # only the SVD-mode section of results.md
+            part = dict(summary)
+            per = {}
+            for r in summary["svd_runs"]:
+                per[r["order_index"]] = per.get(r["order_index"], 0) + 1
+            n = sum(1 for c in per.values() if c == len(SVD_MODES))
+            if n < len(summary["orders"]):
+                part["partial"] = f"{n} of {len(summary['orders'])} task orders finished"
+            try:
+                report.write_svd_section(part, self.args.docs)
+                log(f"SVD-mode section of results.md updated ({len(summary['svd_runs'])} runs)")
+            except Exception as e:  # a report problem must not lose the runs
+                log(f"report failed: {e!r}")
+            return
         n_methods = {}
         for r in summary["runs"]:
             n_methods[r["order_index"]] = n_methods.get(r["order_index"], 0) + 1
+        if not n_methods:
+            return
         full = max(n_methods.values())
         complete = sorted(v for v, n in n_methods.items() if n == full)
         part = dict(summary)
@@ -514,6 +557,12 @@ def main(argv=None):
     ap.add_argument("--no-sweep", dest="sweep", action="store_false",
                     help="skip the rank sweep (NUFILT with one of r_p, r_v, r_l changed, "
                     "first task order only: " + ", ".join(k for k, _, _ in SWEEP) + ")")
+    ap.add_argument("--svd-modes", action="store_true",
+                    help="also run NUFILT with --svd gesdd and --svd fast over every task order "
+                    "and compare them (" + ", ".join(SVD_KEYS) + ")")
+    ap.add_argument("--only-svd-modes", action="store_true",
+                    help="run only that comparison (no other method, sweep or analysis) and "
+                    "rewrite only its section of results.md")
     ap.add_argument("--no-cache", action="store_true", help="recompute cached runs")
     ap.add_argument("--report-only", action="store_true",
                     help="merge nothing: write the documents from the runs already cached")
@@ -523,6 +572,8 @@ def main(argv=None):
                     help="where results.md and img/ go [docs/ of the repository]")
     ap.add_argument("--timings", default="", help="JSON file with setup timings (run.sh)")
     args = ap.parse_args(argv)
+    if args.only_svd_modes:
+        args.svd_modes, args.sweep, args.no_analysis, args.methods = True, False, True, "-"
     if args.jobs > 1 and not args.threads:
         args.threads = 1
     if args.jobs > 1 and not args.merge_threads:
@@ -535,7 +586,10 @@ def main(argv=None):
         with open(args.timings) as fh:
             summary["setup_timings"] = json.load(fh)
     import report
-    report.write(summary, args.docs)
+    if args.only_svd_modes:
+        report.write_svd_section(summary, args.docs)
+    else:
+        report.write(summary, args.docs)
     if not args.report_only:
         common.write_json(os.path.join(bench.results_dir, "summary.json"), summary)
     log(f"wrote {os.path.join(args.docs, 'results.md')} "

@@ -522,6 +522,8 @@ def markdown(summary, images):
         w("Bold: the defaults (the NUFILT row of Table 1, order 0).")
         w("")
 
+    if summary.get("svd_runs"):
+        L += svd_section(summary)
     disc = os.path.join(os.path.dirname(os.path.abspath(__file__)), "discussion.md")
     if os.path.exists(disc):
         w("## Discussion")
@@ -571,13 +573,137 @@ def markdown(summary, images):
     return "\n".join(L)
 
 
+TASK_NAMES = ["noun_supersense", "verb_supersense", "gloss_pos", "wordnet_domain",
+              "fortune_topic", "quote_language", "reuters_grain", "example_pos"]
+SVD_BEGIN = "<!-- svd-modes: begin (bench.py --svd-modes) -->"
+SVD_END = "<!-- svd-modes: end -->"
+SVD_TOLERANCE = 0.3  # points: fast is the default only within this of gesdd (issue 15)
+
+
+def svd_section(summary):
+    """NUFILT with --svd gesdd against --svd fast, paired by task order, between markers so
+    that `bench.py --only-svd-modes` can rewrite this section alone."""
+    runs = {}
+    for r in summary.get("svd_runs", []):
+        runs.setdefault(r["method"], {})[r["order_index"]] = r
+    g, f = runs.get("nufilt-svd-gesdd", {}), runs.get("nufilt-svd-fast", {})
+    both = sorted(v for v in g if v in f and "ACC" in g[v] and "ACC" in f[v])
+    L = [SVD_BEGIN, "## NUFILT's SVD modes: gesdd against fast", ""]
+    w = L.append
+    w(f"Written by `bench/accuracy/bench.py --svd-modes` on {time.strftime('%Y-%m-%d %H:%M')}, "
+      f"nufilt binary sha256 `{summary['nufilt_sha256'][:16]}` (benchmark started "
+      f"{summary.get('started', '?')}; machine: {summary.get('machine', '?')}). "
+      "NUFILT with its defaults (`--method nufilt --preset all-linear`), once with "
+      "`--svd gesdd` (LAPACK's float32 SVD, the method's definition) and once with "
+      "`--svd fast` (float32 Gram-matrix eigen-solve), on the same fine-tuned checkpoints, "
+      f"over {len(summary['orders'])} task orders (`random.seed(42 + v)`, as in Table 1). The "
+      f"default mode is fast only if ACC and BWT both stay within {SVD_TOLERANCE} points of "
+      "gesdd.")
+    w("")
+    names = [t["name"] for t in summary.get("tasks", [])]
+    if names and len(names) < len(TASK_NAMES):
+        w(f"**Only {len(names)} of the {len(TASK_NAMES)} tasks** (`--tasks {','.join(names)}`): "
+          "a reduced benchmark, not Table 1's; ACC and BWT are over these tasks.")
+        w("")
+    if summary.get("partial"):
+        w(f"**Partial: {summary['partial']}.**")
+        w("")
+    failed = [f"{r['method']} order {r['order_index']}" for d in (g, f) for r in d.values()
+              if "error" in r]
+    if failed:
+        w("Failed runs: " + ", ".join(failed) + ".")
+        w("")
+    if not both:
+        w("No task order has finished with both modes yet.")
+        L += ["", SVD_END, ""]
+        return L
+    w("| `--svd` | ACC ↑ | BWT ↑ | merge s / order | CPU s / step | mode recorded | orders |")
+    w("|---|---:|---:|---:|---:|---|---:|")
+    T = len(summary["orders"][0])
+    for name, d in (("gesdd", g), ("fast", f)):
+        rs = [d[v] for v in both]
+        rec = sorted({str(r.get("svd_recorded")) for r in rs})
+        ms = sum(r["merge_seconds"] for r in rs) / len(rs)
+        cs = sum(r.get("merge_cpu_seconds", float("nan")) for r in rs) / len(rs) / T
+        w(f"| {name} | {pm([r['ACC'] for r in rs])} | {pm([r['BWT'] for r in rs])} | "
+          f"{ms:.1f} | {cs:.2f} | {', '.join(rec)} | {len(rs)} |")
+    w("")
+    dacc = [100 * (f[v]["ACC"] - g[v]["ACC"]) for v in both]
+    dbwt = [100 * (f[v]["BWT"] - g[v]["BWT"]) for v in both]
+    macc, mbwt = sum(dacc) / len(dacc), sum(dbwt) / len(dbwt)
+    w("Paired by task order, fast − gesdd in points:")
+    w("")
+    w("| | " + " | ".join(f"order {v}" for v in both) + " | mean | max \\|Δ\\| |")
+    w("|---|" + "---:|" * (len(both) + 2))
+    for name, d, m in (("ΔACC", dacc, macc), ("ΔBWT", dbwt, mbwt)):
+        w(f"| {name} | " + " | ".join(f"{x:+.2f}" for x in d) +
+          f" | {m:+.2f} | {max(abs(x) for x in d):.2f} |")
+    w("")
+    ok = abs(macc) <= SVD_TOLERANCE and abs(mbwt) <= SVD_TOLERANCE
+    w("Merge seconds are wall time on the machine as it was (shared machines swing by 2x); "
+      "CPU seconds per step vary less.")
+    w("")
+    w(f"Mean differences: ACC {macc:+.2f}, BWT {mbwt:+.2f} points over {len(both)} task "
+      f"order{'s' if len(both) != 1 else ''}: "
+      + (f"**within {SVD_TOLERANCE} points** of gesdd in both." if ok else
+         f"**not within {SVD_TOLERANCE} points** of gesdd in "
+         + " and ".join(n for n, m in (("ACC", macc), ("BWT", mbwt))
+                        if abs(m) > SVD_TOLERANCE) + "."))
+    L += ["", SVD_END, ""]
+    return L
+
+
+def _splice_svd(text, block):
+    """text with its SVD-mode section replaced by block (inserted before the Discussion, or
+    the task orders, or at the end, if it has none)."""
+    if SVD_BEGIN in text and SVD_END in text:
+        a = text.index(SVD_BEGIN)
+        b = text.index(SVD_END) + len(SVD_END)
+        while text[b:b + 1] == "\n":
+            b += 1
+        return text[:a] + block + text[b:]
+    for anchor in ("## Discussion", "## Task orders"):
+        if "\n" + anchor in text:
+            a = text.index("\n" + anchor) + 1
+            return text[:a] + block + text[a:]
+    return text.rstrip("\n") + "\n\n" + block
+
+
+def _old_svd_block(path):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            old = fh.read()
+    except OSError:
+        return None
+    if SVD_BEGIN in old and SVD_END in old:
+        a = old.index(SVD_BEGIN)
+        b = old.index(SVD_END) + len(SVD_END)
+        return old[a:b] + "\n\n"
+    return None
+
+
+def _write_text(path, text):
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def write(summary, docs_dir):
     img_dir = os.path.join(docs_dir, "img")
     images = figures(summary, img_dir)
     text = markdown(summary, images)
     os.makedirs(docs_dir, exist_ok=True)
     path = os.path.join(docs_dir, "results.md")
-    # mingle_bench.py's section (between its markers) is kept, before the discussion
+    if not summary.get("svd_runs"):  # keep the SVD-mode section of an earlier --svd-modes run
+        old = _old_svd_block(path)
+        if old:
+            text = _splice_svd(text, old)
+    _write_text(path, _keep_mingle(path, text))
+    return path
+
+
+def _keep_mingle(path, text):
+    """mingle_bench.py's section (between its markers) is kept, before the discussion."""
     begin, end = "<!-- mingle:begin -->", "<!-- mingle:end -->"
     old = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
     if begin in old and end in old and begin not in text:
@@ -585,9 +711,19 @@ def write(summary, docs_dir):
         anchor = "## Discussion"
         text = (text.replace(anchor, block + "\n\n" + anchor, 1) if anchor in text
                 else text.rstrip("\n") + "\n\n" + block + "\n")
-    with open(path + ".tmp", "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(path + ".tmp", path)
+    return text
+
+
+def write_svd_section(summary, docs_dir):
+    """Rewrite only the SVD-mode section of results.md (bench.py --only-svd-modes)."""
+    os.makedirs(docs_dir, exist_ok=True)
+    path = os.path.join(docs_dir, "results.md")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        text = "# Accuracy benchmark: continual merging of a real text encoder\n\n"
+    _write_text(path, _splice_svd(text, "\n".join(svd_section(summary))))
     return path
 
 

@@ -2,8 +2,8 @@
 # NUFILT step benchmark (issue 4): nufilt against a straightforward PyTorch implementation,
 # on generated ViT-B/32-shaped and LLaMA-style (TinyLlama-1.1B-shaped) checkpoints.
 #
-#   bench/perf/run.sh [--reps N] [--gpu-reps N] [--torch-reps N] [--llama-reps N] [--no-llama] [--no-torch]
-#                     [--no-gpu] [--vulkan] [--rsvd] [--small]
+#   bench/perf/run.sh [--reps N] [--gpu-reps N] [--torch-reps N] [--llama-reps N] [--llama-torch-reps N]
+#                     [--no-llama] [--no-torch] [--no-gpu] [--vulkan] [--rsvd] [--small]
 #
 # One command: builds nufilt (build-perf/) if missing, makes a venv with PyPI's torch,
 # safetensors and numpy under ${XDG_CACHE_HOME:-$HOME/.cache}/nufilt-perf/venv if missing
@@ -12,9 +12,9 @@
 # same session:
 #
 #  ViT step t = 2 (prev = nufilt's merged model after step 1, paper mode, default ranks):
-#    cpu-exact   nufilt --device cpu --svd exact        (the defaults)
+#    cpu-gesdd   nufilt --device cpu --svd gesdd        (LAPACK's SVD, the method's definition)
 #    cpu-gram    nufilt --device cpu --svd gram
-#    cpu-fast    nufilt --device cpu --svd fast
+#    cpu-fast    nufilt --device cpu --svd fast         (the default)
 #    cpu-rand    nufilt --device cpu --svd randomized
 #    opencl      nufilt --device opencl:0 (if listed; PoCL is a software device on this CPU)
 #    vulkan      nufilt --device vulkan:0 (only with --vulkan: lavapipe, a software device,
@@ -26,9 +26,11 @@
 #  round-robin so that changes in machine load hit every configuration alike; wall and CPU
 #  time and peak RssAnon from bench/perf/measure.py, SVD / training / rest from nufilt's
 #  --report; then the relative error of every configuration's merged task vectors against
-#  cpu-exact and against torch (bench/perf/compare.py).
-#  LLaMA-style step t = 2 with the default settings (--llama-reps, default 1), and with
-#  --svd gram, --svd fast and --svd randomized once: time and peak RssAnon.
+#  cpu-gesdd and against torch (bench/perf/compare.py).
+#  LLaMA-style step t = 2 with --svd gesdd and the default --svd fast (--llama-reps each,
+#  default 1), --svd gram and --svd randomized once, and the PyTorch implementation
+#  (--llama-torch-reps, default 1; it converts the BF16 models to float32 in memory):
+#  time and peak RssAnon, and the errors against cpu-gesdd and torch.
 #  --small runs everything on one-layer models (quick check of the pipeline, not a benchmark).
 #  --rsvd also runs bench/perf/rsvd_accuracy.py, bench/perf/svd_bench and bench/perf/gemm_bench
 #  (the randomized-SVD study and the micro-benchmarks of docs/performance.md).
@@ -42,13 +44,14 @@ CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/nufilt-perf
 VENV=${NUFILT_PERF_VENV:-$CACHE/venv}
 PY_REQS="torch==2.15.0 safetensors==0.8.0 numpy"
 SYSPY=/usr/bin/python3
-REPS=3 GPU_REPS=1 TORCH_REPS= LLAMA_REPS=1 DO_LLAMA=1 DO_TORCH=1 DO_GPU=1 DO_VULKAN=0 DO_RSVD=0 SMALL=0
+REPS=3 GPU_REPS=1 TORCH_REPS= LLAMA_REPS=1 LLAMA_TORCH_REPS=1 DO_LLAMA=1 DO_TORCH=1 DO_GPU=1 DO_VULKAN=0 DO_RSVD=0 SMALL=0
 while [ $# -gt 0 ]; do
   case $1 in
     --reps) REPS=$2; shift 2 ;;
     --gpu-reps) GPU_REPS=$2; shift 2 ;;
     --torch-reps) TORCH_REPS=$2; shift 2 ;;
     --llama-reps) LLAMA_REPS=$2; shift 2 ;;
+    --llama-torch-reps) LLAMA_TORCH_REPS=$2; shift 2 ;;
     --no-llama) DO_LLAMA=0; shift ;;
     --no-torch) DO_TORCH=0; shift ;;
     --no-gpu) DO_GPU=0; shift ;;
@@ -118,7 +121,7 @@ say "ViT: step 1 (nufilt, paper mode: base + tau_1 on treated matrices)"
 V1=$WORK/vit-step1.safetensors
 [ -f "$V1" ] || "$NUFILT" step --base "$VIT/base.safetensors" --task "$VIT/task01.safetensors" --out "$V1" --quiet
 STEP2=(step --base "$VIT/base.safetensors" --task "$VIT/task02.safetensors" --prev "$V1" --force --quiet)
-CONFIGS=(cpu-exact cpu-gram cpu-fast cpu-rand)
+CONFIGS=(cpu-gesdd cpu-gram cpu-fast cpu-rand)
 DEVS=$("$NUFILT" devices 2>/dev/null || true)
 if [ "$DO_GPU" = 1 ]; then
   grep -q '^opencl:0' <<<"$DEVS" && CONFIGS+=(opencl)
@@ -135,7 +138,7 @@ for rep in $(seq 1 "$REPS"); do
     out=$WORK/vit-step2-$c.safetensors
     rm -f "$out" # outside the clock: replacing a file costs the filesystem time, not the merge
     case $c in
-      cpu-exact) measure "vit-$c-$rep" -- "$NUFILT" "${STEP2[@]}" --device cpu --svd exact --out "$out" --report "$RES/vit-$c-$rep.report.json" ;;
+      cpu-gesdd) measure "vit-$c-$rep" -- "$NUFILT" "${STEP2[@]}" --device cpu --svd gesdd --out "$out" --report "$RES/vit-$c-$rep.report.json" ;;
       cpu-gram) measure "vit-$c-$rep" -- "$NUFILT" "${STEP2[@]}" --device cpu --svd gram --out "$out" --report "$RES/vit-$c-$rep.report.json" ;;
       cpu-fast) measure "vit-$c-$rep" -- "$NUFILT" "${STEP2[@]}" --device cpu --svd fast --out "$out" --report "$RES/vit-$c-$rep.report.json" ;;
       cpu-rand) measure "vit-$c-$rep" -- "$NUFILT" "${STEP2[@]}" --device cpu --svd randomized --out "$out" --report "$RES/vit-$c-$rep.report.json" ;;
@@ -148,9 +151,9 @@ for rep in $(seq 1 "$REPS"); do
 done
 say "ViT: merged task vectors compared"
 cands=()
-for c in "${CONFIGS[@]}"; do [ "$c" = cpu-exact ] || cands+=("$WORK/vit-step2-$c.safetensors"); done
-"$SYSPY" "$HERE/compare.py" --base "$VIT/base.safetensors" --ref "$WORK/vit-step2-cpu-exact.safetensors" \
-  --json "$RES/vit-err-vs-exact.json" "${cands[@]}" >&2
+for c in "${CONFIGS[@]}"; do [ "$c" = cpu-gesdd ] || cands+=("$WORK/vit-step2-$c.safetensors"); done
+"$SYSPY" "$HERE/compare.py" --base "$VIT/base.safetensors" --ref "$WORK/vit-step2-cpu-gesdd.safetensors" \
+  --json "$RES/vit-err-vs-gesdd.json" "${cands[@]}" >&2
 if [ "$DO_TORCH" = 1 ]; then
   cands=()
   for c in "${CONFIGS[@]}"; do [ "$c" = torch ] || cands+=("$WORK/vit-step2-$c.safetensors"); done
@@ -164,19 +167,31 @@ if [ "$DO_LLAMA" = 1 ]; then
   L1=$WORK/llama-step1.safetensors
   [ -f "$L1" ] || "$NUFILT" step --base "$LLAMA/base.safetensors" --task "$LLAMA/task01.safetensors" --out "$L1" --quiet
   LSTEP2=(step --base "$LLAMA/base.safetensors" --task "$LLAMA/task02.safetensors" --prev "$L1" --force --quiet)
-  for rep in $(seq 1 "$LLAMA_REPS"); do
-    measure "llama-cpu-exact-$rep" -- "$NUFILT" "${LSTEP2[@]}" --out "$WORK/llama-step2-cpu-exact.safetensors" \
-      --report "$RES/llama-cpu-exact-$rep.report.json"
+  for rep in $(seq 1 "$LLAMA_REPS"); do # gesdd and the default (fast), interleaved
+    measure "llama-cpu-gesdd-$rep" -- "$NUFILT" "${LSTEP2[@]}" --svd gesdd --out "$WORK/llama-step2-cpu-gesdd.safetensors" \
+      --report "$RES/llama-cpu-gesdd-$rep.report.json"
+    measure "llama-cpu-fast-$rep" -- "$NUFILT" "${LSTEP2[@]}" --svd fast --out "$WORK/llama-step2-cpu-fast.safetensors" \
+      --report "$RES/llama-cpu-fast-$rep.report.json"
   done
   measure "llama-cpu-gram-1" -- "$NUFILT" "${LSTEP2[@]}" --svd gram --out "$WORK/llama-step2-cpu-gram.safetensors" \
     --report "$RES/llama-cpu-gram-1.report.json"
-  measure "llama-cpu-fast-1" -- "$NUFILT" "${LSTEP2[@]}" --svd fast --out "$WORK/llama-step2-cpu-fast.safetensors" \
-    --report "$RES/llama-cpu-fast-1.report.json"
   measure "llama-cpu-rand-1" -- "$NUFILT" "${LSTEP2[@]}" --svd randomized --out "$WORK/llama-step2-cpu-rand.safetensors" \
     --report "$RES/llama-cpu-rand-1.report.json"
-  "$SYSPY" "$HERE/compare.py" --preset llama --base "$LLAMA/base.safetensors" --ref "$WORK/llama-step2-cpu-exact.safetensors" \
-    --json "$RES/llama-err-vs-exact.json" "$WORK/llama-step2-cpu-gram.safetensors" "$WORK/llama-step2-cpu-fast.safetensors" \
-    "$WORK/llama-step2-cpu-rand.safetensors" >&2
+  if [ "$DO_TORCH" = 1 ]; then
+    for rep in $(seq 1 "$LLAMA_TORCH_REPS"); do
+      measure "llama-torch-$rep" -- "$VENV/bin/python" "$HERE/torch_nufilt.py" --preset llama --base "$LLAMA/base.safetensors" \
+        --task "$LLAMA/task02.safetensors" --prev "$L1" --step 2 --out "$WORK/llama-step2-torch.safetensors" \
+        --report "$RES/llama-torch-$rep.report.json" || true
+    done
+  fi
+  lc=("$WORK/llama-step2-cpu-gram.safetensors" "$WORK/llama-step2-cpu-fast.safetensors" "$WORK/llama-step2-cpu-rand.safetensors")
+  [ -f "$WORK/llama-step2-torch.safetensors" ] && lc+=("$WORK/llama-step2-torch.safetensors")
+  "$SYSPY" "$HERE/compare.py" --preset llama --base "$LLAMA/base.safetensors" --ref "$WORK/llama-step2-cpu-gesdd.safetensors" \
+    --json "$RES/llama-err-vs-gesdd.json" "${lc[@]}" >&2
+  if [ -f "$WORK/llama-step2-torch.safetensors" ]; then
+    "$SYSPY" "$HERE/compare.py" --preset llama --base "$LLAMA/base.safetensors" --ref "$WORK/llama-step2-torch.safetensors" \
+      --json "$RES/llama-err-vs-torch.json" "$WORK/llama-step2-cpu-gesdd.safetensors" "$WORK/llama-step2-cpu-fast.safetensors" >&2
+  fi
 fi
 
 # ---------------------------------------------------------------- randomized-SVD study

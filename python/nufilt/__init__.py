@@ -26,8 +26,8 @@ Parameters (keyword arguments, the names of the C library's ``nf_options`` field
 null_rank, task_rank, lora_rank, lr, iters, seed, compat ("paper" | "reference"),
 rank_tol, preset, layers (regex), scale, keep, alpha, opcm_zero_diag (methods() gives each
 method's and their defaults); out_dtype ("keep", "f32", "f16", "bf16"), out_shard_size
-(bytes or "2GB"), force, allow_nonfinite, threads, svd ("exact", "gram", "fast",
-"randomized"), max_memory (bytes or "500MB"), report_path, task_name.
+(bytes or "2GB"), force, allow_nonfinite, threads, svd ("fast", the default, "gram",
+"gesdd" or its older name "exact", "randomized"), max_memory (bytes or "500MB"), report_path, task_name.
 """
 from ._api import (Device, Method, ProgressInfo, Report, State, backends, devices, inspect,
                    merge, merge_state_dicts, methods, step)

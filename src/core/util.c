@@ -162,8 +162,8 @@ int nf_exists(const char *path)
 }
 
 /* Symbolic links are removed, never followed: a link planted where an output goes cannot make
- * this empty another directory. Two levels below path at most (a merge's scratch directory,
- * the output directories in it, their files). */
+ * this empty another directory. depth levels below path at most (a merge's scratch directory,
+ * the output directories in it, their subfolders, their files). */
 static void remove_tree_depth(const char *path, int depth)
 {
     struct stat st;
@@ -193,7 +193,7 @@ static void remove_tree_depth(const char *path, int depth)
     rmdir(path);
 }
 
-void nf_remove_tree(const char *path) { remove_tree_depth(path, 2); }
+void nf_remove_tree(const char *path) { remove_tree_depth(path, NF_REMOVE_TREE_DEPTH); }
 
 int nf_mkdirs(const char *path)
 {

@@ -57,8 +57,11 @@ int nf_is_dir(const char *path);
 int nf_exists(const char *path);
 /* mkdir -p: creates a directory and its missing parents; 0 on success (errno otherwise). */
 int nf_mkdirs(const char *path);
-/* Removes a file, or a directory and what it holds, two levels deep (our own outputs and
- * scratch directories only); symbolic links are removed, not followed. */
+/* Removes a file, or a directory and what it holds, NF_REMOVE_TREE_DEPTH levels deep (our own
+ * outputs and scratch directories only); symbolic links are removed, not followed. The depth
+ * covers a merge's scratch directory, the step outputs in it and the base's subfolders copied
+ * into them (io/tree.h: NF_TREE_MAX_DEPTH). */
+#define NF_REMOVE_TREE_DEPTH 9
 void nf_remove_tree(const char *path);
 
 #endif

@@ -57,7 +57,7 @@ typedef enum nf_dtype {
 NF_API const char *nf_dtype_name(nf_dtype dt);       /* safetensors spelling: "F32", "BF16" */
 NF_API size_t nf_dtype_size(nf_dtype dt);            /* bytes per element, 0 if invalid */
 NF_API nf_dtype nf_dtype_from_name(const char *name, size_t len); /* NF_DTYPE_INVALID if unknown */
-NF_API int nf_dtype_is_float(nf_dtype dt);           /* F64, F32, F16, BF16: merged in float32 */
+NF_API int nf_dtype_is_float(nf_dtype dt);           /* F64 F32 F16 BF16 F8_*: merged in float32 */
 
 /* ---- checkpoints ----------------------------------------------------------------------- */
 
@@ -129,6 +129,11 @@ NF_API int nf_tensor_treated(const nf_model *m, size_t i, const char *preset, co
 NF_API int nf_select(const nf_model *m, const char *preset, const char *layers,
                      unsigned char *treated, nf_error *err);
 
+/* The selection a merged model records in its metadata (nufilt.params): 1 and kind "preset" or
+ * "layers" with its value, or 0 when it records none (or it does not fit value_len). */
+NF_API int nf_model_recorded_selection(const nf_model *m, char *kind, size_t kind_len,
+                                       char *value, size_t value_len);
+
 /* ---- methods --------------------------------------------------------------------------- */
 
 typedef enum nf_method_id {
@@ -151,7 +156,12 @@ NF_API int nf_method_from_name(const char *name); /* id, or -1 */
 /* ---- options --------------------------------------------------------------------------- */
 
 enum { NF_COMPAT_UNSET = 0, NF_COMPAT_PAPER = 1, NF_COMPAT_REFERENCE = 2 };
-enum { NF_SVD_EXACT = 0, NF_SVD_RANDOMIZED = 1, NF_SVD_GRAM = 2, NF_SVD_FAST = 3 };
+/* NF_SVD_GESDD: LAPACK's gesdd (NF_SVD_EXACT is its older name). nf_options_init sets
+ * NF_SVD_FAST. */
+enum {
+    NF_SVD_GESDD = 0, NF_SVD_EXACT = NF_SVD_GESDD, NF_SVD_RANDOMIZED = 1, NF_SVD_GRAM = 2,
+    NF_SVD_FAST = 3
+};
 
 typedef struct nf_progress {
     int step, nsteps;             /* 1-based continual step, and how many in this run */
@@ -161,6 +171,13 @@ typedef struct nf_progress {
     uint64_t bytes_done, bytes_total;   /* input bytes of the finished jobs, of this pass */
     double elapsed_s;             /* since the step started */
     const char *tensor;           /* the tensor just finished, or NULL */
+    /* The whole run (nf_step, or every step of nf_merge), weighted by estimated work: units
+     * of about one float32 flop of the treated matrices' compute, the bytes a copy streams
+     * counted at a flop-equivalent rate. work_total covers the steps still to come (estimated
+     * from the base's shapes and the recipe). */
+    double work_done, work_total;
+    double run_elapsed_s;         /* since the run started */
+    double eta_s;                 /* estimated seconds left in the run; < 0 while unknown */
 } nf_progress;
 
 /* Called after every tensor finishes (from the worker thread that finished it, one call at a
@@ -202,27 +219,57 @@ typedef struct nf_options {
     nf_dtype out_dtype;      /* NF_DTYPE_INVALID = keep each tensor's base dtype */
     uint64_t out_shard_size; /* 0 = like the base */
     int force;               /* replace an existing output */
-    int allow_nonfinite;     /* accept NaN/Inf in task models */
+    int allow_nonfinite;     /* accept NaN/Inf in the inputs, and write it in outputs */
     int threads;             /* 0 = all cores */
     const char *device;      /* "auto", "cpu", "opencl:0", "vulkan:0,cpu", ... NULL = auto */
-    int svd;                 /* NF_SVD_* */
+    int svd;                 /* NF_SVD_* [NF_SVD_FAST] */
     uint64_t max_memory;     /* cap on tensors in flight, bytes; 0 = none */
     const char *report_path; /* JSON report, NULL = none */
     const char *task_name;   /* name recorded for the task; NULL = from its path */
     nf_progress_fn progress; /* NULL = none */
     void *progress_user;
+    /* optional, NULL = none */
+    const char *command_line;          /* the command that made the output, for its model card */
+    const char *const *task_names;     /* nf_merge: a name per task (NULL entries: from the
+                                        * path); nf_step uses task_name */
+    /* nf_merge with save_steps_dir: continue after the last complete step kept there (its
+     * recorded tasks a prefix of the given ones, same base, same recipe) */
+    int resume;
 } nf_options;
 
 /* Defaults for every field, and struct_size = struct_size. Use the macro. */
 NF_API void nf_options_init_sized(nf_options *o, size_t struct_size);
 #define nf_options_init(o) nf_options_init_sized((o), sizeof(nf_options))
 
+/* The ranges of the recipe's numeric options: one table that both the command line and the
+ * values a previous merged model recorded (its nufilt.params metadata) are checked against. */
+typedef struct nf_option_range {
+    const char *option;   /* command-line spelling without the dashes: "null-rank" */
+    const char *key;      /* its key in nufilt.params: "null_rank" */
+    int integer;          /* 1: an integer (a JSON integer literal when recorded) */
+    double min, max;      /* valid values: min <= v <= max, bounds excluded where below */
+    int min_open, max_open;
+    unsigned methods;     /* bit (1u << nf_method_id) for each method that reads it */
+} nf_option_range;
+
+/* The table (*count rows). */
+NF_API const nf_option_range *nf_option_ranges(size_t *count);
+/* The row of an option, by command-line spelling or recorded key; NULL if none. */
+NF_API const nf_option_range *nf_option_range_find(const char *option_or_key);
+/* 1 if v is finite, in range, and integral where the option is an integer; else 0. */
+NF_API int nf_option_range_ok(const nf_option_range *r, double v);
+/* "an integer from 0 to 65536", "a number in [0, 1)": for messages. */
+NF_API void nf_option_range_describe(const nf_option_range *r, char *buf, size_t n);
+
 /* One continual step: out = merge(base, prev, task). prev NULL means the first step. */
 NF_API int nf_step(const char *base, const char *task, const char *prev, const char *out,
                    const nf_options *opts, nf_error *err);
 
 /* The whole stream in order; identical, bit for bit, to the chain of nf_step calls.
- * save_steps_dir (may be NULL) receives every intermediate model as stepNN[.safetensors]. */
+ * save_steps_dir (may be NULL) receives every intermediate model as stepNN[.safetensors].
+ * With opts->resume, the steps already in save_steps_dir are not merged again: the run goes
+ * on from the last one (checked to belong to this stream first; NF_E_STATE otherwise) and its
+ * output is bit-identical to an uninterrupted run's. */
 NF_API int nf_merge(const char *base, const char *const *tasks, int ntasks, const char *out,
                     const char *save_steps_dir, const nf_options *opts, nf_error *err);
 

@@ -15,7 +15,7 @@
     X(NF_E_DEVICE, -8, "compute device error")                                     \
     X(NF_E_NUMERIC, -9, "numerical failure")                                       \
     X(NF_E_STATE, -10, "merge state conflict")                                     \
-    X(NF_E_NONFINITE, -11, "non-finite values in input")                           \
+    X(NF_E_NONFINITE, -11, "non-finite values (NaN or Inf)")                        \
     X(NF_E_NODEV, -12, "no such device or driver")                                 \
     X(NF_E_LIMIT, -13, "resource limit exceeded")                                  \
     X(NF_E_INTERNAL, -14, "internal error")                                     \

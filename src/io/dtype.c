@@ -32,7 +32,8 @@ nf_dtype nf_dtype_from_name(const char *name, size_t len)
 
 int nf_dtype_is_float(nf_dtype dt)
 {
-    return dt == NF_F64 || dt == NF_F32 || dt == NF_F16 || dt == NF_BF16;
+    return dt == NF_F64 || dt == NF_F32 || dt == NF_F16 || dt == NF_BF16 || dt == NF_F8_E4M3 ||
+           dt == NF_F8_E5M2;
 }
 
 static inline uint32_t f32_bits(float f)
@@ -100,6 +101,75 @@ uint16_t nf_f32_to_bf16(float f)
     return (uint16_t)((x + round) >> 16);
 }
 
+/* ---- 8-bit floats (the OCP FP8 formats, as PyTorch's float8_e4m3fn and float8_e5m2) ----
+ *
+ * E4M3 ("fn": finite): bias 7, no infinity, S.1111.111 is NaN, largest 448 (S.1111.110),
+ * subnormals m 2^-9. E5M2: bias 15, IEEE-like: exponent 31 is infinity (m = 0) or NaN,
+ * largest 57344, subnormals m 2^-16. Decoding is exact. Encoding rounds to nearest, ties to
+ * even, in a format with an unbounded exponent; a result beyond the largest finite value does
+ * not saturate: it becomes NaN in E4M3 (which has no infinity) and infinity in E5M2, as
+ * PyTorch's conversions do, so that an overflow is seen (and refused by the output check)
+ * instead of silently clamped. NaN stays NaN (S.1111.111 in both formats). */
+
+float nf_f8_e4m3_to_f32(uint8_t b)
+{
+    uint32_t sign = (uint32_t)(b & 0x80) << 24;
+    uint32_t e = (b >> 3) & 0xF, m = b & 7;
+    if (e == 15 && m == 7)
+        return bits_f32(sign | 0x7FC00000u);
+    if (e == 0) {
+        float v = (float)m * 0x1p-9f;
+        return sign ? -v : v;
+    }
+    return bits_f32(sign | ((e + 120) << 23) | (m << 20));
+}
+
+float nf_f8_e5m2_to_f32(uint8_t b)
+{
+    uint32_t sign = (uint32_t)(b & 0x80) << 24;
+    uint32_t e = (b >> 2) & 0x1F, m = b & 3;
+    if (e == 31)
+        return bits_f32(sign | (m ? 0x7FC00000u : 0x7F800000u));
+    if (e == 0) {
+        float v = (float)m * 0x1p-16f;
+        return sign ? -v : v;
+    }
+    return bits_f32(sign | ((e + 112) << 23) | (m << 21));
+}
+
+/* Round-to-nearest-even encoding of |f| with mbits of mantissa and the given bias; maxcode is
+ * the largest finite code, overflow the code of a value beyond it. */
+static uint8_t f8_encode(float f, int mbits, int bias, uint8_t maxcode, uint8_t overflow)
+{
+    uint32_t x = f32_bits(f);
+    uint8_t sign = (uint8_t)((x >> 24) & 0x80);
+    uint32_t ax = x & 0x7FFFFFFFu;
+    if (ax > 0x7F800000u)
+        return sign | 0x7F;
+    if (ax == 0x7F800000u)
+        return sign | overflow;
+    int emin = 1 - bias; /* exponent of the smallest normal */
+    if (ax < (uint32_t)(emin + 127) << 23) {
+        /* subnormal or zero: |f| / 2^(emin - mbits), rounded to nearest even; the scaling by a
+         * power of two is exact, and 2^mbits (a carry into the exponent) is the smallest
+         * normal's code */
+        float q = bits_f32(ax) * ldexpf(1.0f, mbits - emin);
+        return sign | (uint8_t)nearbyintf(q);
+    }
+    int shift = 23 - mbits;
+    uint32_t keep = ax >> shift, rem = ax & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (keep & 1)))
+        keep++; /* a carry out of the mantissa steps the exponent, as it should */
+    long e = (long)(keep >> mbits) - 127 + bias;
+    uint32_t code = ((uint32_t)e << mbits) | (keep & ((1u << mbits) - 1));
+    if (e > 31 || code > maxcode)
+        return sign | overflow;
+    return sign | (uint8_t)code;
+}
+
+uint8_t nf_f32_to_f8_e4m3(float f) { return f8_encode(f, 3, 7, 0x7E, 0x7F); }
+uint8_t nf_f32_to_f8_e5m2(float f) { return f8_encode(f, 2, 15, 0x7B, 0x7C); }
+
 size_t nf_to_f32(const void *src, nf_dtype dt, float *dst, size_t n)
 {
     const unsigned char *s = src;
@@ -134,6 +204,18 @@ size_t nf_to_f32(const void *src, nf_dtype dt, float *dst, size_t n)
             bad += (h & 0x7F80) == 0x7F80;
         }
         break;
+    case NF_F8_E4M3:
+        for (size_t i = 0; i < n; i++) {
+            dst[i] = nf_f8_e4m3_to_f32(s[i]);
+            bad += (s[i] & 0x7F) == 0x7F;
+        }
+        break;
+    case NF_F8_E5M2:
+        for (size_t i = 0; i < n; i++) {
+            dst[i] = nf_f8_e5m2_to_f32(s[i]);
+            bad += (s[i] & 0x7C) == 0x7C;
+        }
+        break;
     default:
         break;
     }
@@ -160,6 +242,13 @@ size_t nf_count_nonfinite(const void *src, nf_dtype dt, size_t n)
             memcpy(&h, s + 2 * i, 2);
             bad += (h & e) == e;
         }
+        break;
+    }
+    case NF_F8_E4M3:
+    case NF_F8_E5M2: {
+        uint8_t e = dt == NF_F8_E4M3 ? 0x7F : 0x7C;
+        for (size_t i = 0; i < n; i++)
+            bad += (s[i] & e) == e;
         break;
     }
     case NF_F64: { /* also what would overflow float32 */
@@ -200,6 +289,14 @@ void nf_from_f32(const float *src, nf_dtype dt, void *dst, size_t n)
             uint16_t h = nf_f32_to_bf16(src[i]);
             memcpy(d + 2 * i, &h, 2);
         }
+        break;
+    case NF_F8_E4M3:
+        for (size_t i = 0; i < n; i++)
+            d[i] = nf_f32_to_f8_e4m3(src[i]);
+        break;
+    case NF_F8_E5M2:
+        for (size_t i = 0; i < n; i++)
+            d[i] = nf_f32_to_f8_e5m2(src[i]);
         break;
     default:
         break;

@@ -49,6 +49,7 @@ struct nf_model {
     size_t nmeta;
     void **owned;          /* nf_model_from_memory: packed copies of strided tensors */
     size_t nowned;
+    size_t nadopted;       /* the last tensors, taken from another model (nf_model_adopt) */
 };
 
 /* Parses and validates one safetensors image; tensors are appended to m (shard index s). */
@@ -67,12 +68,23 @@ void nf_tensor_prefault(const nf_tensor *t);
  * mapped): the resident set stays at a few tensors, and the final unmapping has little left
  * to tear down. Best effort, no error. */
 void nf_tensor_release(const nf_tensor *t);
+/* Appends to m a tensor of another model (t, which must outlive m's use of it: its data is
+ * borrowed), under the same name; for the integer buffers one side of a merge lacks. */
+int nf_model_adopt(nf_model *m, const nf_tensor *t, nf_error *err);
 /* Sum of tensor bytes. */
 uint64_t nf_model_total_bytes(const nf_model *m);
 
-/* A cheap identity of a model's content: names, dtypes, shapes and the first and last bytes
- * of every tensor, hashed. Distinguishes different bases of one architecture without reading
- * them whole. */
+/* The identity of a model's content (the base fingerprint recorded as nufilt.base): names,
+ * dtypes, shapes and every byte of every tensor, hashed in name order (so the same tensors in
+ * other shards give the same value). 64 bits, not cryptographic. */
+uint64_t nf_hash64(const void *data, size_t n, uint64_t seed);
+/* nf_hash64 of all of t's bytes: the per-tensor part, computed where the tensor is read. */
+uint64_t nf_tensor_hash(const nf_tensor *t);
+/* The fingerprint from the per-tensor hashes (tensor_hash[i] of m->tensors[i]). */
+uint64_t nf_model_fingerprint_of(const nf_model *m, const uint64_t *tensor_hash);
+/* The same, reading every tensor here (0 when out of memory). */
 uint64_t nf_model_fingerprint(const nf_model *m);
+/* nufilt.base as written: the fingerprint's format, then its 16 hex digits. */
+#define NF_FINGERPRINT_PREFIX "data64:"
 
 #endif

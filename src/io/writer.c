@@ -35,6 +35,12 @@ typedef struct out_file {
     size_t nmembers;
 } out_file;
 
+typedef struct gen_file {
+    char *name;
+    char *data;
+    size_t len;
+} gen_file;
+
 struct nf_writer {
     nf_writer_args a;
     char *out;
@@ -49,6 +55,9 @@ struct nf_writer {
     pthread_mutex_t fd_lock; /* guards the files' fd, refs, and nopen */
     size_t nopen;
     struct nf_mem_sink *sink; /* in memory: every call goes there (sink.c) */
+    gen_file *gen;       /* files written at commit beside the weights (nf_writer_add_file) */
+    size_t ngen;
+    int extras_done;     /* the base's tree and gen are in tmp_dir (nf_writer_copy_tree) */
 };
 
 /* Temporary paths to remove if the process is interrupted: a fixed table so that a signal
@@ -217,11 +226,11 @@ void nf_writer_cleanup_signal(void)
         if (!tmp_used[i])
             continue;
         if (tmp_is_dir[i]) {
-            /* outputs are directories of files (and the base's subfolders); a merge's
-             * scratch directory holds outputs */
+            /* outputs are directory trees (the base's subfolders copied); a merge's scratch
+             * directory holds outputs */
             int fd = open(tmp_paths[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
             if (fd >= 0) {
-                clear_dir_signal_safe(fd, 6);
+                clear_dir_signal_safe(fd, NF_REMOVE_TREE_DEPTH);
                 close(fd);
             }
             rmdir(tmp_paths[i]);
@@ -428,20 +437,6 @@ static char *tmp_template(const char *out)
     return res;
 }
 
-static int is_weight_file(const char *name)
-{
-    static const char *const ext[] = {".safetensors", ".safetensors.index.json", ".bin",
-                                      ".bin.index.json", ".pt", ".pth", ".ckpt", ".h5",
-                                      ".msgpack", ".gguf", ".onnx", ".ot", ".npz", NULL};
-    size_t n = strlen(name);
-    for (int i = 0; ext[i]; i++) {
-        size_t e = strlen(ext[i]);
-        if (n >= e && strcmp(name + n - e, ext[i]) == 0)
-            return 1;
-    }
-    return 0;
-}
-
 /* Copies the regular file src to the new file dst, part of the output out (named in
  * messages: dst is a temporary path). */
 static int copy_file(const char *src, const char *dst, const char *out, nf_error *err)
@@ -495,28 +490,70 @@ static int copy_file(const char *src, const char *dst, const char *out, nf_error
     return rc;
 }
 
+int nf_writer_copy_file(const char *src, const char *dst, const char *out, nf_error *err)
+{
+    return copy_file(src, dst, out, err);
+}
+
+static int copy_extras(nf_writer *w, nf_error *err);
+
+int nf_writer_copy_tree(nf_writer *w, nf_error *err)
+{
+    if (w->extras_done || !w->a.as_dir || (!w->a.copy_from_dir && !w->ngen))
+        return NF_OK;
+    w->extras_done = 1;
+    return copy_extras(w, err);
+}
+
+int nf_writer_add_file(nf_writer *w, const char *name, const char *data, size_t len,
+                       nf_error *err)
+{
+    if (w->extras_done)
+        return nf_error_set(err, NF_E_INTERNAL, "%s: %s added after the copy", w->out, name);
+    gen_file *g = realloc(w->gen, (w->ngen + 1) * sizeof *g);
+    if (!g)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    w->gen = g;
+    g = &w->gen[w->ngen];
+    g->name = nf_strdup(name);
+    g->data = malloc(len ? len : 1);
+    g->len = len;
+    if (!g->name || !g->data) {
+        free(g->name);
+        free(g->data);
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    }
+    memcpy(g->data, data, len);
+    w->ngen++;
+    return NF_OK;
+}
+
+/* The base's tree less its weights (and less the files nufilt writes itself), then the files
+ * nufilt writes (model card, config.json with the output's dtype). */
 static int copy_extras(nf_writer *w, nf_error *err)
 {
-    DIR *d = opendir(w->a.copy_from_dir);
-    if (!d)
-        return nf_error_set(err, NF_E_IO, "%s: cannot list: %s", w->a.copy_from_dir,
-                            strerror(errno));
     int rc = NF_OK;
-    struct dirent *e;
-    while (rc == NF_OK && (e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.' || is_weight_file(e->d_name))
-            continue;
-        char *src = nf_path_join(w->a.copy_from_dir, e->d_name);
-        char *dst = nf_path_join(w->tmp_dir, e->d_name);
-        struct stat st;
-        if (!src || !dst)
-            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
-        else if (stat(src, &st) == 0 && S_ISREG(st.st_mode))
-            rc = copy_file(src, dst, w->out, err);
-        free(src);
-        free(dst);
+    if (w->a.copy_from_dir) {
+        const char **skip = calloc(w->ngen + 1, sizeof *skip);
+        if (!skip)
+            return nf_error_set(err, NF_E_NOMEM, "out of memory");
+        for (size_t i = 0; i < w->ngen; i++)
+            skip[i] = w->gen[i].name;
+        rc = nf_tree_copy(w->a.copy_from_dir, w->tmp_dir, w->out, skip, w->a.note,
+                          w->a.note_user, err);
+        free(skip);
     }
-    closedir(d);
+    for (size_t i = 0; i < w->ngen && rc == NF_OK; i++) {
+        char *p = nf_path_join(w->tmp_dir, w->gen[i].name);
+        int fd = p ? open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666) : -1;
+        if (fd < 0 || write_all(fd, w->gen[i].data, w->gen[i].len, 0) || fsync(fd))
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot write %s: %s", w->out, w->gen[i].name,
+                              p ? strerror(errno) : "out of memory");
+        if (fd >= 0 && close(fd) != 0 && rc == NF_OK)
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot write %s: %s", w->out, w->gen[i].name,
+                              strerror(errno));
+        free(p);
+    }
     return rc;
 }
 
@@ -551,6 +588,11 @@ void nf_writer_abort(nf_writer *w)
     free(w->files);
     free(w->file_of);
     free(w->offset_of);
+    for (size_t i = 0; i < w->ngen; i++) {
+        free(w->gen[i].name);
+        free(w->gen[i].data);
+    }
+    free(w->gen);
     set_meta(w, NULL, 0);
     free(w->out);
     pthread_mutex_destroy(&w->fd_lock);
@@ -1018,8 +1060,8 @@ int nf_writer_commit(nf_writer *w, nf_error *err)
     }
     if (rc == NF_OK && w->a.as_dir && w->nfiles > 1)
         rc = write_index(w, err);
-    if (rc == NF_OK && w->a.as_dir && w->a.copy_from_dir)
-        rc = copy_extras(w, err);
+    if (rc == NF_OK)
+        rc = nf_writer_copy_tree(w, err);
     if (rc != NF_OK) {
         nf_writer_abort(w);
         return rc;
@@ -1061,6 +1103,39 @@ static int link_or_copy_file(const char *src, const char *dst, const char *out, 
     return copy_file(src, dst, out, err);
 }
 
+/* The files of the output directory src, and its folders depth levels deep, into the new
+ * directory dst (named out in messages). Links inside are not followed (we wrote none). */
+static int link_or_copy_tree(const char *src, const char *dst, const char *out, int depth,
+                             nf_error *err)
+{
+    DIR *d = opendir(src);
+    if (!d)
+        return nf_error_set(err, NF_E_IO, "%s: cannot list: %s", src, strerror(errno));
+    int rc = NF_OK;
+    struct dirent *ent;
+    while (rc == NF_OK && (ent = readdir(d)) != NULL) {
+        if (ent->d_name[0] == '.')
+            continue;
+        char *a = nf_path_join(src, ent->d_name), *b = nf_path_join(dst, ent->d_name);
+        struct stat st;
+        if (!a || !b)
+            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+        else if (lstat(a, &st) != 0)
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot stat: %s", a, strerror(errno));
+        else if (S_ISDIR(st.st_mode) && depth > 0) {
+            if (mkdir(b, 0777) != 0)
+                rc = nf_error_set(err, NF_E_IO, "%s: cannot create: %s", b, strerror(errno));
+            else
+                rc = link_or_copy_tree(a, b, out, depth - 1, err);
+        } else if (S_ISREG(st.st_mode))
+            rc = link_or_copy_file(a, b, out, err);
+        free(a);
+        free(b);
+    }
+    closedir(d);
+    return rc;
+}
+
 int nf_link_or_copy(const char *src, const char *dst, nf_error *err)
 {
     char *tmpl = tmp_template(dst);
@@ -1087,25 +1162,10 @@ int nf_link_or_copy(const char *src, const char *dst, nf_error *err)
         free(tmpl);
         return rc;
     }
-    if (!is_dir) {
+    if (!is_dir)
         rc = link_or_copy_file(src, tmpl, dst, err);
-    } else {
-        DIR *d = opendir(src);
-        if (!d)
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot list: %s", src, strerror(errno));
-        struct dirent *ent;
-        while (rc == NF_OK && d && (ent = readdir(d)) != NULL) {
-            if (ent->d_name[0] == '.')
-                continue;
-            char *a = nf_path_join(src, ent->d_name), *b = nf_path_join(tmpl, ent->d_name);
-            rc = a && b ? link_or_copy_file(a, b, dst, err)
-                        : nf_error_set(err, NF_E_NOMEM, "out of memory");
-            free(a);
-            free(b);
-        }
-        if (d)
-            closedir(d);
-    }
+    else
+        rc = link_or_copy_tree(src, tmpl, dst, NF_TREE_MAX_DEPTH, err);
     if (rc == NF_OK && is_dir)
         chmod(tmpl, 0777 & ~current_umask());
     if (rc == NF_OK) {

@@ -706,3 +706,62 @@ int nf_la_polar(nf_la *la, const nf_mat *x, nf_mat *out, float *s)
     free(hs);
     return rc;
 }
+
+int nf_la_svd_right_lowrank(nf_la *la, const nf_mat *bf, const nf_mat *af, const nf_svd_args *a,
+                            nf_mat *vt, int *rank, float *s_out)
+{
+    int m = bf->rows, r = bf->cols, n = af->cols;
+    memset(vt, 0, sizeof *vt);
+    if (af->rows != r || r < 1 || r > m || r > n)
+        return nf_error_set(la->err, NF_E_INTERNAL, "low-rank SVD of a %d x %d x %d product",
+                            m, r, n);
+    nf_mat qb = {0}, qa = {0}, rb = {0}, rat = {0}, core = {0}, vtc = {0};
+    float *h = malloc((size_t)r * n * sizeof *h), *ht = malloc((size_t)r * n * sizeof *ht);
+    float *hs = malloc((size_t)r * sizeof *hs);
+    int rc = (!h || !ht || !hs) ? nf_error_set(la->err, NF_E_NOMEM, "out of memory") : NF_OK;
+    /* Q_b from bf, Q_a from af^T (transposed on the host: r x n is small) */
+    if (!rc) rc = nf_la_alloc(la, m, r, &qb);
+    if (!rc) rc = nf_la_copy(la, bf, &qb);
+    if (!rc) rc = nf_la_qr(la, &qb);
+    if (!rc) rc = nf_la_download(la, af, h);
+    if (!rc) {
+        for (int i = 0; i < r; i++)
+            for (int j = 0; j < n; j++)
+                ht[(size_t)j * r + i] = h[(size_t)i * n + j];
+        rc = nf_la_alloc(la, n, r, &qa);
+    }
+    if (!rc) rc = nf_la_upload(la, &qa, ht);
+    if (!rc) rc = nf_la_qr(la, &qa);
+    /* core = R_b R_a^T = (Q_b^T bf) (af Q_a) */
+    if (!rc) rc = nf_la_alloc(la, r, r, &rb);
+    if (!rc) rc = nf_la_alloc(la, r, r, &rat);
+    if (!rc) rc = nf_la_alloc(la, r, r, &core);
+    if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, &qb, bf, 0.0f, &rb);
+    if (!rc) rc = nf_la_gemm(la, 0, 0, 1.0f, af, &qa, 0.0f, &rat);
+    if (!rc) rc = nf_la_gemm(la, 0, 0, 1.0f, &rb, &rat, 0.0f, &core);
+    if (!rc) rc = nf_la_svd(la, &core, NULL, hs, &vtc);
+    if (!rc) {
+        int k = keep_count(hs, r, a->rank, a->rank_tol);
+        if (s_out) {
+            int w = a->rank < r ? a->rank : r;
+            memcpy(s_out, hs, (size_t)w * sizeof *hs);
+        }
+        rc = nf_la_alloc(la, k, n, vt);
+        if (!rc && k > 0) {
+            /* rows of V^T: V_c^T Q_a^T */
+            nf_mat top = nf_la_sub(&vtc, 0, 0, k, r);
+            rc = nf_la_gemm(la, 0, 1, 1.0f, &top, &qa, 0.0f, vt);
+        }
+        if (!rc)
+            *rank = k;
+    }
+    free(h);
+    free(ht);
+    free(hs);
+    nf_mat *all[] = {&qb, &qa, &rb, &rat, &core, &vtc};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        nf_la_free(la, all[i]);
+    if (rc)
+        nf_la_free(la, vt);
+    return rc;
+}

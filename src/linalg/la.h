@@ -90,6 +90,13 @@ int nf_la_svd_right(nf_la *la, const nf_mat *x, const nf_svd_args *a, nf_mat *vt
 int nf_la_svd_right_fast(nf_la *la, const nf_mat *x, const nf_mat *k, const nf_svd_args *a,
                          nf_mat *vt, int *rank, float *s);
 
+/* Top right singular vectors of the rank-r product x = bf af (bf m x r, af r x n, r <= m, n)
+ * without forming it: thin QRs bf = Q_b R_b and af^T = Q_a R_a, the SVD of the r x r core
+ * R_b R_a^T = U_c S V_c^T, and V = Q_a V_c. Exact (gesdd on the core) whatever a->mode says;
+ * results as nf_la_svd_right (the s values are those of bf af). */
+int nf_la_svd_right_lowrank(nf_la *la, const nf_mat *bf, const nf_mat *af, const nf_svd_args *a,
+                            nf_mat *vt, int *rank, float *s);
+
 /* Full thin SVD of x (m x n, not modified; may be a strided view), k = min(m, n):
  * allocates *u (m x k; pass u NULL when the left vectors are not wanted) and *vt (k x n), and
  * writes the k singular values, descending, to the host array s. Runs the device's svd slot

@@ -1,6 +1,8 @@
 /* What a method does with one tensor's job: load inputs as float32, write the output, spill
  * results it needs again in a later pass. */
 #include <errno.h>
+#include <math.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +85,27 @@ int nf_job_load_diff(nf_job *job, const nf_tensor *t, const nf_tensor *s, nf_mat
     return rc;
 }
 
+int nf_job_lowrank_mats(nf_job *job, const nf_lowrank *lr, nf_mat *bf, nf_mat *af)
+{
+    int m = 0, n = 0;
+    int rc = nf_job_dims(job, &m, &n);
+    float *hb = NULL, *ha = NULL;
+    memset(bf, 0, sizeof *bf);
+    memset(af, 0, sizeof *af);
+    if (!rc) rc = nf_lowrank_factors(lr, m, n, &hb, &ha, job->err);
+    if (!rc) rc = nf_la_alloc(job->la, m, lr->rank, bf);
+    if (!rc) rc = nf_la_alloc(job->la, lr->rank, n, af);
+    if (!rc) rc = nf_la_upload(job->la, bf, hb);
+    if (!rc) rc = nf_la_upload(job->la, af, ha);
+    free(hb);
+    free(ha);
+    if (rc) {
+        nf_la_free(job->la, bf);
+        nf_la_free(job->la, af);
+    }
+    return rc;
+}
+
 int nf_job_add(nf_job *job, const nf_tensor *t, nf_mat *m)
 {
     float *h = host_f32(job, m, t);
@@ -113,7 +136,34 @@ int nf_job_load_host(nf_job *job, const nf_tensor *t, float **out)
 
 int nf_job_put_f32(nf_job *job, const float *vals)
 {
-    return nf_writer_put_f32(job->run->writer, job->idx, vals, job->err);
+    return nf_job_put_f32_at(job, 0, vals, (size_t)job->base->numel);
+}
+
+/* Every float output passes here after rounding to its dtype: NaN or Inf in it (a merged
+ * value too large for F16, a method that overflowed) is an error naming the tensor and the
+ * first such element, and the step writes nothing, unless --allow-nonfinite. bytes holds n
+ * values of dtype dt from element first; vals the float32 values they were rounded from. */
+static int check_output(nf_job *job, uint64_t first, const void *bytes, nf_dtype dt,
+                        const float *vals, size_t n)
+{
+    if (job->run->opts->allow_nonfinite || !nf_count_nonfinite(bytes, dt, n))
+        return NF_OK;
+    size_t es = nf_dtype_size(dt), k = 0;
+    while (k + 1 < n && !nf_count_nonfinite((const unsigned char *)bytes + k * es, dt, 1))
+        k++;
+    const nf_out_spec *o = &job->run->out[job->idx];
+    float v = vals[k];
+    char why[96];
+    if (isfinite(v))
+        snprintf(why, sizeof why, "the merged value %g does not fit %s", (double)v,
+                 nf_dtype_name(dt));
+    else
+        snprintf(why, sizeof why, "the merged value is %s", isnan(v) ? "NaN" : "infinite");
+    return nf_error_set(job->err, NF_E_NONFINITE,
+                        "%s: tensor \"%s\" of the output would hold NaN or Inf at element %llu "
+                        "(%s); nothing written (`allow_nonfinite` writes it anyway)",
+                        job->run->out_path ? job->run->out_path : "output", o->name,
+                        (unsigned long long)(first + k), why);
 }
 
 int nf_job_put_mat(nf_job *job, const nf_mat *m)
@@ -150,7 +200,9 @@ int nf_job_put_base(nf_job *job)
         size_t c = (size_t)(t->numel - s < COPY_CHUNK ? t->numel - s : COPY_CHUNK);
         nf_to_f32(t->data + s * es_in, t->dtype, f, c);
         nf_from_f32(f, o->dtype, b, c);
-        rc = nf_writer_put(job->run->writer, job->idx, s * es_out, b, c * es_out, job->err);
+        rc = check_output(job, s, b, o->dtype, f, c);
+        if (rc == NF_OK)
+            rc = nf_writer_put(job->run->writer, job->idx, s * es_out, b, c * es_out, job->err);
     }
     free(f);
     free(b);
@@ -248,8 +300,10 @@ int nf_job_put_f32_at(nf_job *job, uint64_t first, const float *vals, size_t n)
     if (!nf_dtype_is_float(o->dtype) || first > job->base->numel ||
         n > job->base->numel - first)
         return nf_error_set(job->err, NF_E_INTERNAL, "bad write of tensor \"%s\"", o->name);
-    if (o->dtype == NF_F32)
-        return nf_writer_put(job->run->writer, job->idx, first * 4, vals, n * 4, job->err);
+    if (o->dtype == NF_F32) {
+        int rc = check_output(job, first, vals, NF_F32, vals, n);
+        return rc ? rc : nf_writer_put(job->run->writer, job->idx, first * 4, vals, n * 4, job->err);
+    }
     unsigned char *b = malloc((n < PUT_CHUNK ? (n ? n : 1) : PUT_CHUNK) * es);
     if (!b)
         return nf_error_set(job->err, NF_E_NOMEM, "out of memory");
@@ -257,7 +311,9 @@ int nf_job_put_f32_at(nf_job *job, uint64_t first, const float *vals, size_t n)
     for (size_t s = 0; s < n && rc == NF_OK; s += PUT_CHUNK) {
         size_t c = n - s < PUT_CHUNK ? n - s : PUT_CHUNK;
         nf_from_f32(vals + s, o->dtype, b, c);
-        rc = nf_writer_put(job->run->writer, job->idx, (first + s) * es, b, c * es, job->err);
+        rc = check_output(job, first + s, b, o->dtype, vals + s, c);
+        if (rc == NF_OK)
+            rc = nf_writer_put(job->run->writer, job->idx, (first + s) * es, b, c * es, job->err);
     }
     free(b);
     return rc;

@@ -30,7 +30,7 @@ static void options_defaults(nf_options *o)
     o->scale = o->keep = o->alpha = NAN;
     o->opcm_zero_diag = -1;
     o->out_dtype = NF_DTYPE_INVALID;
-    o->svd = NF_SVD_EXACT;
+    o->svd = NF_SVD_FAST;
 }
 
 /* The caller's struct may be smaller (an older header) or larger (a newer one) than ours:
@@ -139,6 +139,71 @@ static void defaults(int method, nf_params *p)
     }
 }
 
+/* ---- the ranges of the numeric options ---- */
+
+#define M(id) (1u << NF_METHOD_##id)
+/* The largest |--scale| taken: every published lambda of these methods is at most a few; the
+ * bound keeps a recorded value from scaling the task vectors to infinity. Adam's step is lr
+ * per element and iteration, so --lr above 1 moves weights by whole units per step. */
+static const nf_option_range ranges[] = {
+    {"null-rank", "null_rank", 1, 0, 65536, 0, 0, M(NUFILT)},
+    {"task-rank", "task_rank", 1, 0, 65536, 0, 0, M(NUFILT)},
+    {"lora-rank", "lora_rank", 1, 0, 65536, 0, 0, M(NUFILT)},
+    {"lr", "lr", 0, 0, 1, 0, 0, M(NUFILT) | M(WUDI)},
+    {"iters", "iters", 1, 0, 1000000, 0, 0, M(NUFILT) | M(WUDI)},
+    {"seed", "seed", 1, 0, 9223372036854775807.0, 0, 0, M(NUFILT)},
+    {"rank-tol", "rank_tol", 0, 0, 1, 0, 1, M(NUFILT)},
+    {"scale", "scale", 0, -100, 100, 0, 0, M(TA) | M(TIES) | M(MAGMAX) | M(ISOC) | M(TSVM)},
+    {"keep", "keep", 0, 0, 1, 1, 0, M(TIES)},
+    {"alpha", "alpha", 0, 0, 1, 0, 0, M(OPCM)},
+};
+#undef M
+
+/* The recipe bit of each row, in the table's order. */
+static const unsigned range_bits[] = {
+    NF_P_NULL_RANK, NF_P_TASK_RANK, NF_P_LORA_RANK, NF_P_LR,    NF_P_ITERS,
+    NF_P_SEED,      NF_P_RANK_TOL,  NF_P_SCALE,     NF_P_KEEP, NF_P_ALPHA,
+};
+#define NRANGES (sizeof ranges / sizeof ranges[0])
+_Static_assert(sizeof range_bits / sizeof range_bits[0] == NRANGES, "one bit per range");
+
+const nf_option_range *nf_option_ranges(size_t *count)
+{
+    if (count)
+        *count = NRANGES;
+    return ranges;
+}
+
+const nf_option_range *nf_option_range_find(const char *name)
+{
+    for (size_t i = 0; name && i < NRANGES; i++)
+        if (strcmp(ranges[i].option, name) == 0 || strcmp(ranges[i].key, name) == 0)
+            return &ranges[i];
+    return NULL;
+}
+
+int nf_option_range_ok(const nf_option_range *r, double v)
+{
+    if (!r || !isfinite(v) || (r->integer && v != floor(v)))
+        return 0;
+    if (r->min_open ? !(v > r->min) : !(v >= r->min))
+        return 0;
+    return r->max_open ? v < r->max : v <= r->max;
+}
+
+void nf_option_range_describe(const nf_option_range *r, char *buf, size_t n)
+{
+    if (!r || !n)
+        return;
+    if (r->integer && r->max >= 9.2e18)
+        snprintf(buf, n, "an integer from %.0f to 2^63-1", r->min);
+    else if (r->integer)
+        snprintf(buf, n, "an integer from %.0f to %.0f", r->min, r->max);
+    else
+        snprintf(buf, n, "a number in %c%g, %g%c", r->min_open ? '(' : '[', r->min, r->max,
+                 r->max_open ? ')' : ']');
+}
+
 /* ---- the recipe as JSON (only the fields the method reads) ---- */
 
 static const char *compat_name(int c) { return c == NF_COMPAT_REFERENCE ? "reference" : "paper"; }
@@ -212,34 +277,71 @@ typedef struct recorded {
     nf_state state;
 } recorded;
 
-static int num_field(const nf_json *o, const char *key, double *out)
+/* A recorded count: a canonical decimal integer, no sign, spaces or leading zeros. */
+static int canonical_count(const char *s, long lo, long hi, long *out)
 {
-    const nf_json *v = nf_json_get(o, key);
-    if (!v)
+    if (!s || s[0] < '0' || s[0] > '9' || (s[0] == '0' && s[1]))
         return 0;
-    if (v->type != NF_JSON_NUMBER)
-        return -1;
-    *out = v->num;
+    long v = 0;
+    for (const char *c = s; *c; c++) {
+        if (*c < '0' || *c > '9' || v > hi)
+            return 0;
+        v = v * 10 + (*c - '0');
+    }
+    if (v < lo || v > hi)
+        return 0;
+    *out = v;
     return 1;
 }
 
-/* A recorded number the recipe may hold: a previous merged model is a file from anywhere, and
- * an int conversion of a number out of range is undefined behaviour. */
-static int recorded_ok(unsigned bit, double v)
+/* The recorded task list (nufilt.tasks): a JSON array of {"name": string[, "path": string]},
+ * one entry per step so far. */
+/* A task's recorded fingerprint: a string of 16 lower-case hex digits. */
+static int is_hex16(const nf_json *v)
 {
-    switch (bit) {
-    case NF_P_NULL_RANK:
-    case NF_P_TASK_RANK:
-    case NF_P_LORA_RANK: return v >= 0 && v <= 65536 && v == floor(v);
-    case NF_P_ITERS: return v >= 0 && v <= 1000000 && v == floor(v);
-    case NF_P_SEED: return v >= 0 && v < 18446744073709551616.0 && v == floor(v);
-    case NF_P_LR: return v >= 0 && isfinite(v);
-    case NF_P_RANK_TOL: return v >= 0 && v < 1;
-    case NF_P_SCALE: return isfinite(v);
-    case NF_P_KEEP: return v > 0 && v <= 1;
-    case NF_P_ALPHA: return v >= 0 && v <= 1;
-    }
+    if (v->type != NF_JSON_STRING || v->len != 16)
+        return 0;
+    for (size_t i = 0; i < 16; i++)
+        if (!((v->str[i] >= '0' && v->str[i] <= '9') || (v->str[i] >= 'a' && v->str[i] <= 'f')))
+            return 0;
     return 1;
+}
+
+static int check_tasks(const char *path, const char *tasks, int step, nf_error *err)
+{
+    if (!tasks)
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata lacks nufilt.tasks (the list of the tasks merged so far)",
+                            path);
+    nf_json *j = nf_json_parse(tasks, strlen(tasks), NULL, 0);
+    int rc = NF_OK;
+    if (!j || j->type != NF_JSON_ARRAY) {
+        rc = nf_error_set(err, NF_E_STATE, "%s: metadata nufilt.tasks is not a JSON array", path);
+        goto out;
+    }
+    for (size_t i = 0; i < j->n; i++) {
+        const nf_json *e = &j->items[i];
+        const nf_json *nm = nf_json_get(e, "name"), *pt = nf_json_get(e, "path");
+        const nf_json *fp = nf_json_get(e, "fingerprint");
+        size_t keys = e->type == NF_JSON_OBJECT ? e->n : 0;
+        if (e->type != NF_JSON_OBJECT || !nm || nm->type != NF_JSON_STRING ||
+            (pt && pt->type != NF_JSON_STRING) || (fp && !is_hex16(fp)) ||
+            keys != 1u + (pt != NULL) + (fp != NULL)) {
+            rc = nf_error_set(err, NF_E_STATE,
+                              "%s: metadata nufilt.tasks entry %zu is not an object of a "
+                              "\"name\" string, an optional \"path\" string and an optional "
+                              "\"fingerprint\" (16 lower-case hex digits)",
+                              path, i + 1);
+            goto out;
+        }
+    }
+    if (j->n != (size_t)step)
+        rc = nf_error_set(err, NF_E_STATE,
+                          "%s: metadata nufilt.step is %d but nufilt.tasks lists %zu task%s",
+                          path, step, j->n, j->n == 1 ? "" : "s");
+out:
+    nf_json_free(j);
+    return rc;
 }
 
 static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
@@ -250,6 +352,7 @@ static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
     const char *step = nf_model_metadata_get(prev, "nufilt.step");
     const char *params = nf_model_metadata_get(prev, "nufilt.params");
     const char *state = nf_model_metadata_get(prev, "nufilt.state");
+    const char *tasks = nf_model_metadata_get(prev, "nufilt.tasks");
     if (!meth || !step || !params)
         return nf_error_set(err, NF_E_STATE,
                             "%s: no nufilt merge state in its metadata (is it a model merged by "
@@ -257,114 +360,170 @@ static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
                             path);
     r->method = nf_method_from_name(meth);
     if (r->method < 0)
-        return nf_error_set(err, NF_E_STATE, "%s: metadata names an unknown method \"%.40s\"",
-                            path, meth);
-    char *end;
-    long st = strtol(step, &end, 10);
-    if (*end || st < 1 || st > 1000000)
-        return nf_error_set(err, NF_E_STATE, "%s: metadata has a bad step count \"%.40s\"", path,
-                            step);
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.method names an unknown method \"%.40s\"", path,
+                            meth);
+    long st;
+    if (!canonical_count(step, 1, 1000000, &st))
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.step has a bad step count \"%.40s\" (a decimal "
+                            "integer from 1 to 1000000, no sign, spaces or leading zeros)",
+                            path, step);
     r->step = (int)st;
-    char jerr[200];
-    nf_json *j = nf_json_parse(params, strlen(params), jerr, sizeof jerr);
+    int rc = check_tasks(path, tasks, r->step, err);
+    if (rc)
+        return rc;
+    nf_json *j = nf_json_parse(params, strlen(params), NULL, 0);
     if (!j || j->type != NF_JSON_OBJECT) {
         nf_json_free(j);
         return nf_error_set(err, NF_E_STATE, "%s: metadata nufilt.params is not a JSON object",
                             path);
     }
-    int rc = NF_OK;
-    double v;
-    struct {
-        const char *key;
-        unsigned bit;
-    } nums[] = {{"null_rank", NF_P_NULL_RANK}, {"task_rank", NF_P_TASK_RANK},
-                {"lora_rank", NF_P_LORA_RANK}, {"lr", NF_P_LR},
-                {"iters", NF_P_ITERS},         {"seed", NF_P_SEED},
-                {"rank_tol", NF_P_RANK_TOL},   {"scale", NF_P_SCALE},
-                {"keep", NF_P_KEEP},           {"alpha", NF_P_ALPHA}};
-    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
-        int got = num_field(j, nums[i].key, &v);
-        if (got < 0) {
-            rc = nf_error_set(err, NF_E_STATE, "%s: metadata field %s is not a number", path,
-                              nums[i].key);
-            goto out;
-        }
-        if (!got)
-            continue;
-        if (!recorded_ok(nums[i].bit, v)) {
+    for (size_t i = 0; i < j->n && rc == NF_OK; i++) {
+        const char *key = j->items[i].key;
+        const nf_json *v = &j->items[i];
+        const nf_option_range *rg = nf_option_range_find(key);
+        if (rg && strcmp(rg->key, key) == 0) {
+            unsigned bit = range_bits[rg - ranges];
+            char want[64];
+            nf_option_range_describe(rg, want, sizeof want);
+            if (v->type != NF_JSON_NUMBER || (rg->integer && !v->is_int) ||
+                !nf_option_range_ok(rg, v->num) || (rg->integer && v->ival < 0)) {
+                if (v->type == NF_JSON_NUMBER)
+                    rc = nf_error_set(err, NF_E_STATE,
+                                      "%s: metadata nufilt.params records %s = %g, which is "
+                                      "out of range (%s, as `%s`)",
+                                      path, key, v->num, want, rg->key);
+                else
+                    rc = nf_error_set(err, NF_E_STATE,
+                                      "%s: metadata nufilt.params records %s as something other "
+                                      "than a number (%s, as `%s`)",
+                                      path, key, want, rg->key);
+                break;
+            }
+            r->have |= bit;
+            switch (bit) {
+            case NF_P_NULL_RANK: r->p.null_rank = (int)v->ival; break;
+            case NF_P_TASK_RANK: r->p.task_rank = (int)v->ival; break;
+            case NF_P_LORA_RANK: r->p.lora_rank = (int)v->ival; break;
+            case NF_P_LR: r->p.lr = v->num; break;
+            case NF_P_ITERS: r->p.iters = (int)v->ival; break;
+            case NF_P_SEED: r->p.seed = (uint64_t)v->ival; break;
+            case NF_P_RANK_TOL: r->p.rank_tol = v->num; break;
+            case NF_P_SCALE: r->p.scale = v->num; break;
+            case NF_P_KEEP: r->p.keep = v->num; break;
+            case NF_P_ALPHA: r->p.alpha = v->num; break;
+            }
+        } else if (strcmp(key, "compat") == 0) {
+            if (v->type != NF_JSON_STRING ||
+                (strcmp(v->str, "paper") != 0 && strcmp(v->str, "reference") != 0)) {
+                rc = nf_error_set(err, NF_E_STATE,
+                                  "%s: metadata nufilt.params records compat as %s%.40s%s "
+                                  "(\"paper\" or \"reference\")",
+                                  path, v->type == NF_JSON_STRING ? "\"" : "",
+                                  v->type == NF_JSON_STRING ? v->str : "something not a string",
+                                  v->type == NF_JSON_STRING ? "\"" : "");
+                break;
+            }
+            r->have |= NF_P_COMPAT;
+            r->p.compat = strcmp(v->str, "reference") == 0 ? NF_COMPAT_REFERENCE
+                                                           : NF_COMPAT_PAPER;
+        } else if (strcmp(key, "opcm_zero_diag") == 0) {
+            if (v->type != NF_JSON_BOOL) {
+                rc = nf_error_set(err, NF_E_STATE,
+                                  "%s: metadata nufilt.params records opcm_zero_diag as "
+                                  "something other than true or false",
+                                  path);
+                break;
+            }
+            r->have |= NF_P_ZERO_DIAG;
+            r->p.opcm_zero_diag = v->boolean;
+        } else if (strcmp(key, "preset") == 0) {
+            static const char *const known[] = {"clip", "t5", "llama", "all-linear", NULL};
+            int k = 0;
+            while (v->type == NF_JSON_STRING && known[k] && strcmp(known[k], v->str) != 0)
+                k++;
+            if (v->type != NF_JSON_STRING || !known[k] || (r->have & NF_P_SELECT)) {
+                rc = nf_error_set(err, NF_E_STATE,
+                                  "%s: metadata nufilt.params records %s preset%s%.40s%s "
+                                  "(clip, t5, llama or all-linear, and no layers beside it)",
+                                  path, r->have & NF_P_SELECT ? "both layers and a" : "an unknown",
+                                  v->type == NF_JSON_STRING ? " \"" : "",
+                                  v->type == NF_JSON_STRING ? v->str : "",
+                                  v->type == NF_JSON_STRING ? "\"" : "");
+                break;
+            }
+            r->have |= NF_P_SELECT;
+            r->preset = nf_strdup(v->str);
+        } else if (strcmp(key, "layers") == 0) {
+            char why[160];
+            if (r->have & NF_P_SELECT) {
+                rc = nf_error_set(err, NF_E_STATE,
+                                  "%s: metadata nufilt.params records both a preset and layers",
+                                  path);
+                break;
+            }
+            if (v->type != NF_JSON_STRING || strlen(v->str) != v->len) {
+                rc = nf_error_set(err, NF_E_STATE,
+                                  "%s: metadata nufilt.params records layers as something other "
+                                  "than one regular expression without U+0000",
+                                  path);
+                break;
+            }
+            if (nf_regex_check(v->str, why, sizeof why)) {
+                rc = nf_error_set(err, NF_E_STATE,
+                                  "%s: metadata nufilt.params records a `layers` expression "
+                                  "\"%.80s\" that is not accepted: %s",
+                                  path, v->str, why);
+                break;
+            }
+            regex_t re;
+            if (regcomp(&re, v->str, REG_EXTENDED | REG_NOSUB) != 0) {
+                rc = nf_error_set(err, NF_E_STATE,
+                                  "%s: metadata nufilt.params records a bad `layers` expression "
+                                  "\"%.80s\"",
+                                  path, v->str);
+                break;
+            }
+            regfree(&re);
+            r->have |= NF_P_SELECT;
+            r->layers = nf_strdup(v->str);
+        } else {
             rc = nf_error_set(err, NF_E_STATE,
-                              "%s: metadata nufilt.params records %s = %g, which is out of range",
-                              path, nums[i].key, v);
-            goto out;
-        }
-        r->have |= nums[i].bit;
-        switch (nums[i].bit) {
-        case NF_P_NULL_RANK: r->p.null_rank = (int)v; break;
-        case NF_P_TASK_RANK: r->p.task_rank = (int)v; break;
-        case NF_P_LORA_RANK: r->p.lora_rank = (int)v; break;
-        case NF_P_LR: r->p.lr = v; break;
-        case NF_P_ITERS: r->p.iters = (int)v; break;
-        case NF_P_SEED: {
-            const nf_json *sv = nf_json_get(j, "seed");
-            r->p.seed = sv->is_int ? (uint64_t)sv->ival : (uint64_t)v;
-            break;
-        }
-        case NF_P_RANK_TOL: r->p.rank_tol = v; break;
-        case NF_P_SCALE: r->p.scale = v; break;
-        case NF_P_KEEP: r->p.keep = v; break;
-        case NF_P_ALPHA: r->p.alpha = v; break;
+                              "%s: metadata nufilt.params records an unknown key \"%.40s\"", path,
+                              key);
         }
     }
-    const nf_json *c = nf_json_get(j, "compat");
-    if (c) {
-        r->have |= NF_P_COMPAT;
-        r->p.compat = c->type == NF_JSON_STRING && strcmp(c->str, "reference") == 0
-                          ? NF_COMPAT_REFERENCE
-                          : NF_COMPAT_PAPER;
-    }
-    const nf_json *z = nf_json_get(j, "opcm_zero_diag");
-    if (z) {
-        r->have |= NF_P_ZERO_DIAG;
-        r->p.opcm_zero_diag = z->type == NF_JSON_BOOL && z->boolean;
-    }
-    const nf_json *ps = nf_json_get(j, "preset"), *ly = nf_json_get(j, "layers");
-    if (ps && ps->type == NF_JSON_STRING) {
-        static const char *const known[] = {"clip", "t5", "llama", "all-linear", NULL};
-        int k = 0;
-        while (known[k] && strcmp(known[k], ps->str) != 0)
-            k++;
-        if (!known[k]) {
-            rc = nf_error_set(err, NF_E_STATE,
-                              "%s: metadata nufilt.params records an unknown preset \"%.40s\"",
-                              path, ps->str);
-            goto out;
-        }
-        r->have |= NF_P_SELECT;
-        r->preset = nf_strdup(ps->str);
-    } else if (ly && ly->type == NF_JSON_STRING) {
-        regex_t re;
-        if (regcomp(&re, ly->str, REG_EXTENDED | REG_NOSUB) != 0) {
-            rc = nf_error_set(err, NF_E_STATE,
-                              "%s: metadata nufilt.params records a bad `layers` expression "
-                              "\"%.80s\"",
-                              path, ly->str);
-            goto out;
-        }
-        regfree(&re);
-        r->have |= NF_P_SELECT;
-        r->layers = nf_strdup(ly->str);
-    }
-    if (state) {
-        nf_json *s = nf_json_parse(state, strlen(state), jerr, sizeof jerr);
+    if (rc == NF_OK && ((r->preset == NULL && (r->have & NF_P_SELECT) && !r->layers)))
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+    if (rc == NF_OK && state) {
+        nf_json *s = nf_json_parse(state, strlen(state), NULL, 0);
         if (!s || s->type != NF_JSON_OBJECT) {
             nf_json_free(s);
             rc = nf_error_set(err, NF_E_STATE, "%s: metadata nufilt.state is not a JSON object",
                               path);
             goto out;
         }
-        num_field(s, "lambda", &r->state.lambda);
-        num_field(s, "norm_sum", &r->state.norm_sum);
-        num_field(s, "norm_count", &r->state.norm_count);
+        for (size_t i = 0; i < s->n && rc == NF_OK; i++) {
+            const char *key = s->items[i].key;
+            const nf_json *v = &s->items[i];
+            double *dst = strcmp(key, "lambda") == 0      ? &r->state.lambda
+                          : strcmp(key, "norm_sum") == 0   ? &r->state.norm_sum
+                          : strcmp(key, "norm_count") == 0 ? &r->state.norm_count
+                                                           : NULL;
+            if (!dst)
+                rc = nf_error_set(err, NF_E_STATE,
+                                  "%s: metadata nufilt.state records an unknown key \"%.40s\"",
+                                  path, key);
+            else if (v->type != NF_JSON_NUMBER || !isfinite(v->num) || v->num < 0 ||
+                     v->num > 1e300)
+                rc = nf_error_set(err, NF_E_STATE,
+                                  "%s: metadata nufilt.state records %s as something other than "
+                                  "a finite non-negative number",
+                                  path, key);
+            else
+                *dst = v->num;
+        }
         nf_json_free(s);
     }
 out:
@@ -477,26 +636,40 @@ static void take(unsigned bit, nf_params *dst, const nf_options *o)
     }
 }
 
-static int check_ranges(const nf_params *p, nf_error *err)
+static double param_value(unsigned bit, const nf_params *p)
 {
-    if (p->null_rank < 0 || p->task_rank < 0 || p->lora_rank < 0 || p->lora_rank > 65536)
-        return nf_error_set(err, NF_E_ARG, "ranks must be between 0 and 65536");
-    if (!(p->lr >= 0) || !isfinite(p->lr))
-        return nf_error_set(err, NF_E_ARG, "`lr` must be a non-negative number");
-    if (p->iters < 0 || p->iters > 1000000)
-        return nf_error_set(err, NF_E_ARG, "`iters` must be between 0 and 1000000");
-    if (!(p->rank_tol >= 0) || p->rank_tol >= 1)
-        return nf_error_set(err, NF_E_ARG, "`rank_tol` must be in [0, 1)");
-    if (!isfinite(p->scale))
-        return nf_error_set(err, NF_E_ARG, "`scale` must be a finite number");
+    switch (bit) {
+    case NF_P_NULL_RANK: return p->null_rank;
+    case NF_P_TASK_RANK: return p->task_rank;
+    case NF_P_LORA_RANK: return p->lora_rank;
+    case NF_P_LR: return p->lr;
+    case NF_P_ITERS: return p->iters;
+    case NF_P_SEED: return (double)p->seed;
+    case NF_P_RANK_TOL: return p->rank_tol;
+    case NF_P_SCALE: return p->scale;
+    case NF_P_KEEP: return p->keep;
+    case NF_P_ALPHA: return p->alpha;
+    }
+    return 0;
+}
+
+/* The options the method reads, against the one table of ranges. */
+static int check_ranges(const nf_params *p, unsigned used, nf_error *err)
+{
+    for (size_t i = 0; i < NRANGES; i++) {
+        if (!(used & range_bits[i]))
+            continue;
+        double v = param_value(range_bits[i], p);
+        if (!nf_option_range_ok(&ranges[i], v)) {
+            char want[64];
+            nf_option_range_describe(&ranges[i], want, sizeof want);
+            return nf_error_set(err, NF_E_ARG, "`%s` %g: expected %s", ranges[i].key, v, want);
+        }
+    }
     if (p->method == NF_METHOD_MAGMAX && p->scale == 0)
         return nf_error_set(err, NF_E_ARG,
                             "`scale` 0 is not allowed with `method` magmax (the merged task "
                             "vector is divided by it)");
-    if (!(p->keep > 0) || p->keep > 1)
-        return nf_error_set(err, NF_E_ARG, "`keep` must be in (0, 1]");
-    if (!(p->alpha >= 0) || p->alpha > 1)
-        return nf_error_set(err, NF_E_ARG, "`alpha` must be in [0, 1]");
     return NF_OK;
 }
 
@@ -599,7 +772,7 @@ int nf_recipe_resolve(const nf_options *o, const nf_model *base, const nf_model 
         memset(prev_state, 0, sizeof *prev_state);
     }
     p.method = method;
-    if ((rc = check_ranges(&p, err)))
+    if ((rc = check_ranges(&p, m->params, err)))
         goto out;
     if (p.layers) {
         p.layers = nf_strdup(p.layers);

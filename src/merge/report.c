@@ -53,11 +53,34 @@ int nf_report_add_step(nf_report *r, const nf_run *run, const char *task, const 
     char *pj = nf_params_json(&run->p);
     nf_sb_printf(b, ",\n      \"params\": %s", pj ? pj : "{}");
     free(pj);
+    if (run->svd_used) { /* the SVD mode, and whether it differs from the previous step's */
+        nf_sb_puts(b, ",\n      \"svd\": ");
+        str(b, run->svd_used);
+        if (run->prev) {
+            nf_sb_puts(b, ", \"svd_previous\": ");
+            if (run->svd_prev)
+                str(b, run->svd_prev);
+            else
+                nf_sb_puts(b, "null");
+            nf_sb_printf(b, ", \"svd_changed\": %s",
+                         run->svd_prev && strcmp(run->svd_prev, run->svd_used) != 0 ? "true"
+                                                                                    : "false");
+        }
+    }
     if (dev) {
         nf_sb_puts(b, ",\n      \"device\": ");
         char d[400];
         snprintf(d, sizeof d, "%s:%d %s", dev->api, dev->index, dev->name);
         str(b, d);
+    }
+    if (run->nnotes) {
+        /* what was tolerated or left out (one-sided integer buffers, files not copied) */
+        nf_sb_puts(b, ",\n      \"notes\": [");
+        for (size_t i = 0; i < run->nnotes; i++) {
+            nf_sb_puts(b, i ? ",\n        " : "\n        ");
+            str(b, run->notes[i]);
+        }
+        nf_sb_puts(b, "\n      ]");
     }
     nf_sb_puts(b, ",\n      \"tensors\": [");
     size_t treated = 0;

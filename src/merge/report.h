@@ -29,10 +29,11 @@ typedef struct nf_step_mem {
     const nf_sink *sink;
 } nf_step_mem;
 
-/* One step as part of a longer run (step_in_run of nsteps, for progress), adding to report.
- * With mem, the paths are NULL and the step reads and writes memory. */
+/* One step as part of a longer run (step_in_run of nsteps, for progress; rp, when not NULL,
+ * carries the run's work from step to step), adding to report. With mem, the paths are NULL
+ * and the step reads and writes memory. */
 int nf_step_in_run(const char *base, const char *task, const char *prev, const char *out,
-                   const nf_options *o, int step_in_run, int nsteps, nf_report *report,
-                   nf_error *err, const nf_step_mem *mem);
+                   const nf_options *o, int step_in_run, int nsteps, nf_run_progress *rp,
+                   nf_report *report, nf_error *err, const nf_step_mem *mem);
 
 #endif

@@ -12,6 +12,7 @@
 #include "../io/model.h"
 #include "../io/writer.h"
 #include "../linalg/la.h"
+#include "adapter.h"
 
 /* The merge recipe: what must stay the same from step to step of a stream. */
 typedef struct nf_params {
@@ -48,10 +49,20 @@ typedef struct nf_tensor_report {
 
 typedef struct nf_run nf_run;
 
+/* Progress over a whole run (a merge spans several steps): when it started, and the
+ * estimated work of the steps finished. */
+typedef struct nf_run_progress {
+    double t_start;
+    double work_done;
+} nf_run_progress;
+
 typedef struct nf_job {
     nf_run *run;
     size_t idx;                /* tensor index (base order = output order) */
     const nf_tensor *base, *task, *prev; /* prev is NULL at the first step */
+    /* A LoRA adapter's update of this tensor, for a method that reads it factored
+     * (nf_method_ops.factored); task then points at the base (tau = 0 if ignored) */
+    const nf_lowrank *lowrank;
     int treated;
     int pass;
     nf_la *la;
@@ -71,6 +82,10 @@ typedef struct nf_method_ops {
     /* optional: estimated working memory (bytes) of tensor i's job, for --max-memory; without
      * it a job counts NF_STREAM_MEMORY (chunked element-wise work) */
     uint64_t (*memory)(const nf_run *run, size_t i);
+    /* 1: the method reads a LoRA task's low-rank update of a treated tensor through
+     * job->lowrank (nf_job_lowrank_mats); every other method, and every other tensor, sees the
+     * task densified (base + tau as float32) in job->task */
+    int factored;
 } nf_method_ops;
 
 #define NF_STREAM_MEMORY (2u << 20)
@@ -92,8 +107,11 @@ struct nf_run {
     const nf_options *opts;
     nf_error *err;             /* for begin/after_pass/end: details of a failure */
     int step;                  /* 1-based index of the task being merged */
-    int svd_mode;
+    int svd_mode;              /* NF_LA_SVD_* this step uses */
+    const char *svd_used;      /* its --svd name, recorded as nufilt.svd; NULL: no SVD */
+    const char *svd_prev;      /* the name prev recorded, or NULL */
     nf_model *base, *task, *prev;
+    nf_adapter *adapter;       /* the task is a PEFT LoRA adapter (task is then NULL) */
     nf_state prev_state;       /* from prev's metadata (zeros at the first step) */
     nf_state state;            /* written into the output */
     size_t ntensors;
@@ -101,6 +119,9 @@ struct nf_run {
     nf_out_spec *out;          /* output plan, base order */
     nf_writer *writer;
     nf_tensor_report *reports;
+    uint64_t *base_hash;       /* per base tensor: nf_tensor_hash, computed in pass 0 */
+    uint64_t fingerprint;      /* the base's, once every tensor is hashed (0 before) */
+    const char *out_path;      /* the destination, for messages */
     void *mstate;              /* method-private */
     double *partial;           /* per-tensor partial results, npartial per tensor */
     int npartial;
@@ -110,13 +131,25 @@ struct nf_run {
     int want_spill;            /* set by a method's begin(): the step creates the scratch file
                                 * (beside the output, already unlinked) before the first pass */
     /* progress */
+    nf_run_progress *rp;       /* the run this step belongs to */
+    double *work;              /* per tensor: estimated work of one pass over it */
+    double work_done;          /* of this step so far */
+    double work_step;          /* estimated: this step */
+    double work_run;           /* estimated: the whole run (steps done, this one, those to come) */
     pthread_mutex_t lock;
     size_t done;
     uint64_t bytes_done, bytes_total;
     double t_start;
     int npasses;
     int nsteps, step_in_run;
+    /* Hugging Face layout */
+    uint64_t task_fp;          /* fingerprint of the task model, recorded in nufilt.tasks */
+    char **notes;              /* remarks for the report: what was tolerated or left out */
+    size_t nnotes;
 };
+
+/* Adds a remark to the step's report (best effort: dropped when out of memory). */
+void nf_run_note(void *run, const char *msg);
 
 /* ---- helpers methods call ---- */
 
@@ -126,6 +159,9 @@ int nf_job_load(nf_job *job, const nf_tensor *t, nf_mat *out);
  * On the CPU backend with float32 inputs s is subtracted straight from its mapping, without
  * a converted copy. */
 int nf_job_load_diff(nf_job *job, const nf_tensor *t, const nf_tensor *s, nf_mat *out);
+/* The effective factors of a low-rank update as device matrices: bf (m x r), af (r x n),
+ * tau = lr->scale bf af in the base tensor's orientation. */
+int nf_job_lowrank_mats(nf_job *job, const nf_lowrank *lr, nf_mat *bf, nf_mat *af);
 /* m += t (as float32; read in place on the CPU backend when t is float32). */
 int nf_job_add(nf_job *job, const nf_tensor *t, nf_mat *m);
 /* Reads tensor t as float32 into host memory (malloc'd, numel elements). */

@@ -50,6 +50,89 @@ static int check_finite(const nf_model *m, const nf_tensor *t, nf_error *err)
                         m->path, t->name, (unsigned long long)at);
 }
 
+/* A LoRA task's tensor i: the base's (tau = 0), a full tensor of the adapter, the low-rank
+ * update handed to a method that reads it factored, or base + tau densified as float32 into
+ * *dense (on the CPU backend synth's data lives in it) or *hbuf (the caller frees both). */
+static int adapter_task(worker *w, nf_job *job, nf_tensor *synth, nf_mat *dense, float **hbuf)
+{
+    nf_run *run = w->run;
+    const nf_task_src *ts = &run->adapter->src[job->idx];
+    const nf_tensor *bt = job->base;
+    memset(dense, 0, sizeof *dense);
+    job->task = bt;
+    if (ts->kind == NF_TSRC_FULL)
+        job->task = ts->full;
+    if (ts->kind == NF_TSRC_BASE || ts->kind == NF_TSRC_FULL || !nf_dtype_is_float(bt->dtype))
+        return NF_OK;
+    if (ts->kind == NF_TSRC_LOWRANK && run->method->factored && job->treated) {
+        job->lowrank = &ts->lr;
+        return NF_OK;
+    }
+    /* densified: base + tau, one tensor's worth of float32 */
+    int rc = nf_job_load(job, bt, dense);
+    if (rc)
+        return rc;
+    if (ts->kind == NF_TSRC_LOWRANK) {
+        nf_mat bf, af;
+        rc = nf_job_lowrank_mats(job, &ts->lr, &bf, &af);
+        if (!rc) {
+            rc = nf_la_gemm(job->la, 0, 0, (float)ts->lr.scale, &bf, &af, 1.0f, dense);
+            nf_la_free(job->la, &bf);
+            nf_la_free(job->la, &af);
+        }
+    } else { /* NF_TSRC_VEC */
+        float *v = malloc(ts->vec->numel * sizeof *v);
+        nf_mat vm = {0};
+        if (!v)
+            rc = nf_error_set(job->err, NF_E_NOMEM, "out of memory");
+        if (!rc) {
+            nf_to_f32(ts->vec->data, ts->vec->dtype, v, ts->vec->numel);
+            rc = nf_la_alloc(job->la, dense->rows, dense->cols, &vm);
+        }
+        if (!rc) rc = nf_la_upload(job->la, &vm, v);
+        if (!rc) rc = nf_la_axpby(job->la, (float)ts->vscale, &vm, 1.0f, dense);
+        nf_la_free(job->la, &vm);
+        free(v);
+    }
+    float *h = rc ? NULL : nf_la_host(job->la, dense);
+    if (!rc && !h) {
+        /* a device buffer: bring it to host memory for the method's readers */
+        h = *hbuf = malloc(bt->numel * sizeof *h);
+        if (!h)
+            rc = nf_error_set(job->err, NF_E_NOMEM, "out of memory densifying \"%s\"",
+                              bt->name);
+        if (!rc) rc = nf_la_download(job->la, dense, h);
+        nf_la_free(job->la, dense);
+    }
+    if (rc)
+        return rc;
+    *synth = *bt;
+    synth->dtype = NF_F32;
+    synth->nbytes = bt->numel * sizeof(float);
+    synth->data = (const unsigned char *)h;
+    job->task = synth;
+    return NF_OK;
+}
+
+static int check_adapter_finite(nf_run *run, size_t i, nf_error *err)
+{
+    const nf_task_src *ts = &run->adapter->src[i];
+    const nf_tensor *t[3] = {ts->lr.a, ts->lr.b, NULL};
+    if (ts->kind == NF_TSRC_FULL)
+        t[0] = ts->full, t[1] = NULL;
+    else if (ts->kind == NF_TSRC_VEC)
+        t[0] = ts->vec, t[1] = NULL;
+    else if (ts->kind != NF_TSRC_LOWRANK)
+        return NF_OK;
+    for (int k = 0; k < 2 && t[k]; k++)
+        if (nf_dtype_is_float(t[k]->dtype)) {
+            int rc = check_finite(run->adapter->file, t[k], err);
+            if (rc)
+                return rc;
+        }
+    return NF_OK;
+}
+
 static int do_job(worker *w, size_t i)
 {
     nf_run *run = w->run;
@@ -59,7 +142,7 @@ static int do_job(worker *w, size_t i)
         .run = run,
         .idx = i,
         .base = bt,
-        .task = nf_model_tensor(run->task, bt->name),
+        .task = run->task ? nf_model_tensor(run->task, bt->name) : NULL,
         .prev = run->prev ? nf_model_tensor(run->prev, bt->name) : NULL,
         .treated = run->treated[i],
         .pass = w->pass,
@@ -69,33 +152,46 @@ static int do_job(worker *w, size_t i)
     };
     double t0 = nf_now();
     int rc = NF_OK;
+    nf_tensor synth;
+    nf_mat dense = {0};
+    float *hbuf = NULL;
     if (w->pass == 0) {
         nf_tensor_prefault(bt);
-        nf_tensor_prefault(job.task);
+        if (run->task)
+            nf_tensor_prefault(job.task);
         nf_tensor_prefault(job.prev);
+        /* the base fingerprint's part of this tensor, while its pages come in anyway */
+        run->base_hash[i] = nf_tensor_hash(bt);
     }
     /* NaN or Inf in any input: refused (LAPACK's SVD would not even return on Inf) */
     if (w->pass == 0 && !run->opts->allow_nonfinite) {
-        if (nf_dtype_is_float(job.task->dtype))
+        if (run->adapter)
+            rc = check_adapter_finite(run, i, &w->err);
+        else if (job.task && nf_dtype_is_float(job.task->dtype)) /* NULL: a buffer only the base has */
             rc = check_finite(run->task, job.task, &w->err);
         if (rc == NF_OK && job.prev && nf_dtype_is_float(job.prev->dtype))
             rc = check_finite(run->prev, job.prev, &w->err);
         if (rc == NF_OK && nf_dtype_is_float(bt->dtype))
             rc = check_finite(run->base, bt, &w->err);
     }
+    if (rc == NF_OK && run->adapter)
+        rc = adapter_task(w, &job, &synth, &dense, &hbuf);
     if (rc == NF_OK) {
         if (!nf_dtype_is_float(bt->dtype))
             rc = last ? nf_job_put_base(&job) : NF_OK; /* integer tensors stay at base */
         else
             rc = run->method->tensor(&job);
     }
+    nf_la_free(&w->la, &dense);
+    free(hbuf);
     if (rc == NF_OK && w->err.code)
         rc = w->err.code;
     if (rc != NF_OK && w->err.code == NF_OK)
         nf_error_set(&w->err, rc, "tensor \"%s\": %s", bt->name, nf_status_message(rc));
     if (last) {
         nf_tensor_release(bt);
-        nf_tensor_release(job.task);
+        if (run->task)
+            nf_tensor_release(job.task);
         nf_tensor_release(job.prev);
     }
     run->reports[i].seconds += nf_now() - t0;
@@ -103,13 +199,22 @@ static int do_job(worker *w, size_t i)
 }
 
 /* Non-zero when the caller's progress callback asks to cancel. */
-static int report_progress(nf_run *run, int pass, const nf_tensor *t)
+static int report_progress(nf_run *run, int pass, size_t i)
 {
+    const nf_tensor *t = &run->base->tensors[i];
     int cancel = 0;
     pthread_mutex_lock(&run->lock);
     run->done++;
     run->bytes_done += t->nbytes;
+    run->work_done += run->work ? run->work[i] : 0.0;
     if (run->opts->progress) {
+        double now = nf_now();
+        double wd = (run->rp ? run->rp->work_done : 0.0) + run->work_done;
+        double el = run->rp ? now - run->rp->t_start : now - run->t_start;
+        double eta = -1.0;
+        /* the rate so far, once there is something to measure it on */
+        if (wd > 0 && run->work_run >= wd && el > 0.2)
+            eta = el * (run->work_run - wd) / wd;
         nf_progress p = {
             .step = run->step_in_run,
             .nsteps = run->nsteps,
@@ -119,8 +224,12 @@ static int report_progress(nf_run *run, int pass, const nf_tensor *t)
             .tensors_total = run->ntensors * (size_t)run->npasses,
             .bytes_done = run->bytes_done,
             .bytes_total = run->bytes_total,
-            .elapsed_s = nf_now() - run->t_start,
+            .elapsed_s = now - run->t_start,
             .tensor = t->name,
+            .work_done = wd,
+            .work_total = run->work_run,
+            .run_elapsed_s = el,
+            .eta_s = eta,
         };
         cancel = run->opts->progress(run->opts->progress_user, &p) != 0;
     }
@@ -143,6 +252,13 @@ static void *work(void *arg)
         uint64_t need = NF_STREAM_MEMORY;
         if (run->method->memory && nf_dtype_is_float(run->base->tensors[i].dtype))
             need = run->method->memory(run, i);
+        if (run->adapter && nf_dtype_is_float(run->base->tensors[i].dtype)) {
+            /* a LoRA task's tensor densified for the method: one more float32 copy */
+            const nf_task_src *ts = &run->adapter->src[i];
+            if (ts->kind == NF_TSRC_VEC ||
+                (ts->kind == NF_TSRC_LOWRANK && !(run->method->factored && run->treated[i])))
+                need += run->base->tensors[i].numel * sizeof(float);
+        }
         if (b->cap && need > b->cap) {
             nf_error_set(&w->err, NF_E_LIMIT,
                          "tensor \"%s\" needs about %.0f MB of working memory, more than "
@@ -167,7 +283,7 @@ static void *work(void *arg)
             atomic_store(w->stop, 1);
             break;
         }
-        if (report_progress(w->run, w->pass, &w->run->base->tensors[i])) {
+        if (report_progress(w->run, w->pass, i)) {
             /* the caller cancelled: every worker stops after the tensor it holds, and the step
              * unwinds as on any error (temporary outputs removed, nothing committed) */
             nf_error_set(&w->err, NF_E_CANCELLED, "cancelled by the progress callback");

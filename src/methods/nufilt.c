@@ -32,6 +32,8 @@
 typedef struct mats {
     nf_mat tau, prev, taup, tv, vt_t, vt_p, v, c, a, b, ma, va, mb, vb, ga, gb, t, av, e, h, te;
     nf_mat k, dk, w, sq; /* Gram form (see train) */
+    nf_mat fb, fa;       /* a LoRA task's factors: tau = scale fb fa */
+    nf_mat kg, kt;       /* and K = fa^T kg fa with kg = scale^2 fb^T fb; kt: scratch */
     int rv;              /* r_v: columns of C and rows of V that belong to V_t */
 } mats;
 
@@ -40,7 +42,8 @@ static void free_all(nf_la *la, mats *x)
     nf_mat *all[] = {&x->tau, &x->prev, &x->taup, &x->tv, &x->vt_t, &x->vt_p,
                      &x->v,  &x->c,   &x->a,    &x->b,    &x->ma, &x->va,   &x->mb,
                      &x->vb, &x->ga,  &x->gb,   &x->t,    &x->av, &x->e,    &x->h,
-                     &x->te, &x->k,   &x->dk,   &x->w,    &x->sq};
+                     &x->te, &x->k,   &x->dk,   &x->w,    &x->sq, &x->fb, &x->fa,
+                     &x->kg, &x->kt};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         nf_la_free(la, all[i]);
 }
@@ -102,7 +105,7 @@ int nf_nufilt_constant(nf_la *la, const nf_mat *tau, const nf_mat *prev, const n
 int nf_nufilt_gram_setup(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g, int have_k)
 {
     int n = x->tau->cols, m = x->tau->rows, rv = x->rv, r = x->a->rows;
-    int rc = have_k ? NF_OK : nf_la_gemm(la, 1, 0, 1.0f, x->tau, x->tau, 0.0f, g->k);
+    int rc = have_k || g->ka ? NF_OK : nf_la_gemm(la, 1, 0, 1.0f, x->tau, x->tau, 0.0f, g->k);
     if (!rc && rv > 0) {
         nf_mat d = nf_la_sub(g->dk, 0, r, n, rv);
         nf_mat ct = nf_la_sub(x->c, 0, 0, m, rv);
@@ -134,7 +137,16 @@ int nf_nufilt_grad_gram(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *
         if (!rc) rc = nf_la_fill(la, x->ga, 0.0f);
         return rc;
     }
-    if (!rc) rc = nf_la_gemm(la, 0, 0, 1.0f, g->k, x->b, 0.0f, &kb);
+    if (g->ka) {
+        /* K B = ka^T (kg (ka B)) */
+        int q = g->ka->rows;
+        nf_mat t1 = nf_la_sub(g->kt, 0, 0, q, r), t2 = nf_la_sub(g->kt, 0, r, q, r);
+        if (!rc) rc = nf_la_gemm(la, 0, 0, 1.0f, g->ka, x->b, 0.0f, &t1);
+        if (!rc) rc = nf_la_gemm(la, 0, 0, 1.0f, g->kg, &t1, 0.0f, &t2);
+        if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, g->ka, &t2, 0.0f, &kb);
+    } else if (!rc) {
+        rc = nf_la_gemm(la, 0, 0, 1.0f, g->k, x->b, 0.0f, &kb);
+    }
     if (!rc) rc = nf_la_gemm(la, 1, 0, 1.0f, &y, &y, 0.0f, &g1);
     /* dL/dB = 2 [K B | D_t] [AV (AV)^T; -Y_t^T] */
     if (!rc) rc = nf_la_gemm(la, 0, 0, 2.0f, g->dk, &w, 0.0f, x->gb);
@@ -158,8 +170,10 @@ static nf_nufilt_ws workspace(mats *x)
 }
 
 /* The adapter's training; on return x->t holds tau B for the final product. x->k may already
- * hold K = tau^T tau (--svd fast computed it for V_t). */
-static int train(nf_job *job, mats *x, int m, int n, int k, int r, nf_tensor_report *rep)
+ * hold K = tau^T tau (--svd fast computed it for V_t). lr: tau = s fb fa (x->fb, x->fa), so
+ * the Gram form runs with K factored whatever the shape. */
+static int train(nf_job *job, mats *x, int m, int n, int k, int r, const nf_lowrank *lr,
+                 nf_tensor_report *rep)
 {
     nf_la *la = job->la;
     const nf_params *p = &job->run->p;
@@ -188,11 +202,21 @@ static int train(nf_job *job, mats *x, int m, int n, int k, int r, nf_tensor_rep
     for (size_t i = 0; i < 5 && !rc; i++)
         rc = nf_la_fill(la, zero[i], 0.0f);
     nf_nufilt_ws w = workspace(x);
-    int gram = gram_form(m, n);
-    nf_nufilt_gram g = {&x->k, &x->dk, &x->w, &x->sq};
+    int gram = lr || gram_form(m, n);
+    nf_nufilt_gram g = {&x->k, &x->dk, &x->w, &x->sq, NULL, NULL, NULL};
+    if (lr) {
+        int q = lr->rank;
+        if ((rc = nf_la_alloc(la, q, q, &x->kg)) || (rc = nf_la_alloc(la, q, 2 * r, &x->kt)) ||
+            (rc = nf_la_gemm(la, 1, 0, (float)(lr->scale * lr->scale), &x->fb, &x->fb, 0.0f,
+                             &x->kg)))
+            return rc;
+        g.ka = &x->fa;
+        g.kg = &x->kg;
+        g.kt = &x->kt;
+    }
     if (gram) {
         int have_k = x->k.buf != NULL;
-        if ((!have_k && (rc = nf_la_alloc(la, n, n, &x->k))) ||
+        if ((!lr && !have_k && (rc = nf_la_alloc(la, n, n, &x->k))) ||
             (rc = nf_la_alloc(la, n, r + x->rv, &x->dk)) ||
             (rc = nf_la_alloc(la, r + k, r, &x->w)) ||
             (rc = nf_la_alloc(la, r, k + r, &x->sq)) ||
@@ -249,9 +273,17 @@ static int nufilt_tensor(nf_job *job)
     memset(&x, 0, sizeof x);
     rep->treated = 1;
 
-    /* tau = W_task - W_base; prev = W_merged - W_base */
-    if ((rc = nf_job_load_diff(job, job->task, job->base, &x.tau)))
+    /* tau = W_task - W_base (a LoRA task: scale B A, formed once from its factors for
+     * tau P, the adapter's constant and its training); prev = W_merged - W_base */
+    const nf_lowrank *lr = job->lowrank;
+    if (lr) {
+        if ((rc = nf_job_lowrank_mats(job, lr, &x.fb, &x.fa)) ||
+            (rc = nf_la_alloc(la, m, n, &x.tau)) ||
+            (rc = nf_la_gemm(la, 0, 0, (float)lr->scale, &x.fb, &x.fa, 0.0f, &x.tau)))
+            goto out;
+    } else if ((rc = nf_job_load_diff(job, job->task, job->base, &x.tau))) {
         goto out;
+    }
     if (first && paper) {
         /* the paper's first step: M(1) = theta_0 + tau_1 */
         rc = nf_job_add(job, job->base, &x.tau);
@@ -264,6 +296,7 @@ static int nufilt_tensor(nf_job *job)
 
     /* V_p and V_t */
     double tol = paper ? p->rank_tol : -1.0;
+    int factored = lr && tol >= 0 && lr->rank <= kmax;
     int rp = p->null_rank < kmax ? p->null_rank : kmax;
     int rv = p->task_rank < kmax ? p->task_rank : kmax;
     uint64_t svd_seed = nf_rng_key(p->seed, (uint64_t)run->step, job->base->name) ^ 0x5356445ull;
@@ -294,7 +327,18 @@ static int nufilt_tensor(nf_job *job)
     }
     {
         nf_svd_args sa = {rv, tol, svd_mode, 10, 2, svd_seed + 1};
-        if (svd_mode == NF_LA_SVD_FAST && !first && p->lora_rank > 0 && gram_form(m, n)) {
+        int want_k = svd_mode == NF_LA_SVD_FAST && !first && p->lora_rank > 0 && gram_form(m, n);
+        if (factored) {
+            /* V_t of a rank-r tau from its factors (QRs and an r x r SVD); the training keeps
+             * K = tau^T tau factored too (train). (--compat reference keeps zero singular
+             * vectors the way gesdd picks them on the dense matrix, so it takes the dense
+             * path below.) */
+            double ts = nf_now();
+            rc = nf_la_svd_right_lowrank(la, &x.fb, &x.fa, &sa, &x.vt_t, &rv, NULL);
+            la->stats.svd_s += nf_now() - ts;
+            if (rc)
+                goto out;
+        } else if (want_k) {
             /* K = tau^T tau serves V_t here and the training's Gram form later */
             if ((rc = nf_la_alloc(la, n, n, &x.k)) ||
                 (rc = nf_la_gemm(la, 1, 0, 1.0f, &x.tau, &x.tau, 0.0f, &x.k)) ||
@@ -336,7 +380,7 @@ static int nufilt_tensor(nf_job *job)
         nf_la_free(la, &x.tv);
         nf_la_free(la, &x.vt_t);
         nf_la_free(la, &x.vt_p);
-        if ((rc = train(job, &x, m, n, k, r, rep)))
+        if ((rc = train(job, &x, m, n, k, r, factored ? lr : NULL, rep)))
             goto out;
         /* the adapter's contribution: (tau B) A, added to tau P */
         if ((rc = nf_la_gemm(la, 0, 0, 1.0f, &x.t, &x.a, 1.0f, &x.taup)))
@@ -378,4 +422,5 @@ const nf_method_ops nf_method_nufilt = {
     .npasses = 1,
     .tensor = nufilt_tensor,
     .memory = nufilt_memory,
+    .factored = 1,
 };

@@ -46,9 +46,15 @@ int nf_nufilt_grad(nf_la *la, const nf_nufilt_ws *x, double *loss);
  * would give those zeros. */
 typedef struct nf_nufilt_gram {
     nf_mat *k, *dk, *w, *sq;
+    /* K factored, K = ka^T kg ka (ka q x n, kg q x q; k unused): a LoRA task's tau = s B A
+     * gives ka = A, kg = s^2 B^T B, and K B costs 4 n q r instead of 2 n^2 r; kt is scratch
+     * of q x 2r */
+    const nf_mat *ka, *kg;
+    nf_mat *kt;
 } nf_nufilt_gram;
 
-/* K and D_t (into columns r .. r + r_v - 1 of g->dk); have_k: g->k already holds K */
+/* K (unless factored) and D_t (into columns r .. r + r_v - 1 of g->dk); have_k: g->k already
+ * holds K */
 int nf_nufilt_gram_setup(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g, int have_k);
 int nf_nufilt_grad_gram(nf_la *la, const nf_nufilt_ws *x, const nf_nufilt_gram *g, int b_zero);
 

@@ -5,7 +5,9 @@ message naming the offending file and the problem (with no terminal control char
 it), write no output and leave no temporary file behind, and not crash (no signal) or hang
 (timeout); some cases also bound the memory used (peak resident set). Cases that give a bad
 model file are run through `nufilt inspect` as well, with the same expectations. A last group
-of awkward but valid inputs must be accepted.
+of awkward but valid inputs must be accepted. Then --allow-nonfinite must let a NaN task and an
+overflowing F16 output through, and wa on 8-bit float models must match a reference written
+from the formats' definitions.
 
     /usr/bin/python3 tests/e2e/bad_inputs.py --nufilt PATH [--workdir DIR] [--list]
         [--only SUBSTRING]
@@ -16,6 +18,7 @@ behaves, 1 otherwise. Standard library only.
 """
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -112,11 +115,15 @@ CASES = []
 
 class Case:
     def __init__(self, name, keywords, role, fn, xfail=None, timeout=60, max_rss_mb=None,
-                 inspect=None):
+                 inspect=None, max_seconds=None, max_extra_rss_mb=None):
         self.name, self.keywords, self.role, self.fn = name, keywords, role, fn
         self.xfail = xfail            # why it is a known issue (a fix requested elsewhere)
         self.timeout = timeout
         self.max_rss_mb = max_rss_mb  # bound on the peak resident set of the run
+        # bounds on the run's time and on its peak resident set above that of a trivial
+        # refusal run just before (the peak a child reports includes the memory of the Python
+        # process it was forked from)
+        self.max_seconds, self.max_extra_rss_mb = max_seconds, max_extra_rss_mb
         # a bad file given as the base is also given to `nufilt inspect`
         self.inspect = role in ("base", "base-dir", "base-custom") if inspect is None else inspect
 
@@ -645,6 +652,261 @@ def _(meta):
     meta["nufilt.params"] = json.dumps(params)
 
 
+# ---- what a previous merge records is untrusted (docs/security.md, "Recorded values") ----
+
+def params_with(meta, **kw):
+    params = json.loads(meta["nufilt.params"])
+    for k, v in kw.items():
+        if v is None:
+            params.pop(k, None)
+        else:
+            params[k] = v
+    meta["nufilt.params"] = json.dumps(params)
+
+
+@case("recorded --layers with nested counted repetition (10.9 GB before the check)",
+      ["layers", "counted repetition"], role="prev-meta", timeout=5, max_seconds=1,
+      max_extra_rss_mb=20)
+def _(meta):
+    params_with(meta, preset=None, layers="(((a{1,200}){1,200}){1,200})")
+
+
+@case("recorded --layers with a back-reference", ["layers", "back-reference"], role="prev-meta",
+      timeout=5)
+def _(meta):
+    params_with(meta, preset=None, layers="(attn)\\1")
+
+
+@case("recorded --layers longer than 1024 bytes", ["layers", "1024"], role="prev-meta", timeout=5)
+def _(meta):
+    params_with(meta, preset=None, layers="a" * 5000)
+
+
+@case("recorded --layers beside a preset", ["preset"], role="prev-meta")
+def _(meta):
+    params = json.loads(meta["nufilt.params"])
+    meta["nufilt.params"] = json.dumps(dict(params, layers="attn"))
+
+
+@case("recorded lr 1e30 (NaN everywhere before the check)", ["lr", "out of range"],
+      role="prev-meta")
+def _(meta):
+    params_with(meta, lr=1e30)
+
+
+@case("recorded lr 1e30 for wudi", ["lr", "out of range"], role="prev-meta")
+def _(meta):
+    meta["nufilt.method"] = "wudi"
+    meta["nufilt.params"] = json.dumps({"lr": 1e30, "iters": 5})
+
+
+@case("recorded scale 1e300 for ta (Inf everywhere before the check)", ["scale", "out of range"],
+      role="prev-meta")
+def _(meta):
+    meta["nufilt.method"] = "ta"
+    meta["nufilt.params"] = json.dumps({"scale": 1e300})
+
+
+@case("recorded scale 1e300 for isoc", ["scale", "out of range"], role="prev-meta")
+def _(meta):
+    meta["nufilt.method"] = "isoc"
+    meta["nufilt.params"] = json.dumps({"scale": 1e300})
+
+
+@case("recorded rank as 2.0 (not an integer literal)", ["null_rank"], role="prev-meta")
+def _(meta):
+    params_with(meta, null_rank=2.0)
+
+
+@case("recorded seed as a string", ["seed", "other than a number"], role="prev-meta")
+def _(meta):
+    params_with(meta, seed="0")
+
+
+@case("recorded compat \"evil\" (was read as paper)", ["compat", "evil"], role="prev-meta")
+def _(meta):
+    params_with(meta, compat="evil")
+
+
+@case("recorded opcm_zero_diag not a boolean", ["opcm_zero_diag"], role="prev-meta")
+def _(meta):
+    meta["nufilt.method"] = "opcm"
+    meta["nufilt.params"] = json.dumps({"alpha": 0.5, "opcm_zero_diag": 1})
+
+
+@case("recorded recipe with an unknown key", ["unknown key", "lr_decay"], role="prev-meta")
+def _(meta):
+    params_with(meta, lr_decay=0.5)
+
+
+@case("step \"+2\"", ["nufilt.step"], role="prev-meta")
+def _(meta):
+    meta["nufilt.step"] = "+1"
+
+
+@case("step \" 2\"", ["nufilt.step"], role="prev-meta")
+def _(meta):
+    meta["nufilt.step"] = " 1"
+
+
+@case("step \"01\"", ["nufilt.step"], role="prev-meta")
+def _(meta):
+    meta["nufilt.step"] = "01"
+
+
+@case("step count disagrees with the task list (wa would weight the task 1/1000001)",
+      ["nufilt.step", "nufilt.tasks"], role="prev-meta")
+def _(meta):
+    meta["nufilt.method"] = "wa"
+    meta["nufilt.params"] = "{}"
+    meta["nufilt.step"] = "1000000"
+
+
+@case("task list missing", ["nufilt.tasks"], role="prev-meta")
+def _(meta):
+    del meta["nufilt.tasks"]
+
+
+@case("task list not an array", ["nufilt.tasks"], role="prev-meta")
+def _(meta):
+    meta["nufilt.tasks"] = '{"name": "a"}'
+
+
+@case("task list entry without a name", ["nufilt.tasks"], role="prev-meta")
+def _(meta):
+    meta["nufilt.tasks"] = '[{"path": "/x"}]'
+
+
+@case("recorded state with a non-number", ["nufilt.state", "lambda"], role="prev-meta")
+def _(meta):
+    meta["nufilt.state"] = '{"lambda": "1", "norm_sum": 0, "norm_count": 0}'
+
+
+@case("base fingerprint missing (skipped the check)", ["nufilt.base"], role="prev-meta")
+def _(meta):
+    del meta["nufilt.base"]
+
+
+@case("base fingerprint in the old format", ["nufilt.base", "format changed"], role="prev-meta")
+def _(meta):
+    meta["nufilt.base"] = "0123456789abcdef"
+
+
+@case("base fingerprint malformed", ["nufilt.base"], role="prev-meta")
+def _(meta):
+    meta["nufilt.base"] = "data64:xyz"
+
+
+@case("--layers with nested counted repetition on the command line (the same check)",
+      ["--layers", "counted repetition"], role="custom", timeout=5, max_seconds=1)
+def _(cdir, ctx):
+    return (["step", "--base", ctx["base"], "--task", ctx["task"], "--out", ctx["out"],
+             "--layers", "(((a{1,200}){1,200}){1,200})"], None)
+
+
+def changed_mid_base(method):
+    def make(cdir, ctx):
+        return mid_base_case(cdir, ctx, method)
+    return make
+
+
+for _m in ("nufilt", "ties"):
+    case("previous %s merge of a base changed only in the middle of a tensor" % _m,
+         ["another base", "nothing written"], role="custom")(changed_mid_base(_m))
+
+
+def mid_base_case(cdir, ctx, method):
+    # the base with one element in the middle of a tensor changed: the first and last 64
+    # bytes of every tensor are the same (the old fingerprint passed it)
+    other = os.path.join(cdir, "otherbase.safetensors")
+    shutil.copy(ctx["base"], other)
+    with open(other, "r+b") as f:
+        hl = struct.unpack("<Q", f.read(8))[0]
+        h = json.loads(f.read(hl))
+        t = h["enc.layers.0.mlp.fc1.weight"]
+        lo, hi = t["data_offsets"]
+        at = 8 + hl + (lo + hi) // 2
+        f.seek(at)
+        v = struct.unpack("<f", f.read(4))[0]
+        f.seek(at)
+        f.write(struct.pack("<f", v + 0.5))
+    prev = os.path.join(cdir, "prev.safetensors")
+    rc, _, err, _ = run(ctx["nufilt"], ["step", "--base", other, "--task", ctx["task"],
+                                        "--out", prev, "--method", method])
+    assert rc == 0, err
+    return (["step", "--base", ctx["base"], "--task", ctx["task"], "--prev", prev,
+             "--out", ctx["out"]], prev)
+
+
+# ---- outputs that would not be finite once rounded to their dtype ----
+
+def f16_model(path, value, at=None):
+    """Every element value, or only element at (the others 1.0)."""
+    def vals(n):
+        return [value if at is None or i == at else 1.0 for i in range(n)]
+    ts = [(n, "F16", s, struct.pack("<%de" % numel(s), *vals(numel(s)))) for n, s in NAMES]
+    h, d = header_bytes(ts, {"format": "pt"})
+    st_file(path, h, d)
+
+
+@case("ta --scale 2 on an F16 model overflows F16 (64 Inf before the check)",
+      ["enc.layers.0.", "of the output", "element 5", "80000", "F16"], role="custom")
+def _(cdir, ctx):
+    b, t = os.path.join(cdir, "b16.safetensors"), os.path.join(cdir, "t16.safetensors")
+    f16_model(b, 40000.0, at=5)
+    f16_model(t, 60000.0, at=5)   # 40000 + 2 (60000 - 40000) = 80000 > 65504
+    return (["step", "--base", b, "--task", t, "--out", ctx["out"], "--method", "ta",
+             "--scale", "2"], ctx["out"])
+
+
+@case("--dtype f16 narrowing values of 1e6", ["of the output", "1e+06", "F16"], role="custom")
+def _(cdir, ctx):
+    b, t = os.path.join(cdir, "big.safetensors"), os.path.join(cdir, "bigtask.safetensors")
+    for p in (b, t):
+        ts = [(n, "F32", s, struct.pack("<%df" % numel(s), *[1e6] * numel(s))) for n, s in NAMES]
+        h, d = header_bytes(ts, {"format": "pt"})
+        st_file(p, h, d)
+    return (["step", "--base", b, "--task", t, "--out", ctx["out"], "--method", "wa",
+             "--dtype", "f16"], ctx["out"])
+
+
+@case("ta with a float32 overflow (a finite scale, values near the float32 limit)",
+      ["of the output", "infinite"], role="custom")
+def _(cdir, ctx):
+    b, t = os.path.join(cdir, "b.safetensors"), os.path.join(cdir, "t.safetensors")
+    for p, v in ((b, -3e38), (t, 3e38)):
+        ts = [(n, "F32", s, struct.pack("<%df" % numel(s), *[v] * numel(s))) for n, s in NAMES]
+        h, d = header_bytes(ts, {"format": "pt"})
+        st_file(p, h, d)
+    return (["step", "--base", b, "--task", t, "--out", ctx["out"], "--method", "ta",
+             "--scale", "1"], ctx["out"])
+
+
+# ---- 8-bit float checkpoints ----
+
+def f8_model(path, codes_of, dtype, extra=()):
+    """codes_of(name, n) -> list of byte codes; extra: (name, dtype, shape, payload)."""
+    ts = [(n, dtype, s, bytes(codes_of(n, numel(s)))) for n, s in NAMES] + list(extra)
+    h, d = header_bytes(ts, {"format": "pt"})
+    st_file(path, h, d)
+
+
+def f8_scaled_case(scale_name):
+    def make(cdir, ctx):
+        b, t = os.path.join(cdir, "b8.safetensors"), os.path.join(cdir, "t8.safetensors")
+        for p, c in ((b, 0x30), (t, 0x38)):
+            f8_model(p, lambda n, k: [c] * k, "F8_E4M3",
+                     [(scale_name, "F32", [1], struct.pack("<f", 0.5))])
+        return (["step", "--base", b, "--task", t, "--out", ctx["out"], "--method", "wa"], b)
+    return make
+
+
+for _scale in ("enc.layers.0.mlp.fc1.weight_scale_inv", "enc.layers.0.mlp.fc1.weight_scale",
+               "enc.layers.0.self_attn.q_proj.input_scale"):
+    case("F8_E4M3 weights with a scale tensor %s" % _scale.rsplit(".", 1)[1],
+         [_scale, "F8_E4M3", "scale"], role="custom")(f8_scaled_case(_scale))
+
+
 @case("Inf in the previous merge (must not hang)", ["NaN or Inf"], role="prev-inf", timeout=20)
 def _(p):
     pass
@@ -871,6 +1133,87 @@ def report(c, label, problems, msg, counts):
         print("ok   %-53s %s" % (label, msg[:150]))
 
 
+# ---- F8 reference (from the formats' definitions; standard library only) ----
+
+F8 = {"F8_E4M3": (3, 7, 0x7E, 0x7F), "F8_E5M2": (2, 15, 0x7B, 0x7C)}  # mbits, bias, max, over
+
+
+def f8_decode(b, dtype):
+    mbits, bias, _, _ = F8[dtype]
+    s, e, m = b >> 7, (b & 0x7F) >> mbits, b & ((1 << mbits) - 1)
+    if dtype == "F8_E4M3" and e == 15 and m == 7:
+        return float("nan")
+    if dtype == "F8_E5M2" and e == 31:
+        return float("nan") if m else (-1) ** s * float("inf")
+    v = m * 2.0 ** (1 - bias - mbits) if e == 0 else ((1 << mbits) + m) * 2.0 ** (e - bias - mbits)
+    return -v if s else v
+
+
+def f8_encode(x, dtype):
+    """Nearest code, ties to the even code, in the format with its exponent unbounded: a value
+    nearer the next step above the largest finite one gets the overflow code (NaN in E4M3,
+    infinity in E5M2)."""
+    mbits, bias, top, over = F8[dtype]
+    sign = 0x80 if math.copysign(1.0, x) < 0 else 0
+    a = abs(x)
+    vals = [f8_decode(c, dtype) for c in range(top + 1)]
+    vals.append(2 * vals[top] - vals[top - 1])      # the step beyond, code top + 1
+    best = min(range(top + 2), key=lambda c: (abs(vals[c] - a), c & 1))
+    return sign | (over if best == top + 1 else best)
+
+
+def f32(x):
+    return struct.unpack("<f", struct.pack("<f", x))[0]
+
+
+def f8_merge_checks(nufilt, work, counts):
+    """wa on F8 models: step 1 gives the task's bytes, step 2 the float32 mean of the two
+    tasks rounded to the nearest F8 value (ties to even); main's binary wrote the base."""
+    import random
+    rnd = random.Random(8)
+    for dtype in F8:
+        top = F8[dtype][2]
+        finite = [c for c in range(256) if (c & 0x7F) <= top]
+        paths = {k: os.path.join(work, "%s-%s.safetensors" % (dtype, k)) for k in ("b", "t1", "t2")}
+        codes = {}
+        for k, p in paths.items():
+            codes[k] = {n: [rnd.choice(finite) for _ in range(numel(sh))] for n, sh in NAMES}
+            f8_model(p, lambda n, cnt, k=k: codes[k][n], dtype)
+        s1, s2 = os.path.join(work, dtype + "-s1.safetensors"), os.path.join(work, dtype + "-s2.safetensors")
+        problems = []
+        for args in (["step", "--base", paths["b"], "--task", paths["t1"], "--out", s1, "--method", "wa"],
+                     ["step", "--base", paths["b"], "--task", paths["t2"], "--prev", s1, "--out", s2]):
+            rc, _, err, _ = run(nufilt, args)
+            if rc != 0:
+                problems.append("%s: %s" % (args[0], err.strip()[-200:]))
+        if not problems:
+            for out, want_of in ((s1, lambda n, i: codes["t1"][n][i]),
+                                 (s2, lambda n, i: f8_encode(f32(f8_decode(codes["t1"][n][i], dtype) +
+                                                                 f8_decode(codes["t2"][n][i], dtype)) / 2,
+                                                             dtype))):
+                with open(out, "rb") as f:
+                    hl = struct.unpack("<Q", f.read(8))[0]
+                    h = json.loads(f.read(hl))
+                    data = f.read()
+                bad = 0
+                for n, sh in NAMES:
+                    if h[n]["dtype"] != dtype:
+                        problems.append("%s: %s written as %s" % (out, n, h[n]["dtype"]))
+                        continue
+                    lo, hi = h[n]["data_offsets"]
+                    got = data[lo:hi]
+                    bad += sum(1 for i in range(numel(sh)) if got[i] != want_of(n, i))
+                if bad:
+                    problems.append("%s: %d elements differ from the reference" % (os.path.basename(out), bad))
+        label = "[F8] wa on %s: step 1 = the task, step 2 = the mean rounded to nearest even" % dtype
+        if problems:
+            counts["fail"] += 1
+            print("FAIL %s: %s" % (label, "; ".join(problems)))
+        else:
+            counts["ok"] += 1
+            print("ok   %s" % label)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nufilt", required=True)
@@ -882,8 +1225,9 @@ def main():
         for c in CASES + GOOD:
             print("%-56s %-14s %s%s" % (c.name, c.role, c.keywords,
                                         "  [known issue]" if c.xfail else ""))
-        print("%d bad-input cases (%d also through inspect), %d valid inputs, 1 escape hatch"
-              % (len(CASES), sum(c.inspect for c in CASES), len(GOOD)))
+        print("%d bad-input cases (%d also through inspect), %d valid inputs, 2 escape hatches "
+              "(a NaN task, an F16 output that overflows), %d F8 merges against a reference"
+              % (len(CASES), sum(c.inspect for c in CASES), len(GOOD), len(F8)))
         return 0
     if not os.path.exists(a.nufilt):
         print("SKIP: no nufilt binary at %s" % a.nufilt)
@@ -976,11 +1320,20 @@ def main():
             args = ["step", "--base", base, "--task", task, "--prev", first, "--out", out,
                     "--null-rank", "3"]
             named = first
+        elif role == "custom":
+            ctx = {"base": base, "task": task, "first": first, "first_meta": first_meta,
+                   "nufilt": nufilt, "out": out}
+            args, named = fn(cdir, ctx)
         runs = [("", args)]
         if c.inspect:
             runs.append(("[inspect] ", ["inspect", bad]))
         for label, rargs in runs:
+            if c.max_extra_rss_mb and not label:
+                _, _, _, rss0 = run(nufilt, ["step", "--base", base, "--task", task, "--out",
+                                             out, "--null-rank", "x"])
+            t0 = time.monotonic()
             rc, so, se, rss = run(nufilt, rargs, timeout=c.timeout)
+            seconds = time.monotonic() - t0
             if role == "out-exists":
                 out_exists = open(out).read() != "keep me"
             else:
@@ -989,6 +1342,15 @@ def main():
             problems, msg = check(c, rc, se, rss, named, out_exists, leftovers)
             if c.max_rss_mb:
                 msg = "[peak %.0f MB] %s" % (rss, msg)
+            if c.max_seconds and not label:
+                if seconds > c.max_seconds:
+                    problems.append("took %.2f s (bound %g s)" % (seconds, c.max_seconds))
+                msg = "[%.3f s] %s" % (seconds, msg)
+            if c.max_extra_rss_mb and not label:
+                if rss - rss0 > c.max_extra_rss_mb:
+                    problems.append("peak memory %.0f MB above a trivial run's, over the %d MB "
+                                    "bound" % (rss - rss0, c.max_extra_rss_mb))
+                msg = "[peak %+.1f MB over a trivial run] %s" % (rss - rss0, msg)
             if label and CONTROL.search(so):
                 problems.append("control characters on stdout")
             report(c, label + name, problems, msg, counts)
@@ -1035,6 +1397,34 @@ def main():
         else:
             counts["ok"] += 1
             print("ok   --allow-nonfinite merges a task holding NaN")
+    if not a.only:
+        f8_merge_checks(nufilt, work, counts)
+    # the same flag lets an output holding Inf be written (F16 overflow of ta --scale 2)
+    if not a.only:
+        b16, t16 = os.path.join(work, "b16.safetensors"), os.path.join(work, "t16.safetensors")
+        f16_model(b16, 40000.0)
+        f16_model(t16, 60000.0)
+        out = os.path.join(work, "allowed16.safetensors")
+        rc, _, err, _ = run(nufilt, ["step", "--base", b16, "--task", t16, "--out", out,
+                                     "--method", "ta", "--scale", "2", "--allow-nonfinite"])
+        inf = 0
+        if rc == 0 and os.path.exists(out):
+            with open(out, "rb") as f:
+                hl = struct.unpack("<Q", f.read(8))[0]
+                h = json.loads(f.read(hl))
+                data = f.read()
+            for name, shape in NAMES:
+                lo, hi = h[name]["data_offsets"]
+                inf += sum(1 for v in struct.unpack("<%de" % numel(shape), data[lo:hi])
+                           if v == float("inf"))
+        want = sum(numel(sh) for _, sh in NAMES)
+        if inf != want:
+            counts["fail"] += 1
+            print("FAIL --allow-nonfinite did not write the overflowing F16 output (%d of %d Inf): %s"
+                  % (inf, want, err.strip()))
+        else:
+            counts["ok"] += 1
+            print("ok   --allow-nonfinite writes an F16 output that overflowed (%d Inf)" % inf)
     total = sum(counts.values())
     print("%d checks: %d ok, %d failed, %d known issues (xfail), %d known issues now passing "
           "(xpass)" % (total, counts["ok"], counts["fail"], counts["xfail"], counts["xpass"]))

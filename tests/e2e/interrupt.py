@@ -98,12 +98,22 @@ def write_model(path, seed, metadata=None):
             f.write(c)
 
 
+def card_without_command(data):
+    """A directory output's model card names the command that wrote it (and so the output's
+    path, which differs from run to run here): compared without that line."""
+    head, sep, rest = data.partition(b"```sh\n")
+    return head + sep + b"COMMAND\n```" + rest.partition(b"\n```")[2] if sep else data
+
+
 def snapshot(path):
     """None if absent, bytes for a file, {name: bytes} for a directory."""
     if not os.path.lexists(path):
         return None
     if os.path.isdir(path):
-        return {n: open(os.path.join(path, n), "rb").read() for n in sorted(os.listdir(path))}
+        snap = {n: open(os.path.join(path, n), "rb").read() for n in sorted(os.listdir(path))}
+        if "README.md" in snap:
+            snap["README.md"] = card_without_command(snap["README.md"])
+        return snap
     return open(path, "rb").read()
 
 

@@ -30,7 +30,8 @@ TOL = {"gap": 1e-4, "decay": 2e-3, "lowrank": 1e-4}
 CLI_DEFAULTS = {"null_rank": 128, "task_rank": 8, "lora_rank": 64}
 ALL_CASES = ["default", "decay", "lora0", "null0", "task0", "reference", "merge-vs-steps", "seed",
              "f16", "bf16", "sharded-in", "sharded-out", "lowrank", "preset-auto", "svd-gram",
-             "svd-gram-decay", "svd-fast", "svd-fast-decay"]
+             "svd-gram-decay", "svd-fast", "svd-fast-decay", "svd-gesdd", "svd-gesdd-decay",
+             "svd-exact-alias", "svd-mixed"]
 SKIP = 77
 
 
@@ -325,6 +326,128 @@ def case_default(ctx, case, spectrum=None, **kw):
     return merge_and_compare(ctx, case, fx, spectrum=spectrum, **kw)[0]
 
 
+def recorded_svd(ctx, case, label, steps_dir, T, want):
+    """Every saved step records the SVD mode it used (metadata nufilt.svd)."""
+    got = [st.read_metadata(step_path(steps_dir, t, True)).get("nufilt.svd") for t in range(1, T + 1)]
+    return ctx.report(got == [want] * T, case, label,
+                      "nufilt.svd of steps 1..%d: %s (expected %s)" % (T, ",".join(map(str, got)), want))
+
+
+def svd_run(ctx, tag, fx, extra):
+    """merge --save-steps with extra options, no reference; returns (steps_dir, out)."""
+    run_dir = os.path.join(ctx.workdir, "run-" + tag)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
+    out = os.path.join(run_dir, "merged.safetensors")
+    steps = os.path.join(run_dir, "steps")
+    run_nufilt(ctx, ["merge", "--base", fx["base"], "--out", out, "--save-steps", steps]
+               + rank_args(fx["null_rank"], fx["task_rank"], fx["lora_rank"], 0, "paper")
+               + list(extra) + fx["tasks"])
+    return steps, out
+
+
+def case_default_mode(ctx, case):
+    """No --svd: the reference comparison of the default case, the mode recorded is fast,
+    and the outputs are bit-identical to an explicit --svd fast and differ from --svd gesdd
+    (so the default really is fast, not gesdd)."""
+    fx = fixtures(ctx, case)
+    ok, steps, out = merge_and_compare(ctx, case, fx)
+    T = len(fx["tasks"])
+    ok &= recorded_svd(ctx, case, "recorded-mode", steps, T, "fast")
+    _, out_fast = svd_run(ctx, case + "-fast", fx, ["--svd", "fast"])
+    ok &= same_bytes(ctx, case, "default==--svd fast", out, out_fast)
+    _, out_gesdd = svd_run(ctx, case + "-gesdd", fx, ["--svd", "gesdd"])
+    tr = set(treated_names(st.load(fx["base"])))
+    ok &= same_bytes(ctx, case, "default!=--svd gesdd", out, out_gesdd, expect_same=False, only=tr)
+    return ok
+
+
+def case_svd_mode(ctx, case, mode, spectrum):
+    """--svd MODE against the reference, and the mode recorded in every step."""
+    fx = fixtures(ctx, case, spectrum=spectrum)
+    ok, steps, _ = merge_and_compare(ctx, case, fx, spectrum=spectrum, extra=["--svd", mode])
+    return ok & recorded_svd(ctx, case, "recorded-mode", steps, len(fx["tasks"]),
+                             "gesdd" if mode == "exact" else mode)
+
+
+def case_exact_alias(ctx, case):
+    """--svd exact is the old name of gesdd: bit-identical outputs, recorded as gesdd; under
+    --compat reference every mode that has no gesdd of its own (fast, the default) is gesdd."""
+    fx = fixtures(ctx, case)
+    T = len(fx["tasks"])
+    s1, o1 = svd_run(ctx, case + "-gesdd", fx, ["--svd", "gesdd"])
+    s2, o2 = svd_run(ctx, case + "-exact", fx, ["--svd", "exact"])
+    ok = same_bytes(ctx, case, "exact==gesdd", o1, o2)
+    ok &= recorded_svd(ctx, case, "exact-recorded-as-gesdd", s2, T, "gesdd")
+    s3, o3 = svd_run(ctx, case + "-ref", fx, ["--compat", "reference"])
+    s4, o4 = svd_run(ctx, case + "-ref-gesdd", fx, ["--compat", "reference", "--svd", "gesdd"])
+    ok &= same_bytes(ctx, case, "reference-default==reference-gesdd", o3, o4)
+    ok &= recorded_svd(ctx, case, "reference-recorded-as-gesdd", s3, T, "gesdd")
+    return ok
+
+
+def case_svd_mixed(ctx, case):
+    """A stream whose steps use different modes: step 2 with --svd gesdd on a prev made with
+    fast is allowed, matches the reference, and --report says the mode changed; a prev that
+    records an unknown mode is refused with its file named."""
+    fx = fixtures(ctx, case)
+    run_dir = os.path.join(ctx.workdir, "run-" + case)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(run_dir)
+    base = fx["base"]
+    ra = rank_args(fx["null_rank"], fx["task_rank"], fx["lora_rank"], 0, "paper")
+    s1 = os.path.join(run_dir, "s1.safetensors")
+    s2 = os.path.join(run_dir, "s2.safetensors")
+    rep1 = os.path.join(run_dir, "r1.json")
+    rep2 = os.path.join(run_dir, "r2.json")
+    run_nufilt(ctx, ["step", "--base", base, "--task", fx["tasks"][0], "--out", s1, "--report", rep1] + ra)
+    run_nufilt(ctx, ["step", "--base", base, "--task", fx["tasks"][1], "--prev", s1, "--out", s2,
+                     "--svd", "gesdd", "--report", rep2] + ra)
+    import json
+    st1 = json.load(open(rep1))["steps"][0]
+    st2 = json.load(open(rep2))["steps"][0]
+    ok = ctx.report(st1.get("svd") == "fast" and "svd_previous" not in st1, case, "report-step1",
+                    "first step: svd=%s, svd_previous %s" % (st1.get("svd"), st1.get("svd_previous", "absent")))
+    ok &= ctx.report(st2.get("svd") == "gesdd" and st2.get("svd_previous") == "fast"
+                     and st2.get("svd_changed") is True, case, "report-step2",
+                     "step on a fast prev with --svd gesdd: svd=%s svd_previous=%s svd_changed=%s"
+                     % (st2.get("svd"), st2.get("svd_previous"), st2.get("svd_changed")))
+    ok &= ctx.report(st.read_metadata(s2).get("nufilt.svd") == "gesdd", case, "recorded",
+                     "step 2 records %s" % st.read_metadata(s2).get("nufilt.svd"))
+    # step 2 against the reference, with nufilt's own step 1 as prev
+    params = nr.make_params(null_rank=fx["null_rank"], task_rank=fx["task_rank"], lora_rank=fx["lora_rank"],
+                            seed=0, compat="paper")
+    base64 = nr.as_f64(st.load(base))
+    prev = nr.as_f64(st.load(s1))
+    ref = nr.nufilt_step(base64, prev, nr.as_f64(st.load(fx["tasks"][1])), 2, params)
+    got = st.load(s2)
+    err = max(tv_relerr(got.f64(k), ref[k], base64[k]) for k in treated_names(base64))
+    ok &= ctx.report(err <= TOL["gap"], case, "step2-vs-ref",
+                     "max rel TV error %.3e, tolerance %.0e" % (err, TOL["gap"]))
+    # the same step with the same mode as the previous one: svd_changed false
+    s2b = os.path.join(run_dir, "s2b.safetensors")
+    rep3 = os.path.join(run_dir, "r3.json")
+    run_nufilt(ctx, ["step", "--base", base, "--task", fx["tasks"][1], "--prev", s1, "--out", s2b,
+                     "--report", rep3] + ra)
+    st3 = json.load(open(rep3))["steps"][0]
+    ok &= ctx.report(st3.get("svd_previous") == "fast" and st3.get("svd_changed") is False, case,
+                     "report-same-mode", "svd_previous=%s svd_changed=%s"
+                     % (st3.get("svd_previous"), st3.get("svd_changed")))
+    # a prev whose nufilt.svd is not a known mode
+    bad = os.path.join(run_dir, "bad-prev.safetensors")
+    t1 = st.load(s1)
+    meta = dict(st.read_metadata(s1))
+    meta["nufilt.svd"] = "qr"
+    st.save_file(bad, t1, dtypes=t1.dtypes, metadata=meta)
+    p = run_nufilt(ctx, ["step", "--base", base, "--task", fx["tasks"][1], "--prev", bad, "--out",
+                         os.path.join(run_dir, "never.safetensors")] + ra, expect_ok=False)
+    msg = p.stderr.decode(errors="replace")
+    ok &= ctx.report(p.returncode != 0 and "bad-prev.safetensors" in msg and "nufilt.svd" in msg
+                     and not os.path.exists(os.path.join(run_dir, "never.safetensors")), case,
+                     "unknown-recorded-mode", "rc=%d: %s" % (p.returncode, msg.strip()[:200]))
+    return ok
+
+
 def case_merge_vs_steps(ctx, case):
     fx = fixtures(ctx, case)
     ok, steps_dir, out = merge_and_compare(ctx, case, fx, chain=False)
@@ -442,7 +565,13 @@ def case_preset_auto(ctx, case):
 
 def run_case(ctx, case):
     if case == "default":
-        return case_default(ctx, case)
+        return case_default_mode(ctx, case)
+    if case in ("svd-gesdd", "svd-gesdd-decay"):
+        return case_svd_mode(ctx, case, "gesdd", "decay" if case.endswith("decay") else None)
+    if case == "svd-exact-alias":
+        return case_exact_alias(ctx, case)
+    if case == "svd-mixed":
+        return case_svd_mixed(ctx, case)
     if case == "gap":
         return case_default(ctx, case, spectrum="gap")
     if case == "decay":
