@@ -458,15 +458,16 @@ static int add_shard(nf_model *m, const char *path, nf_error *err)
     return nf_st_parse(m, (int)(m->nshards - 1), err);
 }
 
-static int read_small_file(const char *path, char **out, size_t *len, nf_error *err)
+int nf_read_small_file(const char *path, uint64_t max, const char *too_big, char **out,
+                       size_t *len, nf_error *err)
 {
     struct stat st;
     int fd, rc = open_regular(path, &st, &fd, err);
     if (rc)
         return rc;
-    if (st.st_size > (off_t)NF_MAX_HEADER_BYTES) {
+    if ((uint64_t)st.st_size > max) {
         close(fd);
-        return nf_error_set(err, NF_E_FORMAT, "%s: index file larger than 100 MB", path);
+        return nf_error_set(err, NF_E_FORMAT, "%s: %s", path, too_big);
     }
     char *buf = malloc((size_t)st.st_size + 1);
     if (!buf) {
@@ -571,7 +572,8 @@ static int open_indexed(nf_model *m, const char *dir, const char *index_path, nf
 {
     char *text = NULL;
     size_t len = 0;
-    int rc = read_small_file(index_path, &text, &len, err);
+    int rc = nf_read_small_file(index_path, NF_MAX_HEADER_BYTES, "index file larger than 100 MB",
+                                &text, &len, err);
     if (rc)
         return rc;
     nf_json *root = NULL;

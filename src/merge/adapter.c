@@ -57,48 +57,6 @@ void nf_adapter_close(nf_adapter *a)
     free(a);
 }
 
-static int read_config(const char *path, char **out, size_t *len, nf_error *err)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0)
-        return nf_error_set(err, NF_E_IO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return nf_error_set(err, NF_E_IO, "%s: not a regular file", path);
-    }
-    if (st.st_size > (off_t)MAX_CONFIG_BYTES) {
-        close(fd);
-        return nf_error_set(err, NF_E_FORMAT, "%s: larger than 4 MB, not an adapter config",
-                            path);
-    }
-    (void)fcntl(fd, F_SETFL, 0);
-    char *buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        close(fd);
-        return nf_error_set(err, NF_E_NOMEM, "%s: out of memory", path);
-    }
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            int e = errno;
-            free(buf);
-            close(fd);
-            return r == 0 ? nf_error_set(err, NF_E_IO, "%s: file shrank while being read", path)
-                          : nf_error_set(err, NF_E_IO, "%s: read failed: %s", path, strerror(e));
-        }
-        got += (size_t)r;
-    }
-    close(fd);
-    buf[got] = '\0';
-    *out = buf;
-    *len = got;
-    return NF_OK;
-}
-
 /* ---- the configuration ---- */
 
 typedef struct pattern {
@@ -552,7 +510,8 @@ int nf_adapter_open(const char *dir, const nf_model *base, nf_adapter **out, nf_
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
         goto out;
     }
-    if ((rc = read_config(cpath, &text, &len, err)))
+    if ((rc = nf_read_small_file(cpath, MAX_CONFIG_BYTES,
+                                 "larger than 4 MB, not an adapter config", &text, &len, err)))
         goto out;
     char jerr[256];
     root = nf_json_parse(text, len, jerr, sizeof jerr);
