@@ -12,8 +12,17 @@
 #include "core/util.h"
 #include "progress.h"
 
+volatile sig_atomic_t cli_stopping;
+
 static int fail(const nf_error *e)
 {
+    if (cli_stopping) {
+        /* a signal's handler, on another thread, removed the temporaries and says so; it
+         * ends the process by the signal within moments: wait for that rather than exit 1 */
+        for (int i = 0; i < 100; i++)
+            usleep(100000);
+        return 1;
+    }
     char msg[2 * sizeof e->msg];
     cli_flags(e->msg[0] ? e->msg : nf_status_message(e->code), msg, sizeof msg);
     fprintf(stderr, "nufilt: error: %s\n", msg);

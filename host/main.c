@@ -108,6 +108,7 @@ static void say(const char *s)
  * finds no temporary and leaves the complete output. Only async-signal-safe calls here. */
 static void on_signal(int sig)
 {
+    cli_stopping = 1; /* the other threads' errors from here on are the signal's doing */
     nf_cleanup_temporaries();
     if (sig == SIGBUS) {
         say("nufilt: error: bus error reading a memory-mapped input: a model file was "
@@ -127,9 +128,17 @@ static void on_signal(int sig)
             rt[o] = '\0';
             name = rt;
         }
-        say("nufilt: stopped by ");
-        say(name);
-        say("; temporary files removed\n");
+        /* one write, so that a message another thread prints meanwhile (a write that
+         * failed because its temporary is gone) cannot land inside it */
+        char msg[96] = "nufilt: stopped by ";
+        size_t n = strlen(msg);
+        for (const char *q = name; *q && n < 60; q++)
+            msg[n++] = *q;
+        const char *tail = "; temporary files removed\n";
+        for (const char *q = tail; *q; q++)
+            msg[n++] = *q;
+        msg[n] = '\0';
+        say(msg);
     }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);

@@ -227,13 +227,20 @@ void nf_writer_cleanup_signal(void)
             continue;
         if (tmp_is_dir[i]) {
             /* outputs are directory trees (the base's subfolders copied); a merge's scratch
-             * directory holds outputs */
-            int fd = open(tmp_paths[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-            if (fd >= 0) {
-                clear_dir_signal_safe(fd, NF_REMOVE_TREE_DEPTH);
-                close(fd);
+             * directory holds outputs. The other threads run on while this handler does:
+             * a worker may create a shard file, or a step commit its output, in the
+             * directory after it was emptied, so it is emptied again until it can be removed
+             * (a removed directory takes no new files). output_safety's signal cases left
+             * a scratch directory about one run in five with a single pass. */
+            for (int tries = 0; tries < 100; tries++) {
+                int fd = open(tmp_paths[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                if (fd >= 0) {
+                    clear_dir_signal_safe(fd, NF_REMOVE_TREE_DEPTH);
+                    close(fd);
+                }
+                if (rmdir(tmp_paths[i]) == 0 || (errno != ENOTEMPTY && errno != EEXIST))
+                    break;
             }
-            rmdir(tmp_paths[i]);
         } else {
             unlink(tmp_paths[i]);
         }

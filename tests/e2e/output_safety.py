@@ -653,7 +653,8 @@ def signal_case(sig, via=None):
                 def limits():
                     resource.setrlimit(resource.RLIMIT_CPU, (1, 30))
             p = subprocess.Popen([c.nufilt, "merge", "--base", base, "--out", "mo",
-                                  "--out-shard-size", "300KB", "--threads", "1"] + tasks,
+                                  "--out-shard-size", "300KB", "--threads", "1",
+                                  "--svd", "gesdd"] + tasks,
                                  cwd=d, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, preexec_fn=limits)
             sent = False
@@ -661,8 +662,13 @@ def signal_case(sig, via=None):
                 deadline = time.monotonic() + 60
                 while p.poll() is None and time.monotonic() < deadline:
                     if temporaries(d):
-                        time.sleep(random.uniform(0.05, 0.8))
+                        # somewhere in the merge, then stopped so that it cannot finish
+                        # before the signal arrives (on a fast machine the rest of the merge
+                        # can take less than any sleep): the signal is delivered on SIGCONT
+                        time.sleep(random.uniform(0.0, 0.3))
+                        p.send_signal(signal.SIGSTOP)
                         p.send_signal(sig)
+                        p.send_signal(signal.SIGCONT)
                         sent = True
                         break
                     time.sleep(0.005)
