@@ -9,8 +9,9 @@ the process's RssAnon from /proc every few milliseconds, and checks:
   * the 12-layer model's peak stays within 15% + 8 MB of the 2-layer model's, although the model
     is 5 times larger (memory does not grow with the number of tensors);
   * on 768-wide layers with two workers, --max-memory set to what one treated tensor needs
-    keeps one treated job in flight: the peak is clearly below the uncapped two-worker peak
-    and within one job of the one-worker peak (and the output is byte-identical);
+    keeps one treated job in flight: the peak stays within half a job (computed from the
+    shapes) of the one-worker peak, where a second job in flight would add a whole one (and
+    the output is byte-identical);
   * a --max-memory below what one tensor needs is refused with a message naming the tensor.
 
     /usr/bin/python3 tests/e2e/memory_bound.py --nufilt PATH --workdir DIR
@@ -51,8 +52,18 @@ def make_model(path, layers, seed, base=None, scale=1e-3, W=W):
     return out
 
 
+# glibc raises its mmap threshold at run time when a large block is freed, so whether a later
+# 9 MB buffer is mmapped (and returned on free) or carved from a worker thread's arena (and
+# kept resident after free) depends on how the two workers' allocations and frees interleave,
+# which load changes. A fixed threshold (glibc's own initial value) turns that off, so RssAnon
+# counts the buffers alive rather than what an arena happens to cache: the capped peak on the
+# wide model measured 88.1 MB against 86.8 for one worker (51.7 / 50.5 without
+# MALLOC_PERTURB_), every run under two `yes` loads. The program itself is unchanged.
+ENV = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+
+
 def peak_rss_anon(cmd):
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     peak = 0
     status = "/proc/%d/status" % p.pid
     while p.poll() is None:
@@ -135,15 +146,18 @@ def main():
     cap = "%dB" % (6 * fc1)
     rc2, capped, err2 = peak_rss_anon(args + ["--threads", "2", "--max-memory", cap, "--out",
                                               os.path.join(d, "capped.safetensors")])
-    # A second worker costs a fixed amount (its BLAS buffers) beside the tensors it holds, so
-    # the cap shows as the second concurrent job missing: the capped peak is clearly below
-    # the free one, and within one job of a single worker's.
+    # A second worker costs a small fixed amount (its stack and BLAS buffers) beside the
+    # tensors it holds; a second treated job in flight would add its working copies of a
+    # 3072 x 768 matrix (the cap is set from 4 of them). So the capped peak stays within half
+    # a job of a single worker's. The uncapped peak is printed, not compared: how much of the
+    # two free jobs' working sets overlap in time is up to the OS scheduler.
     job = 4 * fc1 / 1e6
-    ok = rc == 0 and rc2 == 0 and capped <= two - 0.3 * job and capped <= one + 0.9 * job
+    ok = rc == 0 and rc2 == 0 and capped <= one + 0.5 * job
     failures += not ok
-    print("%s --max-memory %s with 2 workers: peak %.1f MB (2 workers without a cap %.1f MB, "
-          "1 worker %.1f MB)%s" % ("PASS" if ok else "FAIL", cap, capped, two, one,
-                                   "" if rc2 == 0 else ": " + err2))
+    print("%s --max-memory %s with 2 workers: peak %.1f MB, limit %.1f (1 worker %.1f MB plus "
+          "half a job of %.1f MB; 2 workers without a cap %.1f MB)%s" %
+          ("PASS" if ok else "FAIL", cap, capped, one + 0.5 * job, one, job, two,
+           "" if rc2 == 0 else ": " + err2))
     same = rc2 == 0 and open(os.path.join(d, "free.safetensors"), "rb").read() == \
         open(os.path.join(d, "capped.safetensors"), "rb").read()
     failures += not same
