@@ -54,6 +54,13 @@ LAYERS = 4
 POOL = 100003
 
 
+def default_signals():
+    """In the child: SIGINT and SIGTERM as a terminal delivers them, even where this test runs
+    with them ignored (a background job ignores SIGINT; nufilt keeps an ignored signal
+    ignored, on purpose)."""
+    for sg in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sg, signal.SIG_DFL)
+
 def layer_tensors():
     ts = []
     for l in range(LAYERS):
@@ -240,7 +247,8 @@ def interrupted(c, scenario, key, sig, out_name):
         delay = span * ((i + c.rnd.random()) / c.kills)
         p = subprocess.Popen([c.nufilt] + c.cmd[key](out) + ["--quiet"] +
                              (["--force"] if prior is not None else []),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=default_signals)
         try:
             p.wait(timeout=delay)
         except subprocess.TimeoutExpired:

@@ -648,9 +648,12 @@ def signal_case(sig, via=None):
         # a merge of three tasks: two steps that compute (the first only copies task 1)
         base, tasks = models(d, dir_base=True, ntasks=3, **BIG)
         for attempt in range(4):
-            limits = None
-            if via == "ulimit -t":
-                def limits():
+            def limits():
+                # the signal as nufilt gets it from a terminal, even where this test runs
+                # with it ignored (a background job ignores SIGINT and SIGQUIT, nohup SIGHUP;
+                # nufilt keeps a signal ignored at start ignored, on purpose)
+                signal.signal(sig, signal.SIG_DFL)
+                if via == "ulimit -t":
                     resource.setrlimit(resource.RLIMIT_CPU, (1, 30))
             p = subprocess.Popen([c.nufilt, "merge", "--base", base, "--out", "mo",
                                   "--out-shard-size", "300KB", "--threads", "1",

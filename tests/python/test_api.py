@@ -147,8 +147,11 @@ def test_ctrl_c(tmp_path, digits):
             sys.exit(3)
         print("finished", flush=True)
     """)
+    # Python raises KeyboardInterrupt only where SIGINT is not ignored at its start (this
+    # test may run as a background job, which ignores it)
     proc = subprocess.Popen([sys.executable, "-c", script, str(base)] + [str(t) for t in tasks],
-                            cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline().strip() == "started"
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
