@@ -5,6 +5,7 @@
 #include <string.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <time.h>
@@ -161,10 +162,32 @@ int nf_exists(const char *path)
     return lstat(path, &st) == 0;
 }
 
-/* Symbolic links are removed, never followed: a link planted where an output goes cannot make
- * this empty another directory. depth levels below path at most (a merge's scratch directory,
- * the output directories in it, their subfolders, their files). */
-static void remove_tree_depth(const char *path, int depth)
+/* Empties the directory open as dfd (and closes it), depth levels below at most. Entries are
+ * reached through the directory's descriptor and symbolic links are removed, never followed:
+ * a link planted where an output goes cannot make this empty another directory. */
+static void empty_dir_at(int dfd, int depth)
+{
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return;
+    }
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        if (unlinkat(dirfd(d), e->d_name, 0) == 0 || depth <= 0)
+            continue;
+        int sub = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub >= 0) {
+            empty_dir_at(sub, depth - 1);
+            unlinkat(dirfd(d), e->d_name, AT_REMOVEDIR);
+        }
+    }
+    closedir(d);
+}
+
+void nf_remove_tree_depth(const char *path, int depth)
 {
     struct stat st;
     if (lstat(path, &st) != 0)
@@ -173,27 +196,13 @@ static void remove_tree_depth(const char *path, int depth)
         unlink(path);
         return;
     }
-    DIR *d = opendir(path);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            char *p = nf_path_join(path, e->d_name);
-            if (!p)
-                continue;
-            if (depth > 0)
-                remove_tree_depth(p, depth - 1);
-            else
-                unlink(p);
-            free(p);
-        }
-        closedir(d);
-    }
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd >= 0)
+        empty_dir_at(fd, depth);
     rmdir(path);
 }
 
-void nf_remove_tree(const char *path) { remove_tree_depth(path, NF_REMOVE_TREE_DEPTH); }
+void nf_remove_tree(const char *path) { nf_remove_tree_depth(path, NF_REMOVE_TREE_DEPTH); }
 
 int nf_mkdirs(const char *path)
 {

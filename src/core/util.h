@@ -63,5 +63,7 @@ int nf_mkdirs(const char *path);
  * into them (io/tree.h: NF_TREE_MAX_DEPTH). */
 #define NF_REMOVE_TREE_DEPTH 9
 void nf_remove_tree(const char *path);
+/* The same, depth levels below path at most. */
+void nf_remove_tree_depth(const char *path, int depth);
 
 #endif

@@ -564,7 +564,6 @@ static int copy_extras(nf_writer *w, nf_error *err)
     return rc;
 }
 
-static void remove_old_output(const char *path);
 
 void nf_writer_abort(nf_writer *w)
 {
@@ -588,7 +587,7 @@ void nf_writer_abort(nf_writer *w)
         free(f->members);
     }
     if (w->tmp_dir) {
-        remove_old_output(w->tmp_dir);
+        nf_remove_tree_depth(w->tmp_dir, 64);
         nf_tmp_unregister(w->tmp_dir);
         free(w->tmp_dir);
     }
@@ -954,45 +953,6 @@ static void fsync_dir(const char *dir)
  * a file is replaced by rename(2) and a directory swapped with RENAME_EXCHANGE, the old one
  * then removed under the temporary name. Another process committing the same destination
  * at the same time makes the attempt retry: the last one to commit wins, whole. */
-/* Removes the directory open as dfd's contents, at any depth (up to 64 levels); links are
- * removed, never followed. For an old output that nf_outpath_replaceable accepted. */
-static void empty_dir_at(int dfd, int depth)
-{
-    DIR *d = fdopendir(dfd);
-    if (!d) {
-        close(dfd);
-        return;
-    }
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        if (unlinkat(dirfd(d), e->d_name, 0) == 0 || depth <= 0)
-            continue;
-        int sub = openat(dirfd(d), e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-        if (sub >= 0) {
-            empty_dir_at(sub, depth - 1);
-            unlinkat(dirfd(d), e->d_name, AT_REMOVEDIR);
-        }
-    }
-    closedir(d);
-}
-
-static void remove_old_output(const char *path)
-{
-    struct stat st;
-    if (lstat(path, &st) != 0)
-        return;
-    if (!S_ISDIR(st.st_mode)) {
-        unlink(path);
-        return;
-    }
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd >= 0)
-        empty_dir_at(fd, 64);
-    rmdir(path);
-}
-
 #define CANNOT_MOVE "%s: cannot move the output into place: %s"
 static int move_into_place(nf_writer *w, const char *src, nf_error *err)
 {
@@ -1030,7 +990,7 @@ static int move_into_place(nf_writer *w, const char *src, nf_error *err)
         if (renameat2(AT_FDCWD, src, AT_FDCWD, w->out, RENAME_EXCHANGE) == 0) {
             /* src now names the old destination: a directory of our files, or whatever was
              * there (a symbolic link is removed, never followed into) */
-            remove_old_output(src);
+            nf_remove_tree_depth(src, 64); /* an old output nf_outpath_replaceable accepted */
             return NF_OK;
         }
         if (errno != ENOENT) /* ENOENT: the destination went away meanwhile; again */
