@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "core/util.h"
+#include "dist.h"
 #include "progress.h"
 
 volatile sig_atomic_t cli_stopping;
@@ -25,7 +26,7 @@ static int fail(const nf_error *e)
     }
     char msg[2 * sizeof e->msg];
     cli_flags(e->msg[0] ? e->msg : nf_status_message(e->code), msg, sizeof msg);
-    fprintf(stderr, "nufilt: error: %s\n", msg);
+    fprintf(stderr, "nufilt: error: %s%s\n", cli_rank_prefix, msg);
     return e->code == NF_E_ARG ? 2 : 1;
 }
 

@@ -8,6 +8,7 @@
 
 #include "args.h"
 #include "commands.h"
+#include "dist.h"
 #include "nufilt.h"
 
 static void usage(FILE *f)
@@ -187,21 +188,27 @@ int main(int argc, char **argv)
         printf("nufilt %s\n", nf_version());
         return 0;
     }
-    install_handlers();
     if (!strcmp(cmd, "step") || !strcmp(cmd, "merge")) {
+        /* under mpirun or srun: one rank of a distributed merge (host/dist.c) */
+        if (cli_dist_begin(&argc, &argv))
+            return 1;
+        install_handlers();
         int which = !strcmp(cmd, "step") ? CMD_STEP : CMD_MERGE;
         cli c;
         int rc = cli_parse(which, argc, argv, 2, &c);
         if (rc == 0 && c.help) {
             help_command(cmd);
             cli_free(&c);
-            return 0;
+            return cli_dist_end(0);
         }
+        if (rc == 0)
+            rc = cli_dist_adapt(&c);
         if (rc == 0)
             rc = which == CMD_STEP ? cmd_step(&c) : cmd_merge(&c);
         cli_free(&c);
-        return rc;
+        return cli_dist_end(rc);
     }
+    install_handlers();
     if (!strcmp(cmd, "inspect")) {
         cli c;
         int rc = cli_parse(CMD_INSPECT, argc, argv, 2, &c);

@@ -220,7 +220,7 @@ START_TEST(test_writer_single_and_sharded)
     for (int sharded = 0; sharded < 2; sharded++) {
         char *out = tu_path(dir, sharded ? "outdir" : "out.safetensors");
         nf_writer_args a = {out, sharded, t, 3, meta, 1, sharded ? 40 : 0,
-                            sharded ? cfgdir : NULL, 0, NULL, NULL, NULL};
+                            sharded ? cfgdir : NULL, 0, NULL, NULL, NULL, NULL};
         nf_writer *w = NULL;
         nf_error err = {0};
         ck_assert_int_eq(nf_writer_open(&a, &w, &err), NF_OK);
@@ -286,7 +286,7 @@ START_TEST(test_writer_abort_leaves_nothing)
     nf_out_spec t[1] = {spec("w", NF_F32, 8, 8)};
     for (int as_dir = 0; as_dir < 2; as_dir++) {
         char *out = tu_path(dir, as_dir ? "o" : "o.safetensors");
-        nf_writer_args a = {out, as_dir, t, 1, NULL, 0, 0, NULL, 0, NULL, NULL, NULL};
+        nf_writer_args a = {out, as_dir, t, 1, NULL, 0, 0, NULL, 0, NULL, NULL, NULL, NULL};
         nf_writer *w = NULL;
         nf_error err = {0};
         ck_assert_int_eq(nf_writer_open(&a, &w, &err), NF_OK);
@@ -304,7 +304,7 @@ START_TEST(test_writer_force_replaces)
     char *out = tu_path(dir, "f.safetensors");
     /* not a safetensors file: --force does not replace it, and it is left as it was */
     tu_write_file(out, "old file", 8);
-    nf_writer_args a = {out, 0, t, 1, NULL, 0, 0, NULL, 1, NULL, NULL, NULL};
+    nf_writer_args a = {out, 0, t, 1, NULL, 0, 0, NULL, 1, NULL, NULL, NULL, NULL};
     nf_writer *w = NULL;
     nf_error err = {0};
     ck_assert_int_eq(nf_writer_open(&a, &w, &err), NF_E_EXISTS);

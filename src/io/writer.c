@@ -1,5 +1,7 @@
 #include "writer.h"
 
+#include "../dist/dist.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -33,6 +35,7 @@ typedef struct out_file {
     uint64_t data_size;
     size_t *members;     /* tensor indices in data order */
     size_t nmembers;
+    int mine;            /* written by this process (a distributed run: its rank's shards) */
 } out_file;
 
 typedef struct gen_file {
@@ -58,6 +61,7 @@ struct nf_writer {
     gen_file *gen;       /* files written at commit beside the weights (nf_writer_add_file) */
     size_t ngen;
     int extras_done;     /* the base's tree and gen are in tmp_dir (nf_writer_copy_tree) */
+    int rank;            /* a distributed run (a.owner): this rank; it commits when 0 */
 };
 
 /* Temporary paths to remove if the process is interrupted: a fixed table so that a signal
@@ -506,7 +510,7 @@ static int copy_extras(nf_writer *w, nf_error *err);
 
 int nf_writer_copy_tree(nf_writer *w, nf_error *err)
 {
-    if (w->extras_done || !w->a.as_dir || (!w->a.copy_from_dir && !w->ngen))
+    if (w->extras_done || !w->a.as_dir || (!w->a.copy_from_dir && !w->ngen) || w->rank != 0)
         return NF_OK;
     w->extras_done = 1;
     return copy_extras(w, err);
@@ -624,6 +628,76 @@ int nf_writer_open_memory(const nf_sink *s, const nf_out_spec *spec, size_t n,
     return NF_OK;
 }
 
+/* Tensor -> file in the given order, a new file past shard_size; in a distributed run each
+ * rank's tensors in turn, in files of their own. Returns the number of files (at least 1). */
+static size_t assign_shards(nf_writer *w)
+{
+    const nf_writer_args *a = &w->a;
+    int nranks = a->owner ? nf_dist_get()->size : 1;
+    size_t nfiles = 0;
+    for (int r = 0; r < nranks; r++) {
+        uint64_t cur = 0;
+        size_t in_cur = 0;
+        for (size_t i = 0; i < a->ntensors; i++) {
+            if (a->owner && a->owner[i] != r)
+                continue;
+            if (a->shard_size && in_cur > 0 && cur + a->tensors[i].nbytes > a->shard_size) {
+                cur = 0;
+                in_cur = 0;
+            }
+            if (in_cur == 0)
+                nfiles++;
+            w->file_of[i] = (int)(nfiles - 1);
+            cur += a->tensors[i].nbytes;
+            in_cur++;
+        }
+    }
+    return nfiles ? nfiles : 1;
+}
+
+/* A distributed run's temporary directory: rank 0 creates it and tells the others its name;
+ * every rank registers it, so that a rank stopped by a signal removes it (and with it every
+ * rank's shards: the run is over for all of them). Takes tmpl. */
+static int shared_tmp_dir(nf_writer *w, char *tmpl, nf_error *err)
+{
+    const nf_dist *d = nf_dist_get();
+    char name[PATH_MAX];
+    memset(name, 0, sizeof name);
+    sigset_t oldmask;
+    block_cleanup_signals(&oldmask);
+    int made = d->rank != 0 || mkdtemp(tmpl) != NULL;
+    int e = errno;
+    if (d->rank == 0 && made) {
+        snprintf(name, sizeof name, "%s", tmpl);
+        nf_tmp_register(tmpl, 1);
+        w->tmp_dir = tmpl; /* removed by nf_writer_abort from here on */
+        tmpl = NULL;
+    }
+    restore_signals(&oldmask);
+    free(tmpl);
+    if (!made)
+        return nf_error_set(err, NF_E_IO, "%s: cannot create a temporary directory beside it: %s",
+                            w->out, strerror(e));
+    int rc = d->bcast(name, sizeof name);
+    if (rc == NF_OK && !name[0])
+        rc = NF_E_IO;
+    if (rc)
+        return nf_error_set(err, rc, "%s: rank 0 did not share its temporary directory", w->out);
+    block_cleanup_signals(&oldmask);
+    if (d->rank != 0 && nf_tmp_register(name, 1) < 0) {
+        restore_signals(&oldmask);
+        return nf_error_set(err, NF_E_LIMIT, "%s: too many outputs open at once", w->out);
+    }
+    if (d->rank != 0)
+        w->tmp_dir = nf_strdup(name);
+    restore_signals(&oldmask);
+    if (!w->tmp_dir) {
+        nf_tmp_unregister(name);
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    }
+    return NF_OK;
+}
+
 int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
 {
     *out = NULL;
@@ -643,6 +717,11 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
                             "%s: the output's metadata would have %zu entries (the base's and "
                             "nufilt's); at most %d can be read back",
                             a->out, a->nmeta, NF_MAX_METADATA_ENTRIES);
+    if (!a->as_dir && a->owner)
+        return nf_error_set(err, NF_E_ARG,
+                            "%s: a merge over several ranks writes a directory (a path not "
+                            "ending in .safetensors)",
+                            a->out);
     if (!a->as_dir && a->shard_size)
         return nf_error_set(err, NF_E_ARG,
                             "%s: `out_shard_size` needs a directory output (a path not ending "
@@ -653,6 +732,7 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
         return nf_error_set(err, NF_E_NOMEM, "out of memory");
     pthread_mutex_init(&w->fd_lock, NULL);
     w->a = *a;
+    w->rank = a->owner ? nf_dist_get()->rank : 0;
     w->out = nf_strdup(a->out);
     w->file_of = calloc(a->ntensors ? a->ntensors : 1, sizeof *w->file_of);
     w->offset_of = calloc(a->ntensors ? a->ntensors : 1, sizeof *w->offset_of);
@@ -660,30 +740,22 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
         goto fail;
     }
-    /* shard assignment in the given order */
-    size_t nfiles = 1;
-    {
-        uint64_t cur = 0;
-        size_t in_cur = 0;
-        for (size_t i = 0; i < a->ntensors; i++) {
-            if (a->shard_size && in_cur > 0 && cur + a->tensors[i].nbytes > a->shard_size) {
-                nfiles++;
-                cur = 0;
-                in_cur = 0;
-            }
-            w->file_of[i] = (int)(nfiles - 1);
-            cur += a->tensors[i].nbytes;
-            in_cur++;
-        }
-    }
+    /* shard assignment in the given order (a distributed run: each rank's tensors in turn) */
+    size_t nfiles = assign_shards(w);
     w->files = calloc(nfiles, sizeof *w->files);
     if (!w->files) {
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
         goto fail;
     }
     w->nfiles = nfiles;
-    for (size_t f = 0; f < nfiles; f++)
+    for (size_t f = 0; f < nfiles; f++) {
         w->files[f].fd = -1;
+        w->files[f].mine = 1;
+    }
+    if (a->owner) {
+        for (size_t i = 0; i < a->ntensors; i++)
+            w->files[w->file_of[i]].mine = a->owner[i] == w->rank;
+    }
     for (size_t i = 0; i < a->ntensors; i++)
         w->files[w->file_of[i]].nmembers++;
     for (size_t f = 0; f < nfiles; f++) {
@@ -726,7 +798,10 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
         goto fail;
     }
     sigset_t oldmask;
-    if (a->as_dir) {
+    if (a->as_dir && a->owner) {
+        if ((rc = shared_tmp_dir(w, tmpl, err)))
+            goto fail;
+    } else if (a->as_dir) {
         block_cleanup_signals(&oldmask);
         if (!mkdtemp(tmpl)) {
             int e = errno;
@@ -743,6 +818,8 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
             rc = nf_error_set(err, NF_E_LIMIT, "%s: too many outputs open at once", a->out);
             goto fail;
         }
+    }
+    if (a->as_dir) {
         for (size_t f = 0; f < nfiles; f++) {
             nf_sb sb = {0};
             if (nfiles == 1)
@@ -750,11 +827,13 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
             else
                 nf_sb_printf(&sb, "model-%05zu-of-%05zu.safetensors", f + 1, nfiles);
             w->files[f].final_name = sb.s;
-            w->files[f].tmp_path = nf_path_join(tmpl, sb.s ? sb.s : "");
+            w->files[f].tmp_path = nf_path_join(w->tmp_dir, sb.s ? sb.s : "");
             if (sb.oom || !w->files[f].tmp_path) {
                 rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
                 goto fail;
             }
+            if (!w->files[f].mine)
+                continue; /* another rank's shard */
             /* created closed: opened again when written, MAX_OPEN_FILES at a time */
             int fd = open(w->files[f].tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
                           0666); /* less the umask */
@@ -789,6 +868,8 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
     }
     /* headers with room for the metadata to change, then the file sizes */
     for (size_t f = 0; f < nfiles; f++) {
+        if (!w->files[f].mine)
+            continue;
         nf_sb sb = {0};
         int hr = header_text(w, &w->files[f], 0, &sb);
         uint64_t reserve = (sb.len + HEADER_RESERVE + 7) / 8 * 8;
@@ -844,6 +925,9 @@ int nf_writer_put(nf_writer *w, size_t i, uint64_t off, const void *bytes, size_
     if (i >= w->a.ntensors || off + len > w->a.tensors[i].nbytes)
         return nf_error_set(err, NF_E_INTERNAL, "writer: tensor %zu write out of range", i);
     out_file *f = &w->files[w->file_of[i]];
+    if (!f->mine)
+        return nf_error_set(err, NF_E_INTERNAL, "writer: tensor \"%s\" belongs to another rank",
+                            w->a.tensors[i].name);
     uint64_t at = 8 + f->hdr_len + w->offset_of[i] + off;
     int fd = file_acquire(w, f);
     if (fd < 0 || write_all(fd, bytes, len, at)) {
@@ -1000,6 +1084,27 @@ static int move_into_place(nf_writer *w, const char *src, nf_error *err)
                         "it keeps changing (another process writing it?)");
 }
 
+/* A rank other than 0 whose shards are complete: waits until rank 0 has moved the output
+ * into place (until then a signal here still removes the temporary directory: the run is
+ * over), then forgets the directory, which is the output now. */
+static int commit_elsewhere(nf_writer *w, nf_error *err)
+{
+    int rc = nf_dist_get()->barrier();
+    if (rc) {
+        nf_writer_abort(w);
+        return nf_error_set(err, rc, "%s: rank 0 did not commit", w->out);
+    }
+    nf_tmp_unregister(w->tmp_dir);
+    free(w->tmp_dir);
+    w->tmp_dir = NULL;
+    for (size_t f = 0; f < w->nfiles; f++) {
+        free(w->files[f].tmp_path);
+        w->files[f].tmp_path = NULL;
+    }
+    nf_writer_abort(w); /* frees; no paths remain to remove */
+    return rc;
+}
+
 int nf_writer_commit(nf_writer *w, nf_error *err)
 {
     if (w->sink) {
@@ -1008,8 +1113,11 @@ int nf_writer_commit(nf_writer *w, nf_error *err)
         return rc;
     }
     int rc = NF_OK;
+    int w_owner = w->a.owner != NULL;
     for (size_t f = 0; f < w->nfiles && rc == NF_OK; f++) {
         out_file *of = &w->files[f];
+        if (!of->mine)
+            continue;
         if ((rc = write_header(w, of, of->hdr_len, err)) != NF_OK)
             break;
         int fd = file_acquire(w, of);
@@ -1024,6 +1132,12 @@ int nf_writer_commit(nf_writer *w, nf_error *err)
                 rc = nf_error_set(err, NF_E_IO, "%s: cannot close the output: %s", w->out,
                                   strerror(errno));
         }
+    }
+    if (rc == NF_OK && w->a.owner) {
+        /* every rank's shards are complete before rank 0 commits; the others are done */
+        rc = nf_dist_get()->barrier();
+        if (rc == NF_OK && w->rank != 0)
+            return commit_elsewhere(w, err);
     }
     if (rc == NF_OK && w->a.as_dir && w->nfiles > 1)
         rc = write_index(w, err);
@@ -1060,7 +1174,8 @@ int nf_writer_commit(nf_writer *w, nf_error *err)
         w->files[f].tmp_path = NULL;
     }
     nf_writer_abort(w); /* frees; no paths remain to remove */
-    return NF_OK;
+    /* the ranks go on together once the output is in place */
+    return w_owner ? nf_dist_get()->barrier() : NF_OK;
 }
 
 static int link_or_copy_file(const char *src, const char *dst, const char *out, nf_error *err)

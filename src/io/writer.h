@@ -31,6 +31,13 @@ typedef struct nf_writer_args {
     const char *what;            /* the destination in messages: "--out" when NULL */
     nf_note_fn note;             /* optional: what the copy left out, for the report */
     void *note_user;
+    /* A distributed run (src/dist, directory layout only): the rank owning each tensor, NULL
+     * in one process. Each rank's tensors go into shards of their own (the ranks' shards in
+     * rank order, each rank's split at shard_size), which only that rank creates and writes,
+     * in one temporary directory rank 0 creates; the commit waits for every rank's shards,
+     * then rank 0 writes the index and the other files and renames the directory into
+     * place, and every rank returns once it has. */
+    const int *owner;
 } nf_writer_args;
 
 typedef struct nf_writer nf_writer;

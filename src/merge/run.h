@@ -146,6 +146,9 @@ struct nf_run {
     uint64_t task_fp;          /* fingerprint of the task model, recorded in nufilt.tasks */
     char **notes;              /* remarks for the report: what was tolerated or left out */
     size_t nnotes;
+    /* a merge over several ranks (src/dist): the rank owning each tensor, which alone
+     * computes and writes it; NULL in one process */
+    int *owner;
 };
 
 /* Adds a remark to the step's report (best effort: dropped when out of memory). */

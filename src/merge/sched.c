@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "../core/util.h"
+#include "../dist/dist.h"
 #include "../io/dtype.h"
 
 /* --max-memory: the estimated working memory of the jobs in flight stays under the cap; a job
@@ -30,6 +31,7 @@ typedef struct worker {
     nf_error err;
     int pass;
     const size_t *order;
+    size_t norder;        /* tensors in order (this rank's in a distributed run) */
     atomic_size_t *next;
     atomic_int *stop;
     budget *mem;
@@ -244,7 +246,7 @@ static void *work(void *arg)
         if (atomic_load(w->stop))
             break;
         size_t k = atomic_fetch_add(w->next, 1);
-        if (k >= w->run->ntensors)
+        if (k >= w->norder)
             break;
         size_t i = w->order[k];
         nf_run *run = w->run;
@@ -300,7 +302,10 @@ static void *work(void *arg)
  * balance); the small untreated tensors fill the tail. */
 #define EARLY_COPY_NUMEL (1u << 20)
 
-static size_t *cost_order(const nf_run *run)
+/* A distributed run: only this rank's tensors (run->owner). *count receives how many. */
+#define MINE(run, i) (!(run)->owner || (run)->owner[i] == nf_dist_get()->rank)
+
+static size_t *cost_order(const nf_run *run, size_t *count)
 {
     size_t n = run->ntensors;
     size_t *o = malloc((n ? n : 1) * sizeof *o);
@@ -308,16 +313,17 @@ static size_t *cost_order(const nf_run *run)
         return NULL;
     size_t a = 0;
     for (size_t i = 0; i < n; i++)
-        if (!run->treated[i] && run->base->tensors[i].numel >= EARLY_COPY_NUMEL)
+        if (MINE(run, i) && !run->treated[i] && run->base->tensors[i].numel >= EARLY_COPY_NUMEL)
             o[a++] = i;
     size_t t0 = a;
     for (size_t i = 0; i < n; i++)
-        if (run->treated[i])
+        if (MINE(run, i) && run->treated[i])
             o[a++] = i;
     size_t t1 = a;
     for (size_t i = 0; i < n; i++)
-        if (!run->treated[i] && run->base->tensors[i].numel < EARLY_COPY_NUMEL)
+        if (MINE(run, i) && !run->treated[i] && run->base->tensors[i].numel < EARLY_COPY_NUMEL)
             o[a++] = i;
+    *count = a;
     /* stable insertion by size within the treated block */
     for (size_t i = t0 + 1; i < t1; i++) {
         size_t v = o[i], j = i;
@@ -339,7 +345,8 @@ int nf_sched_pass(nf_run *run, int pass, nf_device **devs, int ndev, int cpu_wor
     if (nw < 1)
         nw = 1;
     worker *ws = calloc((size_t)nw, sizeof *ws);
-    size_t *order = cost_order(run);
+    size_t norder = 0;
+    size_t *order = cost_order(run, &norder);
     if (!ws || !order) {
         free(ws);
         free(order);
@@ -357,6 +364,7 @@ int nf_sched_pass(nf_run *run, int pass, nf_device **devs, int ndev, int cpu_wor
             ws[k].dev = devs[d];
             ws[k].pass = pass;
             ws[k].order = order;
+            ws[k].norder = norder;
             ws[k].next = &next;
             ws[k].stop = &stop;
             ws[k].mem = &mem;

@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@
 
 #include "../backend/devices.h"
 #include "../core/util.h"
+#include "../dist/dist.h"
 #include "../io/json.h"
 #include "../io/outpath.h"
 #include "../io/tree.h"
@@ -521,6 +523,7 @@ static void run_free(nf_run *run, const nf_step_mem *mem)
     free(run->out);
     free(run->reports);
     free(run->base_hash);
+    free(run->owner);
     free(run->partial);
     free(run->spill_off);
     free(run->work);
@@ -702,6 +705,42 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     return rc;
 }
 
+/* ---- over several ranks (src/dist) ---- */
+
+/* Which rank computes and writes each tensor: split by the estimated work of the step. */
+static int dist_plan(nf_run *run, nf_error *err)
+{
+    double *cost = malloc((run->ntensors ? run->ntensors : 1) * sizeof *cost);
+    run->owner = malloc((run->ntensors ? run->ntensors : 1) * sizeof *run->owner);
+    if (!cost || !run->owner) {
+        free(cost);
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    }
+    for (size_t i = 0; i < run->ntensors; i++)
+        cost[i] = tensor_work(run, i, run->prev == NULL);
+    nf_dist_split(cost, run->ntensors, nf_dist_get()->size, run->owner);
+    free(cost);
+    return NF_OK;
+}
+
+/* After a pass: every rank gets the per-tensor values the owners computed (the base's tensor
+ * hashes, a method's partial results), so that what is combined from them is the same on every
+ * rank, bit for bit, and the same as in one process. */
+static int dist_join_pass(nf_run *run, int pass, nf_error *err)
+{
+    if (!run->owner)
+        return NF_OK;
+    int rc = NF_OK;
+    if (pass == 0)
+        rc = nf_dist_join_owned(run->base_hash, run->ntensors, sizeof *run->base_hash, run->owner);
+    if (rc == NF_OK && run->partial && run->npartial > 0)
+        rc = nf_dist_join_owned(run->partial, run->ntensors,
+                                (size_t)run->npartial * sizeof *run->partial, run->owner);
+    if (rc)
+        return nf_error_set(err, rc, "cannot join the ranks' results of pass %d", pass + 1);
+    return NF_OK;
+}
+
 static int step_resolved(const char *base_given, const char *task_given, const char *base,
                          const char *task, const char *prev, const char *out,
                          const nf_options *o, int step_in_run, int nsteps,
@@ -827,6 +866,8 @@ static int step_resolved(const char *base_given, const char *task_given, const c
         s->nbytes = t->numel * nf_dtype_size(s->dtype);
         run.bytes_total += t->nbytes;
     }
+    if (!mem && nf_dist_active() && (rc = dist_plan(&run, err)))
+        goto done;
     meta_list meta = {0};
     if ((rc = build_meta(&run, task_given, task, &meta))) {
         meta_free(&meta);
@@ -853,6 +894,7 @@ static int step_resolved(const char *base_given, const char *task_given, const c
         .what = step_in_run == nsteps ? "`out`" : "`save_steps`",
         .note = nf_run_note,
         .note_user = &run,
+        .owner = run.owner,
     };
     if (!as_dir && o->out_shard_size && !mem) {
         meta_free(&meta);
@@ -911,6 +953,8 @@ static int step_resolved(const char *base_given, const char *task_given, const c
     }
     for (int pass = 0; pass < run.npasses && rc == NF_OK; pass++) {
         rc = nf_sched_pass(&run, pass, devs, ndev, threads, &stats, err);
+        if (rc == NF_OK)
+            rc = dist_join_pass(&run, pass, err);
         if (rc == NF_OK && pass == 0) {
             /* pass 0 hashed every base tensor: the previous merge must come from this base
              * (checked before any later pass, and before anything is committed) */
@@ -923,6 +967,10 @@ static int step_resolved(const char *base_given, const char *task_given, const c
     }
     if (rc == NF_OK && run.method->end)
         rc = run.method->end(&run);
+    /* the report's figures of every tensor, from the rank that computed it */
+    if (rc == NF_OK && run.owner &&
+        (rc = nf_dist_join_owned(run.reports, run.ntensors, sizeof *run.reports, run.owner)))
+        nf_error_set(err, rc, "cannot gather the ranks' per-tensor figures");
     if (rc != NF_OK) {
         if (err->code == NF_OK)
             nf_error_set(err, rc, "%s", nf_status_message(rc));
@@ -1192,6 +1240,24 @@ out:
     return rc;
 }
 
+/* A scratch directory rank 0 created (the path in sb), named to every rank and registered
+ * for removal by each. */
+static int dist_share_dir(nf_sb *sb)
+{
+    char name[PATH_MAX];
+    memset(name, 0, sizeof name);
+    const nf_dist *d = nf_dist_get();
+    if (d->rank == 0)
+        snprintf(name, sizeof name, "%s", sb->s);
+    if (d->bcast(name, sizeof name) || !name[0])
+        return -1;
+    if (d->rank == 0)
+        return 0;
+    nf_sb_free(sb);
+    nf_sb_puts(sb, name);
+    return sb->oom || nf_tmp_register(name, 1) < 0 ? -1 : 0;
+}
+
 static int merge_resolved(const char *base, const char *const *tasks, int ntasks,
                           const char *out, const char *save_steps_dir, const nf_options *opts,
                           nf_error *err)
@@ -1248,8 +1314,10 @@ static int merge_resolved(const char *base, const char *const *tasks, int ntasks
         nf_sb_printf(&sb, "%s/.%s.steps-XXXXXX", slash ? parent : ".", stem);
         free(stem);
         free(parent);
-        /* created and registered for removal with SIGINT/SIGTERM blocked in between */
-        if (sb.oom || !nf_tmp_mkdtemp(sb.s)) {
+        /* created and registered for removal with SIGINT/SIGTERM blocked in between (over
+         * several ranks: by rank 0, named to the others, registered by every rank) */
+        if (sb.oom || (nf_dist_get()->rank == 0 && !nf_tmp_mkdtemp(sb.s)) ||
+            (nf_dist_active() && dist_share_dir(&sb))) {
             rc = nf_error_set(err, NF_E_IO, "%s: cannot create a scratch directory beside it",
                               out);
             nf_sb_free(&sb);
@@ -1257,6 +1325,8 @@ static int merge_resolved(const char *base, const char *const *tasks, int ntasks
         }
         scratch = sb.s;
     }
+    /* over several ranks, rank 0 alone removes and copies what all of them wrote */
+    int lead = nf_dist_get()->rank == 0;
     nf_report *rep = NULL;
     if (o.report_path &&
         ((rc = nf_report_new(&rep, err)) ||
@@ -1273,7 +1343,7 @@ static int merge_resolved(const char *base, const char *const *tasks, int ntasks
     char *prev = done ? step_path(save_steps_dir, done, as_dir) : NULL;
     if (done && !prev)
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
-    if (rc == NF_OK && done == ntasks) {
+    if (rc == NF_OK && done == ntasks && lead) {
         /* every step was kept: only the output may be missing */
         rc = nf_link_or_copy(prev, out, err);
     }
@@ -1293,19 +1363,23 @@ static int merge_resolved(const char *base, const char *const *tasks, int ntasks
         so.force = t == ntasks ? o.force : 1;
         rc = nf_step_in_run(base, tasks[t - 1], prev, dst, &so, t, ntasks, &rp, rep, err,
                             NULL);
-        if (rc == NF_OK && t == ntasks && save_steps_dir) {
+        if (rc == NF_OK && t == ntasks && save_steps_dir && lead) {
             char *sp = step_path(save_steps_dir, t, as_dir);
             rc = sp ? nf_link_or_copy(dst, sp, err) : nf_error_set(err, NF_E_NOMEM, "out of memory");
             free(sp);
         }
-        if (prev && !save_steps_dir)
+        if (prev && !save_steps_dir && lead)
             nf_remove_tree(prev);
         free(prev);
         prev = dst;
     }
     free(prev);
+    /* every rank is done with the scratch directory before rank 0 removes it */
+    if (rc == NF_OK && nf_dist_active() && nf_dist_get()->barrier())
+        rc = nf_error_set(err, NF_E_IO, "the ranks did not finish together");
     if (scratch) {
-        nf_remove_tree(scratch);
+        if (lead || rc)
+            nf_remove_tree(scratch);
         nf_tmp_unregister(scratch);
         free(scratch);
     }

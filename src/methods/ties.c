@@ -35,6 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../dist/dist.h"
+
 #define HBINS 32768u /* |x| bits 30..16 (bit 31, the sign, is cleared) */
 #define LBINS 65536u /* bits 15..0 */
 
@@ -192,6 +194,9 @@ static int ties_after(nf_run *run, int pass)
     if (pass == 0 || pass == 1) {
         if (st->k == 0)
             return NF_OK;
+        /* over several ranks: every rank's counts (integers: the sum is exact) */
+        if (nf_dist_get()->sum_u64(st->hist, 2 * LBINS))
+            return nf_error_set(run->err, NF_E_IO, "ties: cannot add up the ranks' histograms");
         for (int j = 0; j < 2; j++) {
             uint64_t *h = st->hist + (size_t)j * LBINS;
             if (pass == 0) {
@@ -209,6 +214,10 @@ static int ties_after(nf_run *run, int pass)
         }
         memset(st->hist, 0, 2 * LBINS * sizeof *st->hist);
     } else if (pass == 2) {
+        uint64_t sum = (uint64_t)st->sign_sum; /* two's complement: added mod 2^64 */
+        if (nf_dist_get()->sum_u64(&sum, 1))
+            return nf_error_set(run->err, NF_E_IO, "ties: cannot add up the ranks' signs");
+        st->sign_sum = (int64_t)sum;
         st->majority = st->sign_sum > 0 ? 1.0f : st->sign_sum < 0 ? -1.0f : 0.0f;
     }
     return NF_OK;
