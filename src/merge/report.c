@@ -37,6 +37,15 @@ void nf_report_free(nf_report *r)
 
 static void str(nf_sb *b, const char *s) { nf_sb_json_str(b, s, strlen(s)); }
 
+/* Rank r's part of the step's estimated work. */
+static double rank_share(const nf_run *run, int r)
+{
+    double all = 0;
+    for (int k = 0; k < run->nranks; k++)
+        all += run->ranks[k].work;
+    return all > 0 ? run->ranks[r].work / all : 0.0;
+}
+
 int nf_report_add_step(nf_report *r, const nf_run *run, const char *task, const char *out,
                        const nf_la_stats *stats, double seconds, const nf_device_info *dev,
                        nf_error *err)
@@ -79,6 +88,25 @@ int nf_report_add_step(nf_report *r, const nf_run *run, const char *task, const 
         for (size_t i = 0; i < run->nnotes; i++) {
             nf_sb_puts(b, i ? ",\n        " : "\n        ");
             str(b, run->notes[i]);
+        }
+        nf_sb_puts(b, "\n      ]");
+    }
+    if (run->nranks > 1) {
+        /* a merge over several ranks: each one's share and time */
+        nf_sb_puts(b, ",\n      \"ranks\": [");
+        for (int r = 0; r < run->nranks; r++) {
+            const nf_rank_report *k = &run->ranks[r];
+            nf_sb_printf(b,
+                         "%s{\"rank\": %d, \"tensors\": %llu, \"bytes\": %llu, "
+                         "\"work_share\": %.4f, \"seconds\": %.3f, \"svd_seconds\": %.3f, "
+                         "\"train_seconds\": %.3f, \"gflop\": %.3f, \"host\": ",
+                         r ? ",\n        " : "\n        ", r, (unsigned long long)k->tensors,
+                         (unsigned long long)k->bytes, rank_share(run, r), k->seconds, k->svd_s,
+                         k->train_s, k->flops * 1e-9);
+            str(b, k->host);
+            nf_sb_puts(b, ", \"device\": ");
+            str(b, k->device);
+            nf_sb_puts(b, "}");
         }
         nf_sb_puts(b, "\n      ]");
     }

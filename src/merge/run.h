@@ -149,7 +149,21 @@ struct nf_run {
     /* a merge over several ranks (src/dist): the rank owning each tensor, which alone
      * computes and writes it; NULL in one process */
     int *owner;
+    /* rank 0 of several: every rank's figures of this step, for the report */
+    struct nf_rank_report *ranks;
+    int nranks;
+    size_t nmine;              /* with owner: the tensors this rank computes */
 };
+
+/* One rank's part of a step (a distributed run's report). */
+typedef struct nf_rank_report {
+    double seconds;            /* from the step's start to the end of its last pass */
+    double svd_s, train_s, flops;
+    uint64_t tensors, bytes;   /* tensors computed and written, their bytes */
+    double work;               /* their estimated work, of the step's */
+    char host[64];
+    char device[128];
+} nf_rank_report;
 
 /* Adds a remark to the step's report (best effort: dropped when out of memory). */
 void nf_run_note(void *run, const char *msg);

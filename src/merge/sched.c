@@ -223,7 +223,7 @@ static int report_progress(nf_run *run, int pass, size_t i)
             .pass = pass,
             .npasses = run->npasses,
             .tensors_done = run->done,
-            .tensors_total = run->ntensors * (size_t)run->npasses,
+            .tensors_total = (run->owner ? run->nmine : run->ntensors) * (size_t)run->npasses,
             .bytes_done = run->bytes_done,
             .bytes_total = run->bytes_total,
             .elapsed_s = now - run->t_start,

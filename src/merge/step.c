@@ -524,6 +524,7 @@ static void run_free(nf_run *run, const nf_step_mem *mem)
     free(run->reports);
     free(run->base_hash);
     free(run->owner);
+    free(run->ranks);
     free(run->partial);
     free(run->spill_off);
     free(run->work);
@@ -741,6 +742,63 @@ static int dist_join_pass(nf_run *run, int pass, nf_error *err)
     return NF_OK;
 }
 
+/* This rank's part of the step's estimated work (run->work known); counts its tensors and
+ * their bytes, for progress. */
+static double dist_share(nf_run *run)
+{
+    double mine = 0, all = 0;
+    run->nmine = 0;
+    run->bytes_total = 0;
+    for (size_t i = 0; i < run->ntensors; i++) {
+        all += run->work[i];
+        if (run->owner[i] == nf_dist_get()->rank) {
+            mine += run->work[i];
+            run->nmine++;
+            run->bytes_total += run->base->tensors[i].nbytes;
+        }
+    }
+    return all > 0 ? mine / all : 1.0;
+}
+
+/* Every rank's time, work and device, gathered on rank 0 for the report; there, stats becomes
+ * the sum over the ranks. */
+static int dist_gather_ranks(nf_run *run, nf_la_stats *stats, double seconds,
+                             const nf_device_info *dev, nf_error *err)
+{
+    const nf_dist *d = nf_dist_get();
+    nf_rank_report me;
+    memset(&me, 0, sizeof me);
+    me.seconds = seconds;
+    me.svd_s = stats->svd_s;
+    me.train_s = stats->train_s;
+    me.flops = stats->flops;
+    for (size_t i = 0; i < run->ntensors; i++) {
+        if (run->owner[i] != d->rank)
+            continue;
+        me.tensors++;
+        me.bytes += run->out[i].nbytes;
+        me.work += run->work ? run->work[i] * run->npasses : 0.0;
+    }
+    gethostname(me.host, sizeof me.host - 1);
+    if (dev)
+        snprintf(me.device, sizeof me.device, "%.15s:%d %.96s", dev->api, dev->index, dev->name);
+    if (d->rank == 0 && !(run->ranks = calloc((size_t)d->size, sizeof *run->ranks)))
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    int rc = d->gather(&me, sizeof me, run->ranks);
+    if (rc)
+        return nf_error_set(err, rc, "cannot gather the ranks' figures");
+    if (d->rank == 0) {
+        run->nranks = d->size;
+        memset(stats, 0, sizeof *stats);
+        for (int r = 0; r < d->size; r++) {
+            stats->svd_s += run->ranks[r].svd_s;
+            stats->train_s += run->ranks[r].train_s;
+            stats->flops += run->ranks[r].flops;
+        }
+    }
+    return NF_OK;
+}
+
 static int step_resolved(const char *base_given, const char *task_given, const char *base,
                          const char *task, const char *prev, const char *out,
                          const nf_options *o, int step_in_run, int nsteps,
@@ -931,6 +989,13 @@ static int step_resolved(const char *base_given, const char *task_given, const c
             rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
             goto done;
         }
+        if (run.owner) {
+            /* over several ranks, rank 0's bar follows its own part (the split balances the
+             * estimated work, so the ranks finish together) */
+            double share = dist_share(&run);
+            here *= share;
+            later *= share;
+        }
         run.work_step = here;
         run.work_run = rp->work_done + here + (double)(nsteps - step_in_run) * later;
     }
@@ -971,6 +1036,9 @@ static int step_resolved(const char *base_given, const char *task_given, const c
     if (rc == NF_OK && run.owner &&
         (rc = nf_dist_join_owned(run.reports, run.ntensors, sizeof *run.reports, run.owner)))
         nf_error_set(err, rc, "cannot gather the ranks' per-tensor figures");
+    if (rc == NF_OK && run.owner)
+        rc = dist_gather_ranks(&run, &stats, nf_now() - t0,
+                               devs && ndev ? nf_device_get_info(devs[0]) : NULL, err);
     if (rc != NF_OK) {
         if (err->code == NF_OK)
             nf_error_set(err, rc, "%s", nf_status_message(rc));

@@ -202,6 +202,37 @@ def rank_pids_tag(tag):
     return out
 
 
+def case_report(wd, base, tasks):
+    """--report and the progress bar come from rank 0, with every rank's tensors."""
+    import json
+    r1, r3 = os.path.join(wd, "one.json"), os.path.join(wd, "mpi.json")
+    o1, o3 = os.path.join(wd, "rep-one"), os.path.join(wd, "rep-mpi")
+    p1 = run([ARGS.nufilt, "merge", "--base", base, "--out", o1, "--report", r1, "--quiet"] +
+             tasks)
+    p3 = run([ARGS.nufilt, "merge", "--base", base, "--out", o3, "--report", r3, "--progress"] +
+             tasks, mpi=ARGS.ranks)
+    if not (check(p1.returncode == 0, "report", "one process writes its report", p1.stderr) and
+            check(p3.returncode == 0, "report", "the ranks write one report", p3.stderr)):
+        return
+    s1, s3 = json.load(open(r1))["steps"], json.load(open(r3))["steps"]
+    check(len(s1) == len(s3) == len(tasks), "report", "one entry per step")
+
+    def figures(step):
+        return [{k: v for k, v in t.items() if k != "seconds"} for t in step["tensors"]]
+    for k, (a, b) in enumerate(zip(s1, s3), 1):
+        check(figures(a) == figures(b), "report", "step %d: every treated tensor's figures, "
+              "as in one process (%d tensors)" % (k, len(a["tensors"])))
+        ranks = b.get("ranks", [])
+        check(len(ranks) == ARGS.ranks and [x["rank"] for x in ranks] == list(range(ARGS.ranks))
+              and sum(x["tensors"] for x in ranks) == b["totals"]["tensors"]
+              and all(x["seconds"] > 0 for x in ranks)
+              and abs(sum(x["work_share"] for x in ranks) - 1) < 1e-3,
+              "report", "step %d: per-rank tensors, times and shares" % k, ranks)
+    bars = p3.stderr.replace("\r", "\n")
+    check("100%" in bars and p3.stderr.count("nufilt: merged") == 1, "progress",
+          "one bar (rank 0) that reaches 100%", p3.stderr[-400:])
+
+
 def case_error(wd, base, tasks):
     """A non-finite value in one tensor of the last task: only its owner sees it."""
     t = st.load(tasks[-1])
@@ -240,7 +271,7 @@ def main():
     ap.add_argument("--ranks", type=int, default=3)
     ap.add_argument("--mpirun", default=shutil.which("mpirun") or "")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
-    ap.add_argument("--cases", default="methods,steps,error,file,killed")
+    ap.add_argument("--cases", default="methods,steps,report,error,file,killed")
     ARGS = ap.parse_args()
     ARGS.nufilt = os.path.abspath(ARGS.nufilt)
     if ARGS.mpi != "yes":
@@ -256,7 +287,8 @@ def main():
     base, tasks = bfx.write(fx, wd)
     METHODS[:] = ARGS.methods.split(",")
     cases = ARGS.cases.split(",")
-    for name, fn in [("methods", case_methods), ("steps", case_steps), ("error", case_error),
+    for name, fn in [("methods", case_methods), ("steps", case_steps), ("report", case_report),
+                     ("error", case_error),
                      ("file", case_file_out), ("killed", case_killed)]:
         if name in cases:
             fn(wd, base, tasks)
