@@ -668,10 +668,13 @@ static int shared_tmp_dir(nf_writer *w, char *tmpl, nf_error *err)
     int made = d->rank != 0 || mkdtemp(tmpl) != NULL;
     int e = errno;
     if (d->rank == 0 && made) {
-        snprintf(name, sizeof name, "%s", tmpl);
-        nf_tmp_register(tmpl, 1);
         w->tmp_dir = tmpl; /* removed by nf_writer_abort from here on */
         tmpl = NULL;
+        if (nf_tmp_register(w->tmp_dir, 1) < 0) {
+            restore_signals(&oldmask);
+            return nf_error_set(err, NF_E_LIMIT, "%s: too many outputs open at once", w->out);
+        }
+        snprintf(name, sizeof name, "%s", w->tmp_dir);
     }
     restore_signals(&oldmask);
     free(tmpl);

@@ -58,6 +58,15 @@ def mpi_env():
     e.setdefault("OMPI_MCA_btl_tcp_if_include", "lo")
     e.setdefault("OMPI_MCA_oob_tcp_if_include", "lo")
     e.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    # under the ASan build: Open MPI's own allocations live until exit; its components stay
+    # loaded so that their frames have names the suppressions match
+    # (and Open MPI's libraries have no frame pointers: the full unwinder finds those frames)
+    e.setdefault("OMPI_MCA_mca_base_component_disable_dlclose", "1")
+    if "ASAN_OPTIONS" in e and "fast_unwind_on_malloc" not in e["ASAN_OPTIONS"]:
+        e["ASAN_OPTIONS"] += ":fast_unwind_on_malloc=0"
+    supp = os.path.join(HERE, "mpi-lsan.supp")
+    if "suppressions=" not in e.get("LSAN_OPTIONS", ""):
+        e["LSAN_OPTIONS"] = (e.get("LSAN_OPTIONS", "") + ":suppressions=" + supp).lstrip(":")
     if os.getuid() == 0:
         e["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
         e["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"

@@ -1,0 +1,119 @@
+#!/usr/bin/python3
+"""A scaling model for a LLaMA-70B-shaped stream over N ranks, from measured per-matrix times.
+
+    /usr/bin/python3 bench/scale/model.py REPORT.json [REPORT.json ...] [--ranks 1,2,4,...]
+
+Each REPORT is the --report of a one-process NUFILT step run with --threads 1 (one core: a
+rank's time), on models of other shapes (bench/perf/gen.py vit, gen.py llama --layers 1).
+From it:
+
+  treated matrix (m x n, k = min(m, n)): the report's per-tensor seconds, fitted by least
+      squares as t = a m n k + b m n (the SVD and Gram products are O(m n k), the streaming
+      and element-wise work O(m n));
+  everything else: the step's seconds not spent in treated tensors, per byte of the other
+      tensors (streaming: read, convert, write; includes opening and the commit).
+
+Then the LLaMA-2-70B tensor list (80 layers: q, o 8192x8192; k, v 1024x8192; gate, up
+28672x8192; down 8192x28672; embed_tokens and lm_head 32000x8192; RMSNorm weights; BF16;
+the llama preset treats the 560 projections) gets a predicted time per tensor, the ranks
+split it with nufilt's rule (largest first to the least loaded rank, src/dist/dist.c), and
+a step takes the largest rank's sum.  Prints the fit, its residuals on the measured
+matrices, and per N: the step time, the speedup over one rank, the efficiency and the
+largest single tensor (the bound no split can beat).
+"""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def load(paths):
+    rows, stream = [], []
+    for p in paths:
+        r = json.load(open(p))
+        step = r["steps"][-1]
+        treated_bytes = 0
+        for t in step["tensors"]:
+            m, n = t["shape"]
+            rows.append((m, n, t["seconds"], t["name"]))
+            treated_bytes += m * n * 4
+        tot = step["totals"]
+        stream.append((tot["seconds"] - tot["treated_tensor_seconds"], p))
+    return rows, stream
+
+
+def split(costs, size):
+    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+    load = [0.0] * size
+    for i in order:
+        r = min(range(size), key=lambda k: (load[k], k))
+        load[r] += costs[i]
+    return max(load)
+
+
+def llama70b():
+    H, I, L, V, KV = 8192, 28672, 80, 32000, 1024
+    t = [("embed_tokens", (V, H), 0), ("lm_head", (V, H), 0), ("norm", (H,), 0)]
+    for i in range(L):
+        t += [("q", (H, H), 1), ("k", (KV, H), 1), ("v", (KV, H), 1), ("o", (H, H), 1),
+              ("gate", (I, H), 1), ("up", (I, H), 1), ("down", (H, I), 1),
+              ("in_norm", (H,), 0), ("post_norm", (H,), 0)]
+    return t
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("reports", nargs="+")
+    ap.add_argument("--other-bytes", type=float, nargs="+", required=True,
+                    help="bytes of the untreated tensors of each report's model (base)")
+    ap.add_argument("--ranks", default="1,2,4,8,16,32,64,128,256,512")
+    a = ap.parse_args()
+    rows, stream = load(a.reports)
+    X = np.array([[m * n * min(m, n), m * n] for m, n, _, _ in rows], dtype=float)
+    y = np.array([s for _, _, s, _ in rows])
+    # relative least squares (every shape counts alike), coefficients kept non-negative
+    w = 1.0 / y
+    coef, *_ = np.linalg.lstsq(X * w[:, None], y * w, rcond=None)
+    coef = np.maximum(coef, 0.0)
+    a_mnk, b_mn = coef
+    print("fit over %d measured matrices: t = %.4g s * m n k + %.4g s * m n" %
+          (len(rows), a_mnk, b_mn))
+    seen = {}
+    for (m, n, s, name) in rows:
+        seen.setdefault((m, n), []).append(s)
+    for (m, n), ss in sorted(seen.items()):
+        pred = a_mnk * m * n * min(m, n) + b_mn * m * n
+        print("  %5d x %-5d measured median %.3f s over %d, fit %.3f s (%+.0f%%)" %
+              (m, n, float(np.median(ss)), len(ss), pred, 100 * (pred / np.median(ss) - 1)))
+    per_byte = [s / b for (s, _), b in zip(stream, a.other_bytes)]
+    pb = float(np.median(per_byte))
+    print("streaming (untreated tensors, opening, commit): %.3g s per byte (%s)" %
+          (pb, ", ".join("%.3g" % x for x in per_byte)))
+    costs = []
+    for name, shape, treated in llama70b():
+        nbytes = 2 * int(np.prod(shape))
+        c = pb * nbytes
+        if treated:
+            m, n = shape
+            c += a_mnk * m * n * min(m, n) + b_mn * m * n
+        costs.append(c)
+    total = sum(costs)
+    print("LLaMA-70B-shaped step (BF16, %d tensors, 560 treated): %.0f s = %.1f h on one rank"
+          % (len(costs), total, total / 3600))
+    print("largest tensor: %.0f s" % max(costs))
+    print("| ranks | step (predicted) | speedup | efficiency |")
+    print("| ---: | ---: | ---: | ---: |")
+    for n in [int(x) for x in a.ranks.split(",")]:
+        ms = split(costs, n)
+        print("| %d | %s | %.1fx | %.0f%% |" % (n, fmt(ms), total / ms, 100 * total / ms / n))
+
+
+def fmt(s):
+    return "%.1f h" % (s / 3600) if s >= 3600 else "%.0f min" % (s / 60) if s >= 120 else \
+        "%.0f s" % s
+
+
+if __name__ == "__main__":
+    sys.exit(main())
