@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A scaling model for a LLaMA-70B-shaped stream over N ranks, from measured per-matrix times.
 
-    /usr/bin/python3 bench/scale/model.py REPORT.json [REPORT.json ...] [--ranks 1,2,4,...]
+    /usr/bin/python3 bench/scale/model.py REPORT.json:BASE [REPORT.json:BASE ...] [--ranks 1,2,...]
 
 Each REPORT is the --report of a one-process NUFILT step run with --threads 1 (one core: a
 rank's time), on models of other shapes (bench/perf/gen.py vit, gen.py llama --layers 1).
@@ -24,23 +24,36 @@ largest single tensor (the bound no split can beat).
 
 import argparse
 import json
+import struct
 import sys
 
 import numpy as np
 
 
-def load(paths):
+def header(path):
+    """name -> bytes of each tensor of a safetensors file (its header only)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        h = json.loads(f.read(n))
+    return {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in h.items()
+            if k != "__metadata__"}
+
+
+def load(pairs):
+    """Treated matrices (m, n, seconds, name), and per report the seconds per byte of the
+    other tensors (the step's time outside treated tensors, over their bytes in the base)."""
     rows, stream = [], []
-    for p in paths:
-        r = json.load(open(p))
-        step = r["steps"][-1]
-        treated_bytes = 0
+    for pair in pairs:
+        rep, base = pair.rsplit(":", 1)
+        step = json.load(open(rep))["steps"][-1]
+        treated = set()
         for t in step["tensors"]:
             m, n = t["shape"]
             rows.append((m, n, t["seconds"], t["name"]))
-            treated_bytes += m * n * 4
+            treated.add(t["name"])
+        other = sum(b for k, b in header(base).items() if k not in treated)
         tot = step["totals"]
-        stream.append((tot["seconds"] - tot["treated_tensor_seconds"], p))
+        stream.append((tot["seconds"] - tot["treated_tensor_seconds"]) / other)
     return rows, stream
 
 
@@ -66,8 +79,6 @@ def llama70b():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("reports", nargs="+")
-    ap.add_argument("--other-bytes", type=float, nargs="+", required=True,
-                    help="bytes of the untreated tensors of each report's model (base)")
     ap.add_argument("--ranks", default="1,2,4,8,16,32,64,128,256,512")
     a = ap.parse_args()
     rows, stream = load(a.reports)
@@ -87,17 +98,17 @@ def main():
         pred = a_mnk * m * n * min(m, n) + b_mn * m * n
         print("  %5d x %-5d measured median %.3f s over %d, fit %.3f s (%+.0f%%)" %
               (m, n, float(np.median(ss)), len(ss), pred, 100 * (pred / np.median(ss) - 1)))
-    per_byte = [s / b for (s, _), b in zip(stream, a.other_bytes)]
+    per_byte = stream
     pb = float(np.median(per_byte))
     print("streaming (untreated tensors, opening, commit): %.3g s per byte (%s)" %
           (pb, ", ".join("%.3g" % x for x in per_byte)))
     costs = []
     for name, shape, treated in llama70b():
         nbytes = 2 * int(np.prod(shape))
-        c = pb * nbytes
-        if treated:
+        c = pb * nbytes  # streamed
+        if treated:  # the fit covers the matrix's whole job, its streaming included
             m, n = shape
-            c += a_mnk * m * n * min(m, n) + b_mn * m * n
+            c = a_mnk * m * n * min(m, n) + b_mn * m * n
         costs.append(c)
     total = sum(costs)
     print("LLaMA-70B-shaped step (BF16, %d tensors, 560 treated): %.0f s = %.1f h on one rank"

@@ -708,9 +708,21 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
 
 /* ---- over several ranks (src/dist) ---- */
 
+/* Ranks write shards of their own: a single file output would need them all to write one
+ * file, which shared file systems do not all make safe. */
+static int dist_refuse_file(const char *out, nf_error *err)
+{
+    return nf_error_set(err, NF_E_ARG,
+                        "%s: a merge over %d ranks writes a Hugging Face directory; give `out` "
+                        "without .safetensors",
+                        out, nf_dist_get()->size);
+}
+
 /* Which rank computes and writes each tensor: split by the estimated work of the step. */
 static int dist_plan(nf_run *run, nf_error *err)
 {
+    if (ends_with(run->out_path, ".safetensors"))
+        return dist_refuse_file(run->out_path, err);
     double *cost = malloc((run->ntensors ? run->ntensors : 1) * sizeof *cost);
     run->owner = malloc((run->ntensors ? run->ntensors : 1) * sizeof *run->owner);
     if (!cost || !run->owner) {
@@ -1337,6 +1349,8 @@ static int merge_resolved(const char *base, const char *const *tasks, int ntasks
     if (ntasks < 1)
         return nf_error_set(err, NF_E_ARG, "merge needs at least one task model");
     int as_dir = !ends_with(out, ".safetensors");
+    if (!as_dir && nf_dist_active())
+        return dist_refuse_file(out, err);
     char *scratch = NULL;
     int done = 0; /* steps already in save_steps_dir (--resume) */
     if (o.resume && !save_steps_dir)
