@@ -57,6 +57,38 @@ def load(pairs):
     return rows, stream
 
 
+# The cost terms of a NUFILT step on an m x n matrix (k = min(m, n)), as nufilt's own estimate
+# (src/merge/step.c, tensor_work) has them: the Gram products and SVD-projections O(m n k),
+# the eigen-decomposition O(k^3), streaming and element-wise work O(m n), and the adapter's
+# training, whose Gram form costs O(n^2) per iteration when n < 2m and the direct form O(m n)
+FEATURES = ["m n k", "k^3", "m n", "train(m, n)"]
+
+
+def features(m, n):
+    k = min(m, n)
+    return [float(m) * n * k, float(k) ** 3, float(m) * n,
+            4.0 * n * n if n < 2 * m else 8.0 * m * n]
+
+
+def nnls_rel(X, y):
+    """Least squares of the relative error with non-negative coefficients: the best of the
+    unconstrained fits over every subset of the terms whose coefficients are all >= 0."""
+    import itertools
+    W = X / y[:, None]
+    best, best_err = np.zeros(X.shape[1]), np.inf
+    for r in range(1, X.shape[1] + 1):
+        for sub in itertools.combinations(range(X.shape[1]), r):
+            c, *_ = np.linalg.lstsq(W[:, sub], np.ones(len(y)), rcond=None)
+            if (c < 0).any():
+                continue
+            full = np.zeros(X.shape[1])
+            full[list(sub)] = c
+            err = float(np.sum((W @ full - 1.0) ** 2))
+            if err < best_err:
+                best, best_err = full, err
+    return best
+
+
 def split(costs, size):
     order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
     load = [0.0] * size
@@ -82,22 +114,21 @@ def main():
     ap.add_argument("--ranks", default="1,2,4,8,16,32,64,128,256,512")
     a = ap.parse_args()
     rows, stream = load(a.reports)
-    X = np.array([[m * n * min(m, n), m * n] for m, n, _, _ in rows], dtype=float)
-    y = np.array([s for _, _, s, _ in rows])
-    # relative least squares (every shape counts alike), coefficients kept non-negative
-    w = 1.0 / y
-    coef, *_ = np.linalg.lstsq(X * w[:, None], y * w, rcond=None)
-    coef = np.maximum(coef, 0.0)
-    a_mnk, b_mn = coef
-    print("fit over %d measured matrices: t = %.4g s * m n k + %.4g s * m n" %
-          (len(rows), a_mnk, b_mn))
+    # one point per shape (its median), so that 48 small matrices do not outweigh 2 large
     seen = {}
-    for (m, n, s, name) in rows:
-        seen.setdefault((m, n), []).append(s)
-    for (m, n), ss in sorted(seen.items()):
-        pred = a_mnk * m * n * min(m, n) + b_mn * m * n
+    for (m, n, sec, name) in rows:
+        seen.setdefault((m, n), []).append(sec)
+    shapes = sorted(seen)
+    X = np.array([features(m, n) for m, n in shapes])
+    y = np.array([float(np.median(seen[sh])) for sh in shapes])
+    coef = nnls_rel(X, y)
+    print("fit over %d measured matrices (%d shapes): t = %s" %
+          (len(rows), len(shapes), " + ".join("%.4g s x %s" % (c, f)
+                                                for c, f in zip(coef, FEATURES))))
+    for (m, n), yy in zip(shapes, y):
+        pred = float(np.dot(coef, features(m, n)))
         print("  %5d x %-5d measured median %.3f s over %d, fit %.3f s (%+.0f%%)" %
-              (m, n, float(np.median(ss)), len(ss), pred, 100 * (pred / np.median(ss) - 1)))
+              (m, n, yy, len(seen[(m, n)]), pred, 100 * (pred / yy - 1)))
     per_byte = stream
     pb = float(np.median(per_byte))
     print("streaming (untreated tensors, opening, commit): %.3g s per byte (%s)" %
@@ -108,7 +139,7 @@ def main():
         c = pb * nbytes  # streamed
         if treated:  # the fit covers the matrix's whole job, its streaming included
             m, n = shape
-            c = a_mnk * m * n * min(m, n) + b_mn * m * n
+            c = float(np.dot(coef, features(m, n)))
         costs.append(c)
     total = sum(costs)
     print("LLaMA-70B-shaped step (BF16, %d tensors, 560 treated): %.0f s = %.1f h on one rank"

@@ -6,8 +6,8 @@ For every method, `mpirun -n 3 nufilt merge` over three tasks, and a chain of
 (compared tensor by tensor, as stored: the ranks write shards of their own, so the
 shard layout differs) and the same metadata.  Faults:
 
-  killed    every rank stopped (SIGSTOP) once the output's temporary directory
-            exists, rank 1 killed with SIGKILL, the others continued: mpirun fails,
+  killed    every rank stopped (SIGSTOP) once the merge's scratch directory or the
+            output's temporary directory exists, rank 1 killed with SIGKILL, the others continued: mpirun fails,
             names the rank and the signal; no output, no temporaries
   error     a NaN in one tensor of a task: the rank owning it refuses it mid-run;
             the message names the rank and the tensor, every rank stops, nothing
@@ -156,10 +156,11 @@ def case_killed(wd, base, tasks):
            ARGS.nufilt, "merge", "--base", base, "--out", out, "--method", "nufilt"] + tasks
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=env)
-    # wait until the ranks write (the output's temporary directory exists), then stop them
+    # wait until the ranks write (a step's scratch or the output's temporary directory
+    # exists), then stop them
     ranks, t0 = {}, time.time()
     while time.time() - t0 < 60 and p.poll() is None:
-        if any(".killed.nufilt-" in n for n in os.listdir(wd)):
+        if any(".killed.nufilt-" in n or ".killed.steps-" in n for n in os.listdir(wd)):
             ranks = rank_pids_tag(tag)
             if len(ranks) == ARGS.ranks:
                 break
