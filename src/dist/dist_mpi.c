@@ -66,17 +66,20 @@ static int mpi_barrier(void) { return status_of(MPI_Barrier(MPI_COMM_WORLD)); }
 
 /* Started by a launcher for more than one rank: Open MPI's mpirun, or a PMI/PMIx launcher
  * (srun --mpi=pmix). Without one the program does not touch MPI at all (a singleton
- * MPI_Init would start a runtime for nothing). */
-static int launched(void)
+ * MPI_Init would start a runtime for nothing); a Slurm allocation's environment alone
+ * (SLURM_NTASKS in a batch script) does not count. */
+static int expected_size(void)
 {
     const char *v = getenv("OMPI_COMM_WORLD_SIZE");
     if (!v)
         v = getenv("PMI_SIZE");
-    if (!v)
-        v = getenv("SLURM_NTASKS");
-    if (v)
-        return atoi(v) > 1;
-    return getenv("PMIX_RANK") != NULL;
+    return v ? atoi(v) : 0;
+}
+
+static int launched(void)
+{
+    int n = expected_size();
+    return n ? n > 1 : getenv("PMIX_RANK") != NULL;
 }
 
 int nf_dist_start(int *argc, char ***argv, char *why, size_t whylen)
@@ -100,6 +103,16 @@ int nf_dist_start(int *argc, char ***argv, char *why, size_t whylen)
         MPI_Comm_rank(node, &world.local_rank);
         MPI_Comm_size(node, &world.local_size);
         MPI_Comm_free(&node);
+    }
+    if (world.size < expected_size()) {
+        /* srun without a working PMI plugin: every task would believe it is alone and
+         * write the whole output at once with the others */
+        snprintf(why, whylen,
+                 "the launcher started %d ranks but MPI sees %d",
+                 expected_size(), world.size);
+        MPI_Finalize();
+        joined = 0;
+        return -1;
     }
     world.join = mpi_join;
     world.sum_u64 = mpi_sum_u64;
