@@ -269,3 +269,17 @@ size_t nf_utf8_invisible(const char *s, size_t n, uint32_t *cp)
     *cp = c;
     return len;
 }
+
+char *nf_path_dir(const char *path)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    while (n > 0 && path[n - 1] != '/')
+        n--;
+    if (n == 0)
+        return nf_strdup(".");
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    return nf_strndup(path, n);
+}

@@ -51,6 +51,8 @@ char *nf_strndup(const char *s, size_t n);
 char *nf_path_join(const char *dir, const char *name);
 /* The last component of a path, trailing slashes ignored: its offset, and its length in *len */
 size_t nf_path_last(const char *path, size_t *len);
+/* The directory part of a path (malloc'd): "." when it has none, "/" for the root. */
+char *nf_path_dir(const char *path);
 /* Last path component without a trailing ".safetensors" (for task names). */
 char *nf_path_stem(const char *path);
 int nf_is_dir(const char *path);
