@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "../core/util.h"
-#include "dtype.h"
+#include "../core/dtype.h"
 #include "outpath.h"
 #include "sink.h"
 

@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../io/dtype.h"
+#include "../core/dtype.h"
 #include "run.h"
 
 int nf_job_dims(const nf_job *job, int *rows, int *cols)

@@ -876,9 +876,9 @@ static int step_resolved(const char *base_given, const char *task_given, const c
         goto done;
     }
     int threads = o->threads > 0 ? o->threads : cpu_count();
-    /* one OpenBLAS thread per worker for the step; the caller's setting comes back after */
-    blas_threads = nf_cpu_get_threads();
-    nf_cpu_set_threads(1);
+    /* one OpenBLAS thread per worker for the step (the CPU kernels run in every worker,
+     * whatever the device); the caller's setting comes back after */
+    blas_threads = nf_backend_cpu.set_threads(1);
 
     run.npasses = run.method->npasses;
     run.t_start = nf_now();
@@ -961,7 +961,7 @@ static int step_resolved(const char *base_given, const char *task_given, const c
         rc = nf_report_commit(report, err);
 done:
     if (blas_threads > 0)
-        nf_cpu_set_threads(blas_threads);
+        nf_backend_cpu.set_threads(blas_threads);
     nf_devices_close(devs, ndev);
     run_free(&run, mem);
     return rc;

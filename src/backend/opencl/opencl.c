@@ -18,7 +18,7 @@
  * forces the float accumulation path of dot (read at open; for tests).
  *
  * Buffers: one cl_mem of n * 4 bytes each (CL_MEM_READ_WRITE); upload and download are
- * blocking and bounds-checked; host_ptr stays NULL. Views map directly onto CLBlast's
+ * blocking and bounds-checked; buffers are not host memory. Views map directly onto CLBlast's
  * row-major interface: a view's element offset and leading dimension are passed as CLBlast's
  * offset and ld (both count elements), transposes as CLBlastTransposeYes, so no sub-buffers
  * or copies are made. Kernels take (buffer, element offset) pairs.
@@ -904,7 +904,8 @@ const nf_backend nf_backend_opencl = {
     .free = ocl_free,
     .upload = ocl_upload,
     .download = ocl_download,
-    .host_ptr = NULL, /* must stay NULL: la.c treats a present slot as "buffers are host memory" */
+    .host_memory = 0, /* device memory: the host goes through download() */
+    .host_ptr = NULL,
     .finish = ocl_finish,
     .gemm = ocl_gemm,
     .axpby = ocl_axpby,

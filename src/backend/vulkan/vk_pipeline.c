@@ -305,6 +305,31 @@ out:
     return rc;
 }
 
+int nf_vk_pipelines_init(nf_device *d, nf_error *err)
+{
+    VkResult r;
+    VkPushConstantRange pcr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, NF_VK_PUSH_BYTES};
+    VkPipelineLayoutCreateInfo pli = {
+        .sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
+        .setLayoutCount = 1,
+        .pSetLayouts = &d->dsl,
+        .pushConstantRangeCount = 1,
+        .pPushConstantRanges = &pcr,
+    };
+    r = vkCreatePipelineLayout(d->dev, &pli, NULL, &d->playout);
+    if (r != VK_SUCCESS) {
+        d->playout = VK_NULL_HANDLE;
+        return nf_vk_fail(d, err, r, "vkCreatePipelineLayout");
+    }
+    VkPipelineCacheCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO};
+    r = vkCreatePipelineCache(d->dev, &ci, NULL, &d->pcache);
+    if (r != VK_SUCCESS) {
+        d->pcache = VK_NULL_HANDLE;
+        return nf_vk_fail(d, err, r, "vkCreatePipelineCache");
+    }
+    return NF_OK;
+}
+
 void nf_vk_pipelines_destroy(nf_device *d)
 {
     while (d->pipes) {
@@ -314,4 +339,10 @@ void nf_vk_pipelines_destroy(nf_device *d)
         free(p->key);
         free(p);
     }
+    if (d->pcache)
+        vkDestroyPipelineCache(d->dev, d->pcache, NULL);
+    d->pcache = VK_NULL_HANDLE;
+    if (d->playout)
+        vkDestroyPipelineLayout(d->dev, d->playout, NULL);
+    d->playout = VK_NULL_HANDLE;
 }
