@@ -112,26 +112,6 @@ static int header_text(const nf_writer *w, const out_file *f, uint64_t pad_to, n
     return sb->oom ? NF_E_NOMEM : NF_OK;
 }
 
-static int write_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-    const char *p = buf;
-    while (len) {
-        ssize_t r = pwrite(fd, p, len, (off_t)off);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        if (r == 0) {
-            errno = EIO;
-            return -1;
-        }
-        p += r;
-        len -= (size_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
-}
-
 /* The descriptor of f, reopened if it was closed to stay within MAX_OPEN_FILES (closing
  * another file with no write in flight); release it with file_release. -1 with errno set. */
 static int file_acquire(nf_writer *w, out_file *f)
@@ -185,7 +165,7 @@ static int write_header(nf_writer *w, out_file *f, uint64_t pad_to, nf_error *er
     for (int i = 0; i < 8; i++)
         len8[i] = (unsigned char)((uint64_t)sb.len >> (8 * i));
     int fd = file_acquire(w, f);
-    int bad = fd < 0 || write_all(fd, len8, 8, 0) || write_all(fd, sb.s, sb.len, 8);
+    int bad = fd < 0 || nf_pwrite_all(fd, len8, 8, 0) || nf_pwrite_all(fd, sb.s, sb.len, 8);
     int e = errno;
     if (fd >= 0)
         file_release(w, f);
@@ -259,7 +239,7 @@ static int copy_file(const char *src, const char *dst, const char *out, nf_error
         }
         if (r == 0)
             break;
-        if (write_all(o, buf, (size_t)r, off)) {
+        if (nf_pwrite_all(o, buf, (size_t)r, off)) {
             rc = nf_error_set(err, NF_E_IO, "%s: cannot copy %s into it: %s", out, src,
                               strerror(errno));
             break;
@@ -332,7 +312,7 @@ static int copy_extras(nf_writer *w, nf_error *err)
     for (size_t i = 0; i < w->ngen && rc == NF_OK; i++) {
         char *p = nf_path_join(w->tmp_dir, w->gen[i].name);
         int fd = p ? open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666) : -1;
-        if (fd < 0 || write_all(fd, w->gen[i].data, w->gen[i].len, 0) || fsync(fd))
+        if (fd < 0 || nf_pwrite_all(fd, w->gen[i].data, w->gen[i].len, 0) || fsync(fd))
             rc = nf_error_set(err, NF_E_IO, "%s: cannot write %s: %s", w->out, w->gen[i].name,
                               p ? strerror(errno) : "out of memory");
         if (fd >= 0 && close(fd) != 0 && rc == NF_OK)
@@ -612,7 +592,7 @@ int nf_writer_put(nf_writer *w, size_t i, uint64_t off, const void *bytes, size_
     out_file *f = &w->files[w->file_of[i]];
     uint64_t at = 8 + f->hdr_len + w->offset_of[i] + off;
     int fd = file_acquire(w, f);
-    if (fd < 0 || write_all(fd, bytes, len, at)) {
+    if (fd < 0 || nf_pwrite_all(fd, bytes, len, at)) {
         int e = errno;
         if (fd >= 0)
             file_release(w, f);
@@ -695,7 +675,7 @@ static int write_index(nf_writer *w, nf_error *err)
     char *p = nf_path_join(w->tmp_dir, "model.safetensors.index.json");
     int rc = NF_OK;
     int fd = p ? open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666) : -1;
-    if (fd < 0 || write_all(fd, sb.s, sb.len, 0) || fsync(fd))
+    if (fd < 0 || nf_pwrite_all(fd, sb.s, sb.len, 0) || fsync(fd))
         rc = nf_error_set(err, NF_E_IO, "%s: cannot write the index: %s", w->out,
                           strerror(errno));
     if (fd >= 0)
