@@ -1210,6 +1210,59 @@ out:
     return rc;
 }
 
+/* A merge's scratch directory for the intermediate models when no steps are saved:
+ * ".STEM.steps-XXXXXX" beside out (whose directory is created if missing, as the output's
+ * writer would), registered for removal on a terminating signal. */
+static int make_scratch(const char *out, char **scratch, nf_error *err)
+{
+    int rc;
+    char *odir = nf_strdup(out);
+    char *sl = odir ? strrchr(odir, '/') : NULL;
+    if (sl && sl != odir) {
+        *sl = '\0';
+        if (nf_mkdirs(odir) != 0) {
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot create its directory: %s", out,
+                              strerror(errno));
+            free(odir);
+            return rc;
+        }
+    }
+    free(odir);
+    nf_sb sb = {0};
+    char *stem = nf_path_stem(out);
+    char *parent = nf_strdup(out);
+    if (!stem || !parent) {
+        free(stem);
+        free(parent);
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    }
+    char *slash = strrchr(parent, '/');
+    if (slash)
+        slash[slash == parent ? 1 : 0] = '\0';
+    nf_sb_printf(&sb, "%s/.%s.steps-XXXXXX", slash ? parent : ".", stem);
+    free(stem);
+    free(parent);
+    /* created and registered for removal with SIGINT/SIGTERM blocked in between */
+    if (sb.oom || !nf_tmp_mkdtemp(sb.s)) {
+        rc = nf_error_set(err, NF_E_IO, "%s: cannot create a scratch directory beside it",
+                          out);
+        nf_sb_free(&sb);
+        return rc;
+    }
+    *scratch = sb.s;
+    return NF_OK;
+}
+
+/* Removes a merge's scratch directory (NULL: none) and its registration. */
+static void drop_scratch(char *scratch)
+{
+    if (scratch) {
+        nf_remove_tree(scratch);
+        nf_tmp_unregister(scratch);
+        free(scratch);
+    }
+}
+
 static int merge_resolved(const char *base, const char *const *tasks, int ntasks,
                           const char *out, const char *save_steps_dir, const nf_options *opts,
                           nf_error *err)
@@ -1237,54 +1290,15 @@ static int merge_resolved(const char *base, const char *const *tasks, int ntasks
         if (nf_mkdirs(save_steps_dir) != 0)
             return nf_error_set(err, NF_E_IO, "%s: cannot create: %s", save_steps_dir,
                                 strerror(errno));
-    } else if (ntasks > 1) {
-        /* intermediate models live in a scratch directory beside the output (whose directory
-         * is created if missing, as the output's writer would) */
-        char *odir = nf_strdup(out);
-        char *sl = odir ? strrchr(odir, '/') : NULL;
-        if (sl && sl != odir) {
-            *sl = '\0';
-            if (nf_mkdirs(odir) != 0) {
-                rc = nf_error_set(err, NF_E_IO, "%s: cannot create its directory: %s", out,
-                                  strerror(errno));
-                free(odir);
-                return rc;
-            }
-        }
-        free(odir);
-        nf_sb sb = {0};
-        char *stem = nf_path_stem(out);
-        char *parent = nf_strdup(out);
-        if (!stem || !parent) {
-            free(stem);
-            free(parent);
-            return nf_error_set(err, NF_E_NOMEM, "out of memory");
-        }
-        char *slash = strrchr(parent, '/');
-        if (slash)
-            slash[slash == parent ? 1 : 0] = '\0';
-        nf_sb_printf(&sb, "%s/.%s.steps-XXXXXX", slash ? parent : ".", stem);
-        free(stem);
-        free(parent);
-        /* created and registered for removal with SIGINT/SIGTERM blocked in between */
-        if (sb.oom || !nf_tmp_mkdtemp(sb.s)) {
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot create a scratch directory beside it",
-                              out);
-            nf_sb_free(&sb);
-            return rc;
-        }
-        scratch = sb.s;
+    } else if (ntasks > 1 && (rc = make_scratch(out, &scratch, err))) {
+        return rc;
     }
     nf_report *rep = NULL;
     if (o.report_path &&
         ((rc = nf_report_new(&rep, err)) ||
          (rc = nf_report_set_path(rep, o.report_path, o.force, err)))) {
         nf_report_free(rep);
-        if (scratch) {
-            nf_remove_tree(scratch);
-            nf_tmp_unregister(scratch);
-        }
-        free(scratch);
+        drop_scratch(scratch);
         return rc;
     }
     nf_run_progress rp = {nf_now(), 0.0};
@@ -1322,11 +1336,7 @@ static int merge_resolved(const char *base, const char *const *tasks, int ntasks
         prev = dst;
     }
     free(prev);
-    if (scratch) {
-        nf_remove_tree(scratch);
-        nf_tmp_unregister(scratch);
-        free(scratch);
-    }
+    drop_scratch(scratch);
     nf_report_free(rep);
     return rc;
 }
