@@ -188,39 +188,30 @@ int main(int argc, char **argv)
         printf("nufilt %s\n", nf_version());
         return 0;
     }
-    if (!strcmp(cmd, "step") || !strcmp(cmd, "merge")) {
-        /* under mpirun or srun: one rank of a distributed merge (host/dist.c) */
-        if (cli_dist_begin(&argc, &argv))
-            return 1;
-        install_handlers();
-        int which = !strcmp(cmd, "step") ? CMD_STEP : CMD_MERGE;
+    int which = !strcmp(cmd, "step")      ? CMD_STEP
+                : !strcmp(cmd, "merge")   ? CMD_MERGE
+                : !strcmp(cmd, "inspect") ? CMD_INSPECT
+                                          : -1;
+    /* under mpirun or srun, step and merge are one rank of a distributed merge (host/dist.c) */
+    int dist = which == CMD_STEP || which == CMD_MERGE;
+    if (dist && cli_dist_begin(&argc, &argv))
+        return 1;
+    install_handlers();
+    if (which >= 0) {
         cli c;
         int rc = cli_parse(which, argc, argv, 2, &c);
         if (rc == 0 && c.help) {
             help_command(cmd);
             cli_free(&c);
-            return cli_dist_end(0);
+            return dist ? cli_dist_end(0) : 0;
         }
-        if (rc == 0)
+        if (rc == 0 && dist)
             rc = cli_dist_adapt(&c);
         if (rc == 0)
-            rc = which == CMD_STEP ? cmd_step(&c) : cmd_merge(&c);
+            rc = which == CMD_STEP ? cmd_step(&c) : which == CMD_MERGE ? cmd_merge(&c)
+                                                                       : cmd_inspect(&c);
         cli_free(&c);
-        return cli_dist_end(rc);
-    }
-    install_handlers();
-    if (!strcmp(cmd, "inspect")) {
-        cli c;
-        int rc = cli_parse(CMD_INSPECT, argc, argv, 2, &c);
-        if (rc == 0 && c.help) {
-            help_command(cmd);
-            cli_free(&c);
-            return 0;
-        }
-        if (rc == 0)
-            rc = cmd_inspect(&c);
-        cli_free(&c);
-        return rc;
+        return dist ? cli_dist_end(rc) : rc;
     }
     if (!strcmp(cmd, "methods"))
         return cmd_methods();

@@ -11,8 +11,8 @@
 #include <string.h>
 
 #include "../core/util.h"
+#include "../core/dtype.h"
 #include "../dist/dist.h"
-#include "../io/dtype.h"
 
 /* --max-memory: the estimated working memory of the jobs in flight stays under the cap; a job
  * waits until enough finishes, and one that alone exceeds the cap is an error. */
