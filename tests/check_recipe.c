@@ -4,7 +4,8 @@
 #include "core/util.h"
 #include "merge/select.h"
 #include "merge/recipe.h"
-#include "merge/run.h"
+#include "methods/method.h"
+#include "methods/registry.h"
 
 #include <math.h>
 #include <regex.h>

@@ -74,46 +74,6 @@ int nf_options_import(const nf_options *in, nf_options *out, nf_error *err)
     return NF_OK;
 }
 
-/* ---- the methods ---- */
-
-extern const nf_method_ops nf_method_nufilt;
-#define NF_BASELINE(name) extern const nf_method_ops nf_method_##name;
-NF_BASELINE(wa)
-NF_BASELINE(ta)
-NF_BASELINE(ties)
-NF_BASELINE(magmax)
-NF_BASELINE(opcm)
-NF_BASELINE(wudi)
-NF_BASELINE(isoc)
-NF_BASELINE(tsvm)
-
-static const nf_method_ops *const methods[NF_METHOD_COUNT] = {
-    [NF_METHOD_NUFILT] = &nf_method_nufilt, [NF_METHOD_WA] = &nf_method_wa,
-    [NF_METHOD_TA] = &nf_method_ta,         [NF_METHOD_TIES] = &nf_method_ties,
-    [NF_METHOD_MAGMAX] = &nf_method_magmax, [NF_METHOD_OPCM] = &nf_method_opcm,
-    [NF_METHOD_WUDI] = &nf_method_wudi,     [NF_METHOD_ISOC] = &nf_method_isoc,
-    [NF_METHOD_TSVM] = &nf_method_tsvm,
-};
-
-const nf_method_ops *nf_method_ops_get(int id)
-{
-    return id >= 0 && id < NF_METHOD_COUNT ? methods[id] : NULL;
-}
-
-const nf_method_info *nf_method_get(int id)
-{
-    const nf_method_ops *m = nf_method_ops_get(id);
-    return m ? &m->info : NULL;
-}
-
-int nf_method_from_name(const char *name)
-{
-    for (int i = 0; i < NF_METHOD_COUNT; i++)
-        if (strcmp(methods[i]->info.name, name) == 0)
-            return i;
-    return -1;
-}
-
 /* ---- defaults ---- */
 
 static void defaults(int method, nf_params *p)
@@ -687,8 +647,8 @@ int nf_recipe_resolve(const nf_options *o, const nf_model *base, const nf_model 
             rc = nf_error_set(err, NF_E_STATE,
                               "%s was merged with `method` %s; this step asks for `method` %s "
                               "(a stream keeps one method)",
-                              prev->path, methods[rec.method]->info.name,
-                              methods[o->method]->info.name);
+                              prev->path, nf_method_get(rec.method)->name,
+                              nf_method_get(o->method)->name);
             goto out;
         }
         method = rec.method;

@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 #include "../io/dtype.h"
-#include "run.h"
+#include "method.h"
 
 int nf_job_dims(const nf_job *job, int *rows, int *cols)
 {

@@ -1,9 +1,12 @@
 /*
- * One continual step in progress: the models, the resolved recipe, the output being written,
- * and the per-tensor jobs the scheduler hands to a method. Internal.
+ * The method interface: what a merge method (a file of src/methods) is given and may call. One
+ * continual step in progress (the models, the resolved recipe, the output being written), the
+ * per-tensor jobs the scheduler hands to a method, the helpers a job calls (job.c), and the
+ * operations a method implements (nf_method_ops). The step driver (src/merge) includes it;
+ * nothing here includes src/merge but the PEFT adapter's low-rank type. Internal.
  */
-#ifndef NF_RUN_H
-#define NF_RUN_H
+#ifndef NF_METHOD_H
+#define NF_METHOD_H
 
 #include <pthread.h>
 #include <stddef.h>
@@ -12,7 +15,7 @@
 #include "../io/model.h"
 #include "../io/writer.h"
 #include "../linalg/la.h"
-#include "adapter.h"
+#include "../merge/adapter.h"
 
 /* The merge recipe: what must stay the same from step to step of a stream. */
 typedef struct nf_params {
@@ -186,7 +189,5 @@ int nf_job_put_f32_at(nf_job *job, uint64_t first, const float *vals, size_t n);
 /* The same ranges of the tensor's float32 slot in the scratch file. */
 int nf_job_spill_write_at(nf_job *job, uint64_t first, const float *vals, size_t n);
 int nf_job_spill_read_at(nf_job *job, uint64_t first, float *vals, size_t n);
-
-const nf_method_ops *nf_method_ops_get(int id);
 
 #endif
