@@ -48,6 +48,10 @@ static void help_command(const char *cmd)
         usage(stdout);
         return;
     }
+    if (!strcmp(cmd, "--markdown")) {
+        cli_print_markdown();
+        return;
+    }
     if (!strcmp(cmd, "step")) {
         printf("Usage: nufilt step --base BASE --task TASK [--prev MERGED] --out OUT [options]\n\n"
                "Merges TASK into MERGED (or, without --prev, starts a stream with TASK).\n"
