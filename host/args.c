@@ -42,8 +42,7 @@ static const opt opts[] = {
     {"save-steps", "DIR", CMD_MERGE, 1,
      "also keep the model after every step as DIR/stepNN[.safetensors] (DIR may hold OUT, "
      "not be inside it or an input)"},
-    {"method", "NAME", CMD_RUN, 1,
-     "nufilt, wa, ta, ties, magmax, opcm, wudi, isoc or tsvm (`nufilt methods`) [nufilt]"},
+    {"method", "NAME", CMD_RUN, 1, NULL /* the registry's methods, see own_help */},
     {"quiet", NULL, CMD_RUN, 0, "print nothing but errors"},
     {"progress", NULL, CMD_RUN, 0,
      "progress bar on standard error (--no-progress) [on when standard error is a terminal]"},
@@ -57,7 +56,8 @@ static int lib_cmds(const nf_opt *o)
 {
     if (o->kind == NF_OPT_PRESET || o->kind == NF_OPT_LAYERS)
         return CMD_RUN | CMD_INSPECT;
-    return (o->commands & NF_OPT_STEP ? CMD_STEP : 0) | (o->commands & NF_OPT_MERGE ? CMD_MERGE : 0);
+    return (o->commands & NF_OPT_STEP ? CMD_STEP : 0) |
+           (o->commands & NF_OPT_MERGE ? CMD_MERGE : 0);
 }
 
 /* A library option's help line: what it is, its methods, range and default. */
@@ -107,23 +107,38 @@ static void print_one(const char *name, const char *arg, const char *h)
     printf("\n");
 }
 
+/* A program option's help; --method's lists the methods of the registry. */
+static const char *own_help(const opt *p, char *buf, size_t n)
+{
+    if (p->help)
+        return p->help;
+    size_t w = 0;
+    for (int m = 0; m < NF_METHOD_COUNT && w < n; m++)
+        w += (size_t)snprintf(buf + w, n - w, "%s%s",
+                              m == 0 ? "" : m + 1 < NF_METHOD_COUNT ? ", " : " or ",
+                              nf_method_get(m)->name);
+    if (w < n)
+        snprintf(buf + w, n - w, " (`nufilt methods`) [%s]", nf_method_get(NF_METHOD_NUFILT)->name);
+    return buf;
+}
+
 void cli_print_options(int cmd)
 {
     size_t n;
     const nf_opt *t = nf_opt_table(&n);
+    char h[2048];
     for (size_t i = 0; i < NOPTS; i++)
         if (opts[i].first && (opts[i].cmds & cmd))
-            print_one(opts[i].name, opts[i].arg, opts[i].help);
+            print_one(opts[i].name, opts[i].arg, own_help(&opts[i], h, sizeof h));
     for (size_t i = 0; i < n; i++) {
         if (!(lib_cmds(&t[i]) & cmd))
             continue;
-        char h[2048];
         lib_help(&t[i], h, sizeof h);
         print_one(t[i].flag, t[i].metavar, h);
     }
     for (size_t i = 0; i < NOPTS; i++)
         if (!opts[i].first && (opts[i].cmds & cmd))
-            print_one(opts[i].name, opts[i].arg, opts[i].help);
+            print_one(opts[i].name, opts[i].arg, own_help(&opts[i], h, sizeof h));
 }
 
 /* Markdown table cells hold no '|'. */

@@ -46,85 +46,85 @@ enum { NF_OPT_STEP = 1, NF_OPT_MERGE = 2, NF_OPT_BOTH = 3 };
  * The default: one value for every method, or "METHOD VALUE, ..., VALUE" (the last, bare value
  * for the methods not named). The order is the order of nufilt.params (preset/layers last) and
  * of the public table of ranges (the ranged rows). */
-#define NF_RECIPE_OPTIONS(X)                                                                     \
+#define NF_RECIPE_OPTIONS(X)                                                                       \
     X(NULL_RANK, null_rank, "null-rank", INT, "N", 1, 0, 65536, 0, 0, NF_M(NUFILT), "128",         \
-      "r_p, rank of the null-space filter; 0 = no filter")                                       \
+      "r_p, rank of the null-space filter; 0 = no filter")                                         \
     X(TASK_RANK, task_rank, "task-rank", INT, "N", 1, 0, 65536, 0, 0, NF_M(NUFILT), "8",           \
-      "r_v, rank of the task projection in the adapter's objective")                             \
+      "r_v, rank of the task projection in the adapter's objective")                               \
     X(LORA_RANK, lora_rank, "lora-rank", INT, "N", 1, 0, 65536, 0, 0, NF_M(NUFILT), "64",          \
-      "r_l, rank of the adapter; 0 = filter only")                                               \
+      "r_l, rank of the adapter; 0 = filter only")                                                 \
     X(LR, lr, "lr", NUM, "X", 0, 0, 1, 0, 0, NF_M(NUFILT) | NF_M(WUDI), "wudi 1e-5, 1e-3",         \
-      "Adam learning rate")                                                                      \
+      "Adam learning rate")                                                                        \
     X(ITERS, iters, "iters", INT, "N", 1, 0, 1000000, 0, 0, NF_M(NUFILT) | NF_M(WUDI), "50",       \
-      "Adam iterations per matrix")                                                              \
+      "Adam iterations per matrix")                                                                \
     X(SEED, seed, "seed", SEED, "N", 1, 0, 9223372036854775807.0, 0, 0, NF_M(NUFILT), "0",         \
-      "seed of the adapter's random initialisation")                                             \
+      "seed of the adapter's random initialisation")                                               \
     X(COMPAT, compat, "compat", ENUM, "MODE", 0, 0, 0, 0, 0, NF_M(NUFILT), "paper",                \
-      "paper (M(1) = task 1, rank-deficient prev handled) or reference (reproduce the "          \
-      "published code, first-step artefact included)")                                           \
+      "paper (M(1) = task 1, rank-deficient prev handled) or reference (reproduce the "            \
+      "published code, first-step artefact included)")                                             \
     X(RANK_TOL, rank_tol, "rank-tol", NUM, "X", 0, 0, 1, 0, 1, NF_M(NUFILT), "1e-6",               \
-      "with --compat paper: drop singular vectors below X times the largest")                             \
+      "with --compat paper: drop singular vectors below X times the largest")                      \
     X(SELECT, preset, "preset", PRESET, "NAME", 0, 0, 0, 0, 0, NF_M(NUFILT), "auto",               \
-      "the tensors treated: auto (from the tensor names), clip (attn, fc1), t5 "               \
-      "(SelfAttention, EncDecAttention, DenseReluDense), llama (self_attn, mlp), all-linear "    \
-      "(2-D *.weight but embeddings and lm_head)")                                               \
+      "the tensors treated: auto (from the tensor names), clip (attn, fc1), t5 "                   \
+      "(SelfAttention, EncDecAttention, DenseReluDense), llama (self_attn, mlp), all-linear "      \
+      "(2-D *.weight but embeddings and lm_head)")                                                 \
     X(SELECT, layers, "layers", LAYERS, "REGEX", 0, 0, 0, 0, 0, NF_M(NUFILT), "",                  \
-      "treat the 2-D tensors whose name matches this POSIX extended regex (overrides "           \
-      "--preset); a preset or regex that selects no tensor is refused")                          \
+      "treat the 2-D tensors whose name matches this POSIX extended regex (overrides "             \
+      "--preset); a preset or regex that selects no tensor is refused")                            \
     X(SCALE, scale, "scale", NUM, "X", 0, -100, 100, 0, 0,                                         \
-      NF_M(TA) | NF_M(TIES) | NF_M(MAGMAX) | NF_M(ISOC) | NF_M(TSVM),                            \
-      "ta 0.3, ties 0.3, magmax 0.5, 1", "lambda, the task vectors' weight; not 0 for magmax")  \
+      NF_M(TA) | NF_M(TIES) | NF_M(MAGMAX) | NF_M(ISOC) | NF_M(TSVM),                              \
+      "ta 0.3, ties 0.3, magmax 0.5, 1", "lambda, the task vectors' weight; not 0 for magmax")     \
     X(KEEP, keep, "keep", NUM, "X", 0, 0, 1, 1, 0, NF_M(TIES), "0.2",                              \
-      "fraction of entries kept by the trim")                                                    \
+      "fraction of entries kept by the trim")                                                      \
     X(ALPHA, alpha, "alpha", NUM, "X", 0, 0, 1, 0, 0, NF_M(OPCM), "0.5",                           \
-      "share of the spectrum projected out")                                                     \
+      "share of the spectrum projected out")                                                       \
     X(ZERO_DIAG, opcm_zero_diag, "opcm-zero-diag", BOOL, NULL, 0, 0, 0, 0, 0, NF_M(OPCM), "off",   \
       "also remove the diagonal of the projected task vector")
 
 /* The run's settings. Columns: the nf_options field, the program's flag, kind, metavariable,
  * min and max (NF_OPT_INT), the commands that take it, its default (as words), what it is. */
-#define NF_RUN_OPTIONS(Y)                                                                        \
+#define NF_RUN_OPTIONS(Y)                                                                          \
     Y(out_dtype, "dtype", CHOICE, "TYPE", 0, 0, NF_OPT_BOTH,                                       \
-      "keep: each tensor's dtype in the base",                                                   \
-      "output dtype of float tensors: keep, f32, f16 or bf16 (round to nearest even); a "        \
-      "directory output's config.json says so (torch_dtype, dtype); in a merge every step "      \
-      "reads the previous one in this dtype")                                                    \
+      "keep: each tensor's dtype in the base",                                                     \
+      "output dtype of float tensors: keep, f32, f16 or bf16 (round to nearest even); a "          \
+      "directory output's config.json says so (torch_dtype, dtype); in a merge every step "        \
+      "reads the previous one in this dtype")                                                      \
     Y(out_shard_size, "out-shard-size", SIZE, "SIZE", 0, 0, NF_OPT_BOTH,                           \
-      "one file; for a sharded base, shards of at most its largest shard file's size",           \
-      "directory output: start a new shard past SIZE (e.g. 2GB, 500MB)")                         \
+      "one file; for a sharded base, shards of at most its largest shard file's size",             \
+      "directory output: start a new shard past SIZE (e.g. 2GB, 500MB)")                           \
     Y(force, "force", FLAG, NULL, 0, 0, NF_OPT_BOTH, "",                                           \
-      "replace an existing output, report or saved step, if it is nufilt's kind: a "             \
-      "safetensors file, a directory holding only safetensors weights, their index, README.md "  \
-      "and files the base directory also has, a JSON report (never an input; see "              \
-      "docs/security.md)")                                                                       \
+      "replace an existing output, report or saved step, if it is nufilt's kind: a "               \
+      "safetensors file, a directory holding only safetensors weights, their index, README.md "    \
+      "and files the base directory also has, a JSON report (never an input; see "                 \
+      "docs/security.md)")                                                                         \
     Y(allow_nonfinite, "allow-nonfinite", FLAG, NULL, 0, 0, NF_OPT_BOTH, "",                       \
-      "merge models that hold NaN or Inf, and write an output that does (by default both are "   \
-      "refused, naming the tensor and the element)")                                             \
+      "merge models that hold NaN or Inf, and write an output that does (by default both are "     \
+      "refused, naming the tensor and the element)")                                               \
     Y(device, "device", STR, "LIST", 0, 0, NF_OPT_BOTH, "auto: real GPUs, else the CPU",           \
-      "compute devices: auto, cpu, opencl:N, vulkan:N or a comma list (`nufilt devices`)")       \
+      "compute devices: auto, cpu, opencl:N, vulkan:N or a comma list (`nufilt devices`)")         \
     Y(svd, "svd", CHOICE, "MODE", 0, 0, NF_OPT_BOTH, "fast",                                       \
-      "how NUFILT finds its top singular vectors. fast: the top vectors as eigenvectors of "     \
-      "the Gram matrix in float32, sharing the task vector's Gram matrix with the adapter's "    \
-      "training; gram is used for a matrix whose 128th singular value is below 1% of the "       \
-      "largest; the fastest accurate mode. gram: the same in double precision. gesdd (alias "    \
-      "exact): LAPACK's float32 gesdd, the method's definition, slower and on wide matrices "    \
-      "further from a float64 SVD than gram and fast. (--compat reference uses gesdd for gram "  \
-      "and fast.) randomized: range finder, 10 extra columns, 2 power iterations; approximate "   \
-      "where the spectrum has no gap at the cut: its merged task vectors were up to 0.15 "       \
-      "(median 0.13, relative) from gesdd's on a generated ViT-B/32 step, 0.18 (0.15) on a "     \
-      "generated LLaMA-style one, and 0.46 (0.31) after 3 steps of real all-MiniLM-L6-v2 "       \
-      "fine-tunes. The mode is recorded in the output; a step may use another mode than the "    \
-      "previous one (--report says so). See docs/performance.md")                                \
+      "how NUFILT finds its top singular vectors. fast: the top vectors as eigenvectors of "       \
+      "the Gram matrix in float32, sharing the task vector's Gram matrix with the adapter's "      \
+      "training; gram is used for a matrix whose 128th singular value is below 1% of the "         \
+      "largest; the fastest accurate mode. gram: the same in double precision. gesdd (alias "      \
+      "exact): LAPACK's float32 gesdd, the method's definition, slower and on wide matrices "      \
+      "further from a float64 SVD than gram and fast. (--compat reference uses gesdd for gram "    \
+      "and fast.) randomized: range finder, 10 extra columns, 2 power iterations; approximate "    \
+      "where the spectrum has no gap at the cut: its merged task vectors were up to 0.15 "         \
+      "(median 0.13, relative) from gesdd's on a generated ViT-B/32 step, 0.18 (0.15) on a "       \
+      "generated LLaMA-style one, and 0.46 (0.31) after 3 steps of real all-MiniLM-L6-v2 "         \
+      "fine-tunes. The mode is recorded in the output; a step may use another mode than the "      \
+      "previous one (--report says so). See docs/performance.md")                                  \
     Y(threads, "threads", INT, "N", 1, 4096, NF_OPT_BOTH, "all cores", "worker threads")           \
     Y(max_memory, "max-memory", SIZE, "SIZE", 0, 0, NF_OPT_BOTH, "no cap",                         \
-      "cap on the estimated working memory of the tensors in flight (e.g. 500MB); fewer run "    \
-      "at once, and a tensor that alone needs more is an error")                                 \
+      "cap on the estimated working memory of the tensors in flight (e.g. 500MB); fewer run "      \
+      "at once, and a tensor that alone needs more is an error")                                   \
     Y(report_path, "report", STR, "FILE", 0, 0, NF_OPT_BOTH, "",                                   \
-      "write a JSON report: per treated tensor the ranks used, the energy the filter removed, "  \
-      "the adapter's objective before and after, the time. Written before OUT is committed, "    \
-      "moved into place after; an existing FILE is replaced only with --force")                  \
+      "write a JSON report: per treated tensor the ranks used, the energy the filter removed, "    \
+      "the adapter's objective before and after, the time. Written before OUT is committed, "      \
+      "moved into place after; an existing FILE is replaced only with --force")                    \
     Y(resume, "resume", FLAG, NULL, 0, 0, NF_OPT_MERGE, "",                                        \
-      "with --save-steps: continue after the last step kept in DIR (its tasks must be the "      \
+      "with --save-steps: continue after the last step kept in DIR (its tasks must be the "        \
       "first ones given, its base and recipe the same) instead of starting over")
 
 /* One row of either table, as data. */

@@ -316,8 +316,9 @@ static int read_enum(const char *path, const nf_opt *t, const nf_json *v, record
         for (int i = 1; t->names[i] && w < sizeof names; i++)
             w += (size_t)snprintf(names + w, sizeof names - w, "%s\"%s\"",
                                   i == 1 ? "" : t->names[i + 1] ? ", " : " or ", t->names[i]);
-        return nf_error_set(err, NF_E_STATE, "%s: metadata nufilt.params records %s as %s%.40s%s (%s)",
-                            path, t->field, v->type == NF_JSON_STRING ? "\"" : "",
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.params records %s as %s%.40s%s (%s)", path,
+                            t->field, v->type == NF_JSON_STRING ? "\"" : "",
                             v->type == NF_JSON_STRING ? v->str : "something not a string",
                             v->type == NF_JSON_STRING ? "\"" : "", names);
     }
