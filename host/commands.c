@@ -11,6 +11,7 @@
 
 #include "core/util.h"
 #include "progress.h"
+#include "size.h"
 
 volatile sig_atomic_t cli_stopping;
 
@@ -27,13 +28,6 @@ static int fail(const nf_error *e)
     cli_flags(e->msg[0] ? e->msg : nf_status_message(e->code), msg, sizeof msg);
     fprintf(stderr, "nufilt: error: %s\n", msg);
     return e->code == NF_E_ARG ? 2 : 1;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static void setup_progress(cli *c, progress *pr)
@@ -86,14 +80,14 @@ int cmd_step(cli *c)
     progress pr;
     setup_progress(c, &pr);
     nf_error err = {0};
-    double t0 = now();
+    double t0 = nf_now();
     int rc = nf_step(c->base, task, c->prev, c->out, &c->o, &err);
     progress_done(&pr);
     free(name);
     if (rc)
         return fail(&err);
     if (!c->quiet)
-        fprintf(stderr, "nufilt: wrote %s (%.1f s)\n", c->out, now() - t0);
+        fprintf(stderr, "nufilt: wrote %s (%.1f s)\n", c->out, nf_now() - t0);
     return 0;
 }
 
@@ -125,7 +119,7 @@ int cmd_merge(cli *c)
     progress pr;
     setup_progress(c, &pr);
     nf_error err = {0};
-    double t0 = now();
+    double t0 = nf_now();
     if (rc == 0)
         rc = nf_merge(c->base, c->task_paths, c->npositional, c->out, c->save_steps, &c->o, &err);
     progress_done(&pr);
@@ -135,7 +129,7 @@ int cmd_merge(cli *c)
         return fail(&err);
     if (!c->quiet)
         fprintf(stderr, "nufilt: merged %d task%s into %s (%.1f s)\n", c->npositional,
-                c->npositional == 1 ? "" : "s", c->out, now() - t0);
+                c->npositional == 1 ? "" : "s", c->out, nf_now() - t0);
     return 0;
 }
 
@@ -171,17 +165,6 @@ static int put_clean(const char *s, size_t max)
     return cols;
 }
 
-static void human(double b, char *buf, size_t n)
-{
-    const char *u[] = {"B", "kB", "MB", "GB", "TB"};
-    int i = 0;
-    while (b >= 1000 && i < 4) {
-        b /= 1000;
-        i++;
-    }
-    snprintf(buf, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
-}
-
 int cmd_inspect(cli *c)
 {
     if (c->npositional != 1) {
@@ -215,7 +198,7 @@ int cmd_inspect(cli *c)
         return fail(&err);
     }
     char hb[32];
-    human((double)bytes, hb, sizeof hb);
+    cli_format_size((double)bytes, hb, sizeof hb);
     printf("%s\n  %zu tensors, %s in %zu file%s\n", path, n, hb, nf_model_shard_count(m),
            nf_model_shard_count(m) == 1 ? "" : "s");
     /* treated tensors */
@@ -330,7 +313,7 @@ int cmd_devices(void)
     for (int i = 0; i < n && i < 64; i++) {
         char dev[48], mem[32];
         snprintf(dev, sizeof dev, "%.16s:%d", info[i].api, info[i].index);
-        human((double)info[i].memory, mem, sizeof mem);
+        cli_format_size((double)info[i].memory, mem, sizeof mem);
         printf("%-10s %-15s %-10s %s\n", dev, nf_device_type_name(info[i].type), mem,
                info[i].name);
         printf("%-10s %-15s %-10s driver %s\n", "", "", "", info[i].driver);

@@ -193,8 +193,11 @@ int main(int argc, char **argv)
         return 0;
     }
     install_handlers();
-    if (!strcmp(cmd, "step") || !strcmp(cmd, "merge")) {
-        int which = !strcmp(cmd, "step") ? CMD_STEP : CMD_MERGE;
+    int which = !strcmp(cmd, "step")      ? CMD_STEP
+                : !strcmp(cmd, "merge")   ? CMD_MERGE
+                : !strcmp(cmd, "inspect") ? CMD_INSPECT
+                                          : -1;
+    if (which >= 0) {
         cli c;
         int rc = cli_parse(which, argc, argv, 2, &c);
         if (rc == 0 && c.help) {
@@ -203,20 +206,8 @@ int main(int argc, char **argv)
             return 0;
         }
         if (rc == 0)
-            rc = which == CMD_STEP ? cmd_step(&c) : cmd_merge(&c);
-        cli_free(&c);
-        return rc;
-    }
-    if (!strcmp(cmd, "inspect")) {
-        cli c;
-        int rc = cli_parse(CMD_INSPECT, argc, argv, 2, &c);
-        if (rc == 0 && c.help) {
-            help_command(cmd);
-            cli_free(&c);
-            return 0;
-        }
-        if (rc == 0)
-            rc = cmd_inspect(&c);
+            rc = which == CMD_STEP ? cmd_step(&c) : which == CMD_MERGE ? cmd_merge(&c)
+                                                                       : cmd_inspect(&c);
         cli_free(&c);
         return rc;
     }

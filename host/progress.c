@@ -6,12 +6,8 @@
 #include <time.h>
 #include <unistd.h>
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "core/util.h"
+#include "size.h"
 
 static void hms(double s, char *buf, size_t n)
 {
@@ -22,21 +18,10 @@ static void hms(double s, char *buf, size_t n)
         snprintf(buf, n, "%02ld:%02ld", t / 60, t % 60);
 }
 
-static void human(double b, char *buf, size_t n)
-{
-    const char *u[] = {"B", "kB", "MB", "GB", "TB"};
-    int i = 0;
-    while (b >= 1000 && i < 4) {
-        b /= 1000;
-        i++;
-    }
-    snprintf(buf, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
-}
-
 int progress_cb(void *user, const nf_progress *p)
 {
     progress *pr = user;
-    double t = now();
+    double t = nf_now();
     int last = p->tensors_done == p->tensors_total;
     if (!last && t - pr->last_draw < 0.1)
         return 0;
@@ -67,8 +52,8 @@ int progress_cb(void *user, const nf_progress *p)
         hms(left_s, rem, sizeof rem);
     else
         snprintf(rem, sizeof rem, "--:--");
-    human((double)p->bytes_done, bd, sizeof bd);
-    human((double)p->bytes_total * (p->npasses > 0 ? p->npasses : 1), bt, sizeof bt);
+    cli_format_size((double)p->bytes_done, bd, sizeof bd);
+    cli_format_size((double)p->bytes_total * (p->npasses > 0 ? p->npasses : 1), bt, sizeof bt);
     char left[64], right[256];
     snprintf(left, sizeof left, "step %d/%d ", p->step, p->nsteps);
     snprintf(right, sizeof right, " %3.0f%%  %zu/%zu tensors  %s/%s  %s elapsed  %s left",

@@ -1,7 +1,8 @@
-/* Sizes on the command line: "2GB", "500MB", "1.5GiB" or "1000000" (bytes). */
+/* Sizes on the command line: "2GB", "500MB", "1.5GiB" or "1000000" (bytes), read and written. */
 #include "size.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,4 +39,15 @@ int cli_parse_size(const char *s, uint64_t *out)
         return -1;
     *out = (uint64_t)b;
     return 0;
+}
+
+void cli_format_size(double b, char *buf, size_t n)
+{
+    const char *u[] = {"B", "kB", "MB", "GB", "TB"};
+    int i = 0;
+    while (b >= 1000 && i < 4) {
+        b /= 1000;
+        i++;
+    }
+    snprintf(buf, n, i ? "%.1f %s" : "%.0f %s", b, u[i]);
 }

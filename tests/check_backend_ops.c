@@ -52,7 +52,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/sgemm.h"
 #include "backend/devices.h"
-#include "io/dtype.h"
+#include "core/dtype.h"
 #include "linalg/la.h"
 
 #define EPS32 (1.0 / 8388608.0)

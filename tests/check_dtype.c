@@ -1,6 +1,6 @@
 /* Dtype conversion against independent references: every F16, BF16 and F8 bit pattern
  * decoded with ldexp, and rounding checked against the nearest representable values found by search. */
-#include "io/dtype.h"
+#include "core/dtype.h"
 #include "testutil.h"
 
 /* Independent F16 decoding: value = (-1)^s 2^(e-15) (1 + m/1024), subnormals 2^-14 m/1024. */

@@ -20,7 +20,7 @@ computes, against the exact SVD (float64 LAPACK on the stored float32 values):
                      step (prev + tau P + tau B A, 50 Adam iterations from the same A, computed
                      in float64), i.e. what `--svd randomized` changes in the output
 
-The randomized range finder is the one src/linalg/la.c implements, in float32:
+The randomized range finder is the one src/linalg/la_svd.c implements, in float32:
 Z = X^T G, QR; q times (Y = X Z, QR; Z = X^T Y, QR); B = X Z = U S W^T; V = Z W[:, :r]
 (G Gaussian from NumPy here, from the counter-based generator in nufilt: same statistics).
 Row "exact-f32" is LAPACK's float32 SVD (what `--svd exact` computes): the floor that any

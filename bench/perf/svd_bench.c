@@ -11,7 +11,7 @@
  * matrices), linked from libnufilt.a; "gesvdx" asks LAPACK for the top R only
  * (sbdsvdx); "gram64" forms K = X^T X in double (dsyrk) and takes its top R eigenvectors
  * (dsyevr, RANGE='I'); "gram32" the same in float; "rand-q2" is the randomized range finder
- * of src/linalg/la.c (oversampling 10, 2 power iterations).  Accuracy: the largest principal
+ * of src/linalg/la_svd.c (oversampling 10, 2 power iterations).  Accuracy: the largest principal
  * angle against the float64 SVD (dgesdd) of the same float32 matrix, and
  * |V V^T - V0 V0^T|_F / sqrt(2 R).  Times: median CPU seconds of the thread over REPS runs.
  *

@@ -118,9 +118,14 @@ struct nf_backend {
                   size_t bytes, nf_error *err);
     int (*download)(nf_device *dev, const nf_buffer *buf, size_t byte_off, void *dst,
                     size_t bytes, nf_error *err);
-    /* optional: a host pointer to the buffer's memory (CPU, unified memory), else NULL */
+    /* capability: buffers are host memory; host_ptr (required then) gives a pointer to a
+     * buffer's elements, and the linear algebra works on them in place (no copies) */
+    int host_memory;
     float *(*host_ptr)(nf_device *dev, nf_buffer *buf);
     int (*finish)(nf_device *dev, nf_error *err);
+    /* optional: the threads the backend's host library (OpenBLAS) may use in the calling
+     * thread's calls (n >= 1); returns the previous count */
+    int (*set_threads)(int n);
 
     /* compute; NULL or NF_E_UNSUPPORTED means "run the CPU version" */
     int (*gemm)(nf_device *dev, const nf_gemm_op *op, nf_error *err);
@@ -181,6 +186,5 @@ int nf_cpu_eig_top_krylov(int n, const float *k, int r, const float *x0, int b, 
                           float *w, float *vt, int ldvt, nf_error *err);
 /* Number of threads OpenBLAS may use in the calling thread's BLAS/LAPACK calls. */
 void nf_cpu_set_threads(int n);
-int nf_cpu_get_threads(void); /* OpenBLAS's current thread count */
 
 #endif

@@ -269,3 +269,105 @@ size_t nf_utf8_invisible(const char *s, size_t n, uint32_t *cp)
     *cp = c;
     return len;
 }
+
+char *nf_path_dir(const char *path)
+{
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    while (n > 0 && path[n - 1] != '/')
+        n--;
+    if (n == 0)
+        return nf_strdup(".");
+    while (n > 1 && path[n - 1] == '/')
+        n--;
+    return nf_strndup(path, n);
+}
+
+/* Opens a file for reading without ever blocking: O_NONBLOCK so that a FIFO (or a device)
+ * given as a model cannot hang the open, then anything but a regular file is refused. */
+int nf_open_regular(const char *path, struct stat *st, int *fdp, nf_error *err)
+{
+    *fdp = -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
+        return nf_error_set(err, NF_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (fstat(fd, st) != 0) {
+        int e = errno;
+        close(fd);
+        return nf_error_set(err, NF_E_IO, "%s: cannot stat: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st->st_mode)) {
+        close(fd);
+        return nf_error_set(err, NF_E_IO, "%s: not a regular file (%s)", path,
+                            S_ISDIR(st->st_mode)    ? "a directory"
+                            : S_ISFIFO(st->st_mode) ? "a FIFO"
+                            : S_ISSOCK(st->st_mode) ? "a socket"
+                            : S_ISCHR(st->st_mode)  ? "a character device"
+                            : S_ISBLK(st->st_mode)  ? "a block device"
+                                                    : "not a plain file");
+    }
+    /* a regular file: blocking reads from here on */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    *fdp = fd;
+    return NF_OK;
+}
+
+int nf_read_small_file(const char *path, uint64_t max, const char *too_big, char **out,
+                       size_t *len, nf_error *err)
+{
+    struct stat st;
+    int fd, rc = nf_open_regular(path, &st, &fd, err);
+    if (rc)
+        return rc;
+    if ((uint64_t)st.st_size > max) {
+        close(fd);
+        return nf_error_set(err, NF_E_FORMAT, "%s: %s", path, too_big);
+    }
+    char *buf = malloc((size_t)st.st_size + 1);
+    if (!buf) {
+        close(fd);
+        return nf_error_set(err, NF_E_NOMEM, "%s: out of memory", path);
+    }
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            return r == 0 ? nf_error_set(err, NF_E_IO, "%s: file shrank while being read", path)
+                          : nf_error_set(err, NF_E_IO, "%s: read failed: %s", path, strerror(e));
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[got] = '\0';
+    *out = buf;
+    *len = got;
+    return NF_OK;
+}
+
+int nf_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+    const char *p = buf;
+    while (len) {
+        ssize_t r = pwrite(fd, p, len, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0) {
+            errno = EIO;
+            return -1;
+        }
+        p += r;
+        len -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return 0;
+}

@@ -51,9 +51,22 @@ char *nf_strndup(const char *s, size_t n);
 char *nf_path_join(const char *dir, const char *name);
 /* The last component of a path, trailing slashes ignored: its offset, and its length in *len */
 size_t nf_path_last(const char *path, size_t *len);
+/* The directory part of a path (malloc'd): "." when it has none, "/" for the root. */
+char *nf_path_dir(const char *path);
 /* Last path component without a trailing ".safetensors" (for task names). */
 char *nf_path_stem(const char *path);
 int nf_is_dir(const char *path);
+/* Opens path for reading if it is a regular file (a FIFO or device is refused without
+ * blocking: "PATH: not a regular file (a FIFO)"), its status in *st. */
+struct stat;
+int nf_open_regular(const char *path, struct stat *st, int *fd, nf_error *err);
+/* Writes len bytes at offset off, resuming after interruptions and short writes; 0, or -1
+ * with errno set (EIO when the file takes no more bytes). */
+int nf_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
+/* Reads a whole regular file of at most max bytes (NUL-terminated; a FIFO or device is
+ * refused without blocking); a larger one is refused as "PATH: too_big". */
+int nf_read_small_file(const char *path, uint64_t max, const char *too_big, char **out,
+                       size_t *len, nf_error *err);
 int nf_exists(const char *path);
 /* mkdir -p: creates a directory and its missing parents; 0 on success (errno otherwise). */
 int nf_mkdirs(const char *path);

@@ -18,41 +18,10 @@
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
 
-/* Opens a file for reading without ever blocking: O_NONBLOCK so that a FIFO (or a device)
- * given as a model cannot hang the open, then anything but a regular file is refused. */
-static int open_regular(const char *path, struct stat *st, int *fdp, nf_error *err)
-{
-    *fdp = -1;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0)
-        return nf_error_set(err, NF_E_IO, "%s: cannot open: %s", path, strerror(errno));
-    if (fstat(fd, st) != 0) {
-        int e = errno;
-        close(fd);
-        return nf_error_set(err, NF_E_IO, "%s: cannot stat: %s", path, strerror(e));
-    }
-    if (!S_ISREG(st->st_mode)) {
-        close(fd);
-        return nf_error_set(err, NF_E_IO, "%s: not a regular file (%s)", path,
-                            S_ISDIR(st->st_mode)    ? "a directory"
-                            : S_ISFIFO(st->st_mode) ? "a FIFO"
-                            : S_ISSOCK(st->st_mode) ? "a socket"
-                            : S_ISCHR(st->st_mode)  ? "a character device"
-                            : S_ISBLK(st->st_mode)  ? "a block device"
-                                                    : "not a plain file");
-    }
-    /* a regular file: blocking reads from here on */
-    int fl = fcntl(fd, F_GETFL);
-    if (fl >= 0)
-        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-    *fdp = fd;
-    return NF_OK;
-}
-
 static int map_file(const char *path, nf_shard *sh, nf_error *err)
 {
     struct stat st;
-    int fd, rc = open_regular(path, &st, &fd, err);
+    int fd, rc = nf_open_regular(path, &st, &fd, err);
     if (rc)
         return rc;
     if (st.st_size < 8) {
@@ -186,9 +155,9 @@ static const char *printable(const char *s, size_t n, char *buf, size_t size)
 }
 
 /* Validates one file's header and appends its tensors. */
-int nf_st_parse(nf_model *m, int s, nf_error *err)
+/* The header length of shard sh (*hlen), checked against the file's size. */
+static int header_length(const nf_shard *sh, uint64_t *hlen_out, nf_error *err)
 {
-    nf_shard *sh = &m->shards[s];
     const char *path = sh->path;
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--)
@@ -212,6 +181,189 @@ int nf_st_parse(nf_model *m, int s, nf_error *err)
                             "%s: truncated file: header length %llu runs past the end of the "
                             "file (%llu bytes after the length field)",
                             path, (unsigned long long)hlen, (unsigned long long)avail);
+    *hlen_out = hlen;
+    return NF_OK;
+}
+
+/* The header's __metadata__ entry e: string values only, kept from the first shard (s 0). */
+static int parse_metadata(nf_model *m, int s, const nf_json *e, const char *path, nf_error *err)
+{
+    if (e->type != NF_JSON_OBJECT)
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: bad header: __metadata__ is not an object", path);
+    if (e->n > NF_MAX_METADATA_ENTRIES)
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: bad header: __metadata__ has %zu entries (at most %d "
+                            "supported)",
+                            path, e->n, NF_MAX_METADATA_ENTRIES);
+    for (size_t k = 0; k < e->n; k++) {
+        if (has_control(e->items[k].key, e->items[k].keylen)) {
+            char pb[512];
+            return nf_error_set(err, NF_E_FORMAT,
+                                "%s: bad header: __metadata__ key \"%s\" contains a "
+                                "control character",
+                                path, printable(e->items[k].key, e->items[k].keylen, pb,
+                                                sizeof pb));
+        }
+        if (e->items[k].type != NF_JSON_STRING || e->items[k].has_nul)
+            return nf_error_set(err, NF_E_FORMAT,
+                                "%s: bad header: __metadata__ value of \"%.100s\" is %s",
+                                path, e->items[k].key,
+                                e->items[k].has_nul ? "a string holding U+0000"
+                                                    : "not a string");
+    }
+    if (s == 0) {
+        m->meta = calloc(e->n ? e->n : 1, sizeof *m->meta);
+        if (!m->meta)
+            return nf_error_set(err, NF_E_NOMEM, "%s: out of memory", path);
+        for (size_t k = 0; k < e->n; k++) {
+            m->meta[k].key = nf_strdup(e->items[k].key);
+            m->meta[k].value = nf_strdup(e->items[k].str);
+            m->nmeta++;
+            if (!m->meta[k].key || !m->meta[k].value)
+                return nf_error_set(err, NF_E_NOMEM, "%s: out of memory", path);
+        }
+    }
+    return NF_OK;
+}
+
+/* The header's entry e for a tensor of shard s (data after 8 + hlen bytes, data_size bytes of
+ * it): name, dtype, shape and data_offsets checked, added as m->tensors[m->ntensors]. */
+static int parse_tensor(nf_model *m, int s, const nf_json *e, uint64_t hlen, uint64_t data_size,
+                        nf_error *err)
+{
+    const nf_shard *sh = &m->shards[s];
+    const char *path = sh->path;
+    const char *name = e->key;
+    if (e->keylen == 0)
+        return nf_error_set(err, NF_E_FORMAT, "%s: bad header: empty tensor name", path);
+    if (has_control(e->key, e->keylen)) {
+        char pb[512];
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: bad header: tensor name \"%s\" contains a control character",
+                            path, printable(e->key, e->keylen, pb, sizeof pb));
+    }
+    if (e->type != NF_JSON_OBJECT)
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: bad header: entry for tensor \"%.200s\" is not an object",
+                            path, name);
+    const nf_json *jd = NULL, *js = NULL, *jo = NULL;
+    for (size_t k = 0; k < e->n; k++) {
+        const char *key = e->items[k].key;
+        if (strcmp(key, "dtype") == 0) jd = &e->items[k];
+        else if (strcmp(key, "shape") == 0) js = &e->items[k];
+        else if (strcmp(key, "data_offsets") == 0) jo = &e->items[k];
+        else
+            return nf_error_set(err, NF_E_FORMAT,
+                                "%s: tensor \"%.200s\": unknown header field \"%.60s\"", path,
+                                name, key);
+    }
+    if (!jd || !js || !jo)
+        return nf_error_set(err, NF_E_FORMAT, "%s: tensor \"%.200s\": missing %s", path, name,
+                            !jd ? "dtype" : !js ? "shape" : "data_offsets");
+    nf_tensor *t = &m->tensors[m->ntensors];
+    memset(t, 0, sizeof *t);
+    t->shard = s;
+    if (jd->type != NF_JSON_STRING ||
+        (t->dtype = nf_dtype_from_name(jd->str, jd->len)) == NF_DTYPE_INVALID)
+        return nf_error_set(err, NF_E_FORMAT, "%s: tensor \"%.200s\": unknown dtype \"%.40s\"",
+                            path, name, jd->type == NF_JSON_STRING ? jd->str : "(not a string)");
+    if (js->type != NF_JSON_ARRAY)
+        return nf_error_set(err, NF_E_FORMAT, "%s: tensor \"%.200s\": shape is not an array",
+                            path, name);
+    if (js->n > NF_MAX_DIMS)
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: tensor \"%.200s\": %zu dimensions (at most %d supported)",
+                            path, name, js->n, NF_MAX_DIMS);
+    t->ndim = (int)js->n;
+    uint64_t numel = 1;
+    for (size_t d = 0; d < js->n; d++) {
+        const nf_json *x = &js->items[d];
+        if (x->type != NF_JSON_NUMBER || !x->is_int || x->ival < 0)
+            return nf_error_set(err, NF_E_FORMAT,
+                                "%s: tensor \"%.200s\": shape entry %zu is not a "
+                                "non-negative integer",
+                                path, name, d);
+        t->shape[d] = x->ival;
+        if (!nf_mul_u64(numel, (uint64_t)x->ival, &numel))
+            return nf_error_set(err, NF_E_FORMAT,
+                                "%s: tensor \"%.200s\": shape overflows (element count does "
+                                "not fit 64 bits)",
+                                path, name);
+    }
+    t->numel = numel;
+    if (!nf_mul_u64(numel, nf_dtype_size(t->dtype), &t->nbytes))
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: tensor \"%.200s\": byte size overflows 64 bits", path, name);
+    if (jo->type != NF_JSON_ARRAY || jo->n != 2 || jo->items[0].type != NF_JSON_NUMBER ||
+        jo->items[1].type != NF_JSON_NUMBER || !jo->items[0].is_int ||
+        !jo->items[1].is_int || jo->items[0].ival < 0 || jo->items[1].ival < 0)
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: tensor \"%.200s\": data_offsets is not a pair of "
+                            "non-negative integers",
+                            path, name);
+    uint64_t b = (uint64_t)jo->items[0].ival, en = (uint64_t)jo->items[1].ival;
+    if (b > en)
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: tensor \"%.200s\": data_offsets [%llu, %llu] are reversed",
+                            path, name, (unsigned long long)b, (unsigned long long)en);
+    if (en > data_size)
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: tensor \"%.200s\": data_offsets end %llu is past the end of "
+                            "the data (%llu bytes): truncated file?",
+                            path, name, (unsigned long long)en,
+                            (unsigned long long)data_size);
+    if (en - b != t->nbytes)
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: tensor \"%.200s\": %llu bytes in data_offsets but shape x "
+                            "dtype size needs %llu",
+                            path, name, (unsigned long long)(en - b),
+                            (unsigned long long)t->nbytes);
+    t->begin = 8 + hlen + b;
+    t->data = sh->map + t->begin;
+    t->name = nf_strndup(e->key, e->keylen);
+    if (!t->name)
+        return nf_error_set(err, NF_E_NOMEM, "%s: out of memory", path);
+    m->ntensors++;
+    return NF_OK;
+}
+
+/* The tensors first.. of shard sh tile its data: sorted by offset, no gaps, no overlaps,
+ * nothing after the last tensor. */
+static int check_contiguous(nf_model *m, size_t first, const nf_shard *sh, uint64_t hlen,
+                            nf_error *err)
+{
+    const char *path = sh->path;
+    qsort(m->tensors + first, m->ntensors - first, sizeof *m->tensors, cmp_begin);
+    uint64_t pos = 8 + hlen;
+    for (size_t i = first; i < m->ntensors; i++) {
+        const nf_tensor *t = &m->tensors[i];
+        if (t->begin < pos)
+            return nf_error_set(err, NF_E_FORMAT,
+                                "%s: tensor \"%.200s\": data overlaps the previous tensor", path,
+                                t->name);
+        if (t->begin > pos)
+            return nf_error_set(err, NF_E_FORMAT,
+                                "%s: tensor \"%.200s\": gap of %llu bytes before its data", path,
+                                t->name, (unsigned long long)(t->begin - pos));
+        pos = t->begin + t->nbytes;
+    }
+    if (pos != sh->size)
+        return nf_error_set(err, NF_E_FORMAT,
+                            "%s: %llu trailing bytes after the last tensor's data", path,
+                            (unsigned long long)(sh->size - pos));
+    return NF_OK;
+}
+
+int nf_st_parse(nf_model *m, int s, nf_error *err)
+{
+    nf_shard *sh = &m->shards[s];
+    const char *path = sh->path;
+    uint64_t hlen = 0;
+    int rc = header_length(sh, &hlen, err);
+    if (rc)
+        return rc;
+    uint64_t avail = sh->size - 8;
     const char *text = (const char *)sh->map + 8;
     if (text[0] != '{')
         return nf_error_set(err, NF_E_FORMAT, "%s: bad header: not a JSON object", path);
@@ -219,7 +371,7 @@ int nf_st_parse(nf_model *m, int s, nf_error *err)
     nf_json *root = nf_json_parse(text, (size_t)hlen, jerr, sizeof jerr);
     if (!root)
         return nf_error_set(err, NF_E_FORMAT, "%s: bad header: invalid JSON: %s", path, jerr);
-    int rc = NF_OK;
+    rc = NF_OK;
     if (root->type != NF_JSON_OBJECT) {
         rc = nf_error_set(err, NF_E_FORMAT, "%s: bad header: not a JSON object", path);
         goto done;
@@ -235,206 +387,14 @@ int nf_st_parse(nf_model *m, int s, nf_error *err)
         goto done;
     }
     m->tensors = nt;
-    for (size_t i = 0; i < root->n; i++) {
+    for (size_t i = 0; i < root->n && rc == NF_OK; i++) {
         const nf_json *e = &root->items[i];
-        if (strcmp(e->key, "__metadata__") == 0) {
-            if (e->type != NF_JSON_OBJECT) {
-                rc = nf_error_set(err, NF_E_FORMAT,
-                                  "%s: bad header: __metadata__ is not an object", path);
-                goto done;
-            }
-            if (e->n > NF_MAX_METADATA_ENTRIES) {
-                rc = nf_error_set(err, NF_E_FORMAT,
-                                  "%s: bad header: __metadata__ has %zu entries (at most %d "
-                                  "supported)",
-                                  path, e->n, NF_MAX_METADATA_ENTRIES);
-                goto done;
-            }
-            for (size_t k = 0; k < e->n; k++) {
-                if (has_control(e->items[k].key, e->items[k].keylen)) {
-                    char pb[512];
-                    rc = nf_error_set(err, NF_E_FORMAT,
-                                      "%s: bad header: __metadata__ key \"%s\" contains a "
-                                      "control character",
-                                      path, printable(e->items[k].key, e->items[k].keylen, pb,
-                                                      sizeof pb));
-                    goto done;
-                }
-                if (e->items[k].type != NF_JSON_STRING || e->items[k].has_nul) {
-                    rc = nf_error_set(err, NF_E_FORMAT,
-                                      "%s: bad header: __metadata__ value of \"%.100s\" is %s",
-                                      path, e->items[k].key,
-                                      e->items[k].has_nul ? "a string holding U+0000"
-                                                          : "not a string");
-                    goto done;
-                }
-            }
-            if (s == 0) {
-                m->meta = calloc(e->n ? e->n : 1, sizeof *m->meta);
-                if (!m->meta) {
-                    rc = nf_error_set(err, NF_E_NOMEM, "%s: out of memory", path);
-                    goto done;
-                }
-                for (size_t k = 0; k < e->n; k++) {
-                    m->meta[k].key = nf_strdup(e->items[k].key);
-                    m->meta[k].value = nf_strdup(e->items[k].str);
-                    m->nmeta++;
-                    if (!m->meta[k].key || !m->meta[k].value) {
-                        rc = nf_error_set(err, NF_E_NOMEM, "%s: out of memory", path);
-                        goto done;
-                    }
-                }
-            }
-            continue;
-        }
-        const char *name = e->key;
-        if (e->keylen == 0) {
-            rc = nf_error_set(err, NF_E_FORMAT, "%s: bad header: empty tensor name", path);
-            goto done;
-        }
-        if (has_control(e->key, e->keylen)) {
-            char pb[512];
-            rc = nf_error_set(err, NF_E_FORMAT,
-                              "%s: bad header: tensor name \"%s\" contains a control character",
-                              path, printable(e->key, e->keylen, pb, sizeof pb));
-            goto done;
-        }
-        if (e->type != NF_JSON_OBJECT) {
-            rc = nf_error_set(err, NF_E_FORMAT,
-                              "%s: bad header: entry for tensor \"%.200s\" is not an object",
-                              path, name);
-            goto done;
-        }
-        const nf_json *jd = NULL, *js = NULL, *jo = NULL;
-        for (size_t k = 0; k < e->n; k++) {
-            const char *key = e->items[k].key;
-            if (strcmp(key, "dtype") == 0) jd = &e->items[k];
-            else if (strcmp(key, "shape") == 0) js = &e->items[k];
-            else if (strcmp(key, "data_offsets") == 0) jo = &e->items[k];
-            else {
-                rc = nf_error_set(err, NF_E_FORMAT,
-                                  "%s: tensor \"%.200s\": unknown header field \"%.60s\"", path,
-                                  name, key);
-                goto done;
-            }
-        }
-        if (!jd || !js || !jo) {
-            rc = nf_error_set(err, NF_E_FORMAT, "%s: tensor \"%.200s\": missing %s", path, name,
-                              !jd ? "dtype" : !js ? "shape" : "data_offsets");
-            goto done;
-        }
-        nf_tensor *t = &m->tensors[m->ntensors];
-        memset(t, 0, sizeof *t);
-        t->shard = s;
-        if (jd->type != NF_JSON_STRING ||
-            (t->dtype = nf_dtype_from_name(jd->str, jd->len)) == NF_DTYPE_INVALID) {
-            rc = nf_error_set(err, NF_E_FORMAT, "%s: tensor \"%.200s\": unknown dtype \"%.40s\"",
-                              path, name, jd->type == NF_JSON_STRING ? jd->str : "(not a string)");
-            goto done;
-        }
-        if (js->type != NF_JSON_ARRAY) {
-            rc = nf_error_set(err, NF_E_FORMAT, "%s: tensor \"%.200s\": shape is not an array",
-                              path, name);
-            goto done;
-        }
-        if (js->n > NF_MAX_DIMS) {
-            rc = nf_error_set(err, NF_E_FORMAT,
-                              "%s: tensor \"%.200s\": %zu dimensions (at most %d supported)",
-                              path, name, js->n, NF_MAX_DIMS);
-            goto done;
-        }
-        t->ndim = (int)js->n;
-        uint64_t numel = 1;
-        for (size_t d = 0; d < js->n; d++) {
-            const nf_json *x = &js->items[d];
-            if (x->type != NF_JSON_NUMBER || !x->is_int || x->ival < 0) {
-                rc = nf_error_set(err, NF_E_FORMAT,
-                                  "%s: tensor \"%.200s\": shape entry %zu is not a "
-                                  "non-negative integer",
-                                  path, name, d);
-                goto done;
-            }
-            t->shape[d] = x->ival;
-            if (!nf_mul_u64(numel, (uint64_t)x->ival, &numel)) {
-                rc = nf_error_set(err, NF_E_FORMAT,
-                                  "%s: tensor \"%.200s\": shape overflows (element count does "
-                                  "not fit 64 bits)",
-                                  path, name);
-                goto done;
-            }
-        }
-        t->numel = numel;
-        if (!nf_mul_u64(numel, nf_dtype_size(t->dtype), &t->nbytes)) {
-            rc = nf_error_set(err, NF_E_FORMAT,
-                              "%s: tensor \"%.200s\": byte size overflows 64 bits", path, name);
-            goto done;
-        }
-        if (jo->type != NF_JSON_ARRAY || jo->n != 2 || jo->items[0].type != NF_JSON_NUMBER ||
-            jo->items[1].type != NF_JSON_NUMBER || !jo->items[0].is_int ||
-            !jo->items[1].is_int || jo->items[0].ival < 0 || jo->items[1].ival < 0) {
-            rc = nf_error_set(err, NF_E_FORMAT,
-                              "%s: tensor \"%.200s\": data_offsets is not a pair of "
-                              "non-negative integers",
-                              path, name);
-            goto done;
-        }
-        uint64_t b = (uint64_t)jo->items[0].ival, en = (uint64_t)jo->items[1].ival;
-        if (b > en) {
-            rc = nf_error_set(err, NF_E_FORMAT,
-                              "%s: tensor \"%.200s\": data_offsets [%llu, %llu] are reversed",
-                              path, name, (unsigned long long)b, (unsigned long long)en);
-            goto done;
-        }
-        if (en > data_size) {
-            rc = nf_error_set(err, NF_E_FORMAT,
-                              "%s: tensor \"%.200s\": data_offsets end %llu is past the end of "
-                              "the data (%llu bytes): truncated file?",
-                              path, name, (unsigned long long)en,
-                              (unsigned long long)data_size);
-            goto done;
-        }
-        if (en - b != t->nbytes) {
-            rc = nf_error_set(err, NF_E_FORMAT,
-                              "%s: tensor \"%.200s\": %llu bytes in data_offsets but shape x "
-                              "dtype size needs %llu",
-                              path, name, (unsigned long long)(en - b),
-                              (unsigned long long)t->nbytes);
-            goto done;
-        }
-        t->begin = 8 + hlen + b;
-        t->data = sh->map + t->begin;
-        t->name = nf_strndup(e->key, e->keylen);
-        if (!t->name) {
-            rc = nf_error_set(err, NF_E_NOMEM, "%s: out of memory", path);
-            goto done;
-        }
-        m->ntensors++;
+        rc = strcmp(e->key, "__metadata__") == 0
+                 ? parse_metadata(m, s, e, path, err)
+                 : parse_tensor(m, s, e, hlen, data_size, err);
     }
-    /* contiguity: sorted by offset, no gaps, no overlaps, nothing after the last tensor */
-    qsort(m->tensors + first, m->ntensors - first, sizeof *m->tensors, cmp_begin);
-    uint64_t pos = 8 + hlen;
-    for (size_t i = first; i < m->ntensors; i++) {
-        const nf_tensor *t = &m->tensors[i];
-        if (t->begin < pos) {
-            rc = nf_error_set(err, NF_E_FORMAT,
-                              "%s: tensor \"%.200s\": data overlaps the previous tensor", path,
-                              t->name);
-            goto done;
-        }
-        if (t->begin > pos) {
-            rc = nf_error_set(err, NF_E_FORMAT,
-                              "%s: tensor \"%.200s\": gap of %llu bytes before its data", path,
-                              t->name, (unsigned long long)(t->begin - pos));
-            goto done;
-        }
-        pos = t->begin + t->nbytes;
-    }
-    if (pos != sh->size) {
-        rc = nf_error_set(err, NF_E_FORMAT,
-                          "%s: %llu trailing bytes after the last tensor's data", path,
-                          (unsigned long long)(sh->size - pos));
-        goto done;
-    }
+    if (rc == NF_OK)
+        rc = check_contiguous(m, first, sh, hlen, err);
 done:
     nf_json_free(root);
     return rc;
@@ -456,43 +416,6 @@ static int add_shard(nf_model *m, const char *path, nf_error *err)
     if (rc)
         return rc;
     return nf_st_parse(m, (int)(m->nshards - 1), err);
-}
-
-int nf_read_small_file(const char *path, uint64_t max, const char *too_big, char **out,
-                       size_t *len, nf_error *err)
-{
-    struct stat st;
-    int fd, rc = open_regular(path, &st, &fd, err);
-    if (rc)
-        return rc;
-    if ((uint64_t)st.st_size > max) {
-        close(fd);
-        return nf_error_set(err, NF_E_FORMAT, "%s: %s", path, too_big);
-    }
-    char *buf = malloc((size_t)st.st_size + 1);
-    if (!buf) {
-        close(fd);
-        return nf_error_set(err, NF_E_NOMEM, "%s: out of memory", path);
-    }
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            int e = errno;
-            free(buf);
-            close(fd);
-            return r == 0 ? nf_error_set(err, NF_E_IO, "%s: file shrank while being read", path)
-                          : nf_error_set(err, NF_E_IO, "%s: read failed: %s", path, strerror(e));
-        }
-        got += (size_t)r;
-    }
-    close(fd);
-    buf[got] = '\0';
-    *out = buf;
-    *len = got;
-    return NF_OK;
 }
 
 /* A shard name from an index must be a plain file name inside the model directory. */

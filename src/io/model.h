@@ -61,10 +61,6 @@ struct nf_json;
 int nf_index_parse(const char *text, size_t len, const char *index_path, struct nf_json **root,
                    const char ***files, size_t *nfiles, nf_error *err);
 const nf_tensor *nf_model_tensor(const nf_model *m, const char *name);
-/* Reads a whole regular file of at most max bytes (NUL-terminated; a FIFO or device is
- * refused without blocking); a larger one is refused as "PATH: too_big". */
-int nf_read_small_file(const char *path, uint64_t max, const char *too_big, char **out,
-                       size_t *len, nf_error *err);
 /* Maps in all pages of t's data with one system call where the kernel offers it, instead of
  * a page fault every few pages as the data is first read. Best effort, no error. */
 void nf_tensor_prefault(const nf_tensor *t);

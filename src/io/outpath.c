@@ -323,6 +323,48 @@ int nf_outpath_replaceable(const char *path, const char *what, nf_out_kind kind,
 
 /* ---- the whole set ---- */
 
+/* Rules 1 and 2 of nf_outpath_check: no target is an input, lies inside one or holds one;
+ * no two targets are the same path or lie one inside the other (a steps directory may hold
+ * the others). tg: the targets resolved; in, in_what, in_path: the nin inputs. */
+static int check_overlaps(const nf_outpath_args *a, const rpath *tg, const rpath *in,
+                          const char **in_what, const char **in_path, size_t nin, nf_error *err)
+{
+    int rc = NF_OK;
+    /* 1: never an input, inside one, or holding one */
+    for (size_t t = 0; t < a->ntargets && rc == NF_OK; t++) {
+        const nf_out_target *T = &a->targets[t];
+        for (size_t i = 0; i < nin && rc == NF_OK; i++) {
+            if (same(&tg[t], &in[i]))
+                rc = nf_error_set(err, NF_E_ARG,
+                                  "%s %s: is %s (%s); nufilt never writes over its inputs",
+                                  T->what, T->path, in_what[i], in_path[i]);
+            else if (under(&tg[t], &in[i]))
+                rc = nf_error_set(err, NF_E_ARG,
+                                  "%s %s: lies inside %s (%s); nufilt never writes into its "
+                                  "inputs",
+                                  T->what, T->path, in_what[i], in_path[i]);
+            else if (under(&in[i], &tg[t]) && T->kind != NF_OUT_STEPS_DIR)
+                rc = nf_error_set(err, NF_E_ARG,
+                                  "%s %s: holds %s (%s); replacing it would delete an input",
+                                  T->what, T->path, in_what[i], in_path[i]);
+        }
+    }
+    /* 2: targets apart from each other */
+    for (size_t t = 0; t < a->ntargets && rc == NF_OK; t++) {
+        for (size_t u = t + 1; u < a->ntargets && rc == NF_OK; u++) {
+            const nf_out_target *T = &a->targets[t], *U = &a->targets[u];
+            if (same(&tg[t], &tg[u]))
+                rc = nf_error_set(err, NF_E_ARG, "%s %s and %s %s are the same path", T->what,
+                                  T->path, U->what, U->path);
+            else if ((under(&tg[t], &tg[u]) && U->kind != NF_OUT_STEPS_DIR) ||
+                     (under(&tg[u], &tg[t]) && T->kind != NF_OUT_STEPS_DIR))
+                rc = nf_error_set(err, NF_E_ARG, "%s %s and %s %s overlap (one inside the other)",
+                                  T->what, T->path, U->what, U->path);
+        }
+    }
+    return rc;
+}
+
 int nf_outpath_check(const nf_outpath_args *a, nf_error *err)
 {
     /* inputs: each path, and for a directory the links directly in it (a Hugging Face cache
@@ -398,38 +440,8 @@ int nf_outpath_check(const nf_outpath_args *a, nf_error *err)
         if (rpath_make(a->targets[t].path, &tg[t]))
             rc = nf_error_set(err, NF_E_ARG, "%s %s: cannot resolve this path",
                               a->targets[t].what, a->targets[t].path);
-    /* 1: never an input, inside one, or holding one */
-    for (size_t t = 0; t < a->ntargets && rc == NF_OK; t++) {
-        const nf_out_target *T = &a->targets[t];
-        for (size_t i = 0; i < nin && rc == NF_OK; i++) {
-            if (same(&tg[t], &in[i]))
-                rc = nf_error_set(err, NF_E_ARG,
-                                  "%s %s: is %s (%s); nufilt never writes over its inputs",
-                                  T->what, T->path, in_what[i], in_path[i]);
-            else if (under(&tg[t], &in[i]))
-                rc = nf_error_set(err, NF_E_ARG,
-                                  "%s %s: lies inside %s (%s); nufilt never writes into its "
-                                  "inputs",
-                                  T->what, T->path, in_what[i], in_path[i]);
-            else if (under(&in[i], &tg[t]) && T->kind != NF_OUT_STEPS_DIR)
-                rc = nf_error_set(err, NF_E_ARG,
-                                  "%s %s: holds %s (%s); replacing it would delete an input",
-                                  T->what, T->path, in_what[i], in_path[i]);
-        }
-    }
-    /* 2: targets apart from each other */
-    for (size_t t = 0; t < a->ntargets && rc == NF_OK; t++) {
-        for (size_t u = t + 1; u < a->ntargets && rc == NF_OK; u++) {
-            const nf_out_target *T = &a->targets[t], *U = &a->targets[u];
-            if (same(&tg[t], &tg[u]))
-                rc = nf_error_set(err, NF_E_ARG, "%s %s and %s %s are the same path", T->what,
-                                  T->path, U->what, U->path);
-            else if ((under(&tg[t], &tg[u]) && U->kind != NF_OUT_STEPS_DIR) ||
-                     (under(&tg[u], &tg[t]) && T->kind != NF_OUT_STEPS_DIR))
-                rc = nf_error_set(err, NF_E_ARG, "%s %s and %s %s overlap (one inside the other)",
-                                  T->what, T->path, U->what, U->path);
-        }
-    }
+    if (rc == NF_OK)
+        rc = check_overlaps(a, tg, in, in_what, in_path, nin, err);
     /* 3: what exists is nufilt's kind of output, and --force was given */
     for (size_t t = 0; t < a->ntargets && rc == NF_OK; t++)
         rc = nf_outpath_replaceable(a->targets[t].path, a->targets[t].what, a->targets[t].kind,

@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "../core/util.h"
-#include "dtype.h"
+#include "../core/dtype.h"
 
 typedef struct sink_tensor {
     unsigned char *dst;   /* the caller's buffer, or ours (owned) */

@@ -10,11 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "../core/util.h"
-#include "dtype.h"
+#include "../core/dtype.h"
 #include "outpath.h"
 #include "sink.h"
 
@@ -59,195 +58,6 @@ struct nf_writer {
     size_t ngen;
     int extras_done;     /* the base's tree and gen are in tmp_dir (nf_writer_copy_tree) */
 };
-
-/* Temporary paths to remove if the process is interrupted: a fixed table so that a signal
- * handler can walk it without locks or allocation. */
-#define MAX_TMP 64
-static char tmp_paths[MAX_TMP][PATH_MAX];
-static volatile sig_atomic_t tmp_is_dir[MAX_TMP];
-static volatile sig_atomic_t tmp_used[MAX_TMP];
-static pthread_mutex_t tmp_lock = PTHREAD_MUTEX_INITIALIZER;
-
-int nf_tmp_register(const char *path, int is_dir)
-{
-    pthread_mutex_lock(&tmp_lock);
-    int slot = -1;
-    for (int i = 0; i < MAX_TMP && slot < 0; i++)
-        if (!tmp_used[i])
-            slot = i;
-    if (slot >= 0 && strlen(path) < PATH_MAX) {
-        strcpy(tmp_paths[slot], path);
-        tmp_is_dir[slot] = is_dir;
-        /* the path is complete before a handler can see the slot in use */
-        __atomic_signal_fence(__ATOMIC_SEQ_CST);
-        tmp_used[slot] = 1;
-    } else {
-        slot = -1;
-    }
-    pthread_mutex_unlock(&tmp_lock);
-    return slot;
-}
-
-/* The process's umask, read without changing it (umask(2) can only set it, which would race
- * with other threads creating files). mkstemp and mkdtemp create 0600 and 0700; outputs get
- * the modes an ordinary file or directory would. */
-static mode_t current_umask(void)
-{
-    FILE *f = fopen("/proc/self/status", "re");
-    unsigned mask = 022;
-    if (f) {
-        char line[128];
-        while (fgets(line, sizeof line, f))
-            if (sscanf(line, "Umask: %o", &mask) == 1)
-                break;
-        fclose(f);
-    }
-    return (mode_t)(mask & 0777);
-}
-
-/* Blocks the signals whose handler removes temporaries (every asynchronous one a program may
- * catch: SIGINT, SIGTERM, SIGQUIT, SIGALRM, SIGUSR1, ...), so that a temporary is never
- * created without being registered (or removed without being unregistered). Faults (SIGBUS,
- * SIGSEGV, SIGILL, SIGFPE) stay unblocked: blocking them would kill without a handler. */
-static void block_cleanup_signals(sigset_t *old)
-{
-    sigset_t set;
-    sigfillset(&set);
-    sigdelset(&set, SIGBUS);
-    sigdelset(&set, SIGSEGV);
-    sigdelset(&set, SIGILL);
-    sigdelset(&set, SIGFPE);
-    sigdelset(&set, SIGTRAP);
-    pthread_sigmask(SIG_BLOCK, &set, old);
-}
-
-static void restore_signals(const sigset_t *old) { pthread_sigmask(SIG_SETMASK, old, NULL); }
-
-char *nf_tmp_mkdtemp(char *tmpl)
-{
-    sigset_t oldmask;
-    block_cleanup_signals(&oldmask);
-    char *d = mkdtemp(tmpl);
-    int e = errno;
-    if (d && nf_tmp_register(d, 1) < 0) {
-        rmdir(d);
-        d = NULL;
-        e = EMFILE;
-    }
-    restore_signals(&oldmask);
-    errno = e;
-    return d;
-}
-
-static char *tmp_template(const char *out);
-
-int nf_tmp_mkstemp(char *tmpl)
-{
-    sigset_t oldmask;
-    block_cleanup_signals(&oldmask);
-    int fd = mkostemp(tmpl, O_CLOEXEC);
-    int e = errno;
-    if (fd >= 0 && nf_tmp_register(tmpl, 0) < 0) {
-        close(fd);
-        unlink(tmpl);
-        fd = -1;
-        e = EMFILE;
-    }
-    restore_signals(&oldmask);
-    if (fd >= 0)
-        fchmod(fd, 0666 & ~current_umask());
-    errno = e;
-    return fd;
-}
-
-char *nf_tmp_template(const char *path) { return tmp_template(path); }
-
-void nf_tmp_unregister(const char *path)
-{
-    pthread_mutex_lock(&tmp_lock);
-    for (int i = 0; i < MAX_TMP; i++)
-        if (tmp_used[i] && strcmp(tmp_paths[i], path) == 0)
-            tmp_used[i] = 0;
-    pthread_mutex_unlock(&tmp_lock);
-}
-
-void nf_cleanup_temporaries(void) { nf_writer_cleanup_signal(); }
-
-/* Empties the directory open as dfd: its files, and its subdirectories (depth levels deep)
- * with theirs. Async-signal-safe: the raw getdents64 system call into a buffer on the stack,
- * no allocation (fdopendir and readdir allocate, and a handler interrupting malloc would
- * deadlock); symbolic links are removed, never followed. */
-struct nf_dirent64 {
-    uint64_t d_ino;
-    int64_t d_off;
-    unsigned short d_reclen;
-    unsigned char d_type;
-    char d_name[];
-};
-
-static void clear_dir_signal_safe(int dfd, int depth)
-{
-    _Alignas(8) char buf[2048];
-    for (;;) {
-        long n = syscall(SYS_getdents64, dfd, buf, sizeof buf);
-        if (n <= 0)
-            return;
-        int removed = 0;
-        for (long off = 0; off < n;) {
-            const struct nf_dirent64 *d = (const void *)(buf + off);
-            off += d->d_reclen;
-            const char *nm = d->d_name;
-            if (nm[0] == '.' && (nm[1] == '\0' || (nm[1] == '.' && nm[2] == '\0')))
-                continue;
-            if (unlinkat(dfd, nm, 0) == 0) {
-                removed = 1;
-                continue;
-            }
-            if (depth > 0) {
-                int sub = openat(dfd, nm, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-                if (sub >= 0) {
-                    clear_dir_signal_safe(sub, depth - 1);
-                    close(sub);
-                    if (unlinkat(dfd, nm, AT_REMOVEDIR) == 0)
-                        removed = 1;
-                }
-            }
-        }
-        /* entries removed while listing may make the listing skip others: start again */
-        if (removed)
-            lseek(dfd, 0, SEEK_SET);
-    }
-}
-
-void nf_writer_cleanup_signal(void)
-{
-    int saved = errno;
-    for (int i = 0; i < MAX_TMP; i++) {
-        if (!tmp_used[i])
-            continue;
-        if (tmp_is_dir[i]) {
-            /* outputs are directory trees (the base's subfolders copied); a merge's scratch
-             * directory holds outputs. The other threads run on while this handler does:
-             * a worker may create a shard file, or a step commit its output, in the
-             * directory after it was emptied, so it is emptied again until it can be removed
-             * (a removed directory takes no new files). output_safety's signal cases left
-             * a scratch directory about one run in five with a single pass. */
-            for (int tries = 0; tries < 100; tries++) {
-                int fd = open(tmp_paths[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-                if (fd >= 0) {
-                    clear_dir_signal_safe(fd, NF_REMOVE_TREE_DEPTH);
-                    close(fd);
-                }
-                if (rmdir(tmp_paths[i]) == 0 || (errno != ENOTEMPTY && errno != EEXIST))
-                    break;
-            }
-        } else {
-            unlink(tmp_paths[i]);
-        }
-        tmp_used[i] = 0;
-    }
-    errno = saved;
-}
 
 static int cmp_member(const void *pa, const void *pb, void *ctx)
 {
@@ -300,26 +110,6 @@ static int header_text(const nf_writer *w, const out_file *f, uint64_t pad_to, n
     while (sb->len < target && !sb->oom)
         nf_sb_putn(sb, " ", 1);
     return sb->oom ? NF_E_NOMEM : NF_OK;
-}
-
-static int write_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-    const char *p = buf;
-    while (len) {
-        ssize_t r = pwrite(fd, p, len, (off_t)off);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        if (r == 0) {
-            errno = EIO;
-            return -1;
-        }
-        p += r;
-        len -= (size_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
 }
 
 /* The descriptor of f, reopened if it was closed to stay within MAX_OPEN_FILES (closing
@@ -375,7 +165,7 @@ static int write_header(nf_writer *w, out_file *f, uint64_t pad_to, nf_error *er
     for (int i = 0; i < 8; i++)
         len8[i] = (unsigned char)((uint64_t)sb.len >> (8 * i));
     int fd = file_acquire(w, f);
-    int bad = fd < 0 || write_all(fd, len8, 8, 0) || write_all(fd, sb.s, sb.len, 8);
+    int bad = fd < 0 || nf_pwrite_all(fd, len8, 8, 0) || nf_pwrite_all(fd, sb.s, sb.len, 8);
     int e = errno;
     if (fd >= 0)
         file_release(w, f);
@@ -412,37 +202,6 @@ static int set_meta(nf_writer *w, const nf_kv *meta, size_t nmeta)
     return NF_OK;
 }
 
-static char *dir_of(const char *path)
-{
-    size_t n = strlen(path);
-    while (n > 1 && path[n - 1] == '/')
-        n--;
-    while (n > 0 && path[n - 1] != '/')
-        n--;
-    if (n == 0)
-        return nf_strdup(".");
-    while (n > 1 && path[n - 1] == '/')
-        n--;
-    return nf_strndup(path, n);
-}
-
-static char *tmp_template(const char *out)
-{
-    char *dir = dir_of(out);
-    size_t len, s = nf_path_last(out, &len);
-    char *stem = nf_strndup(out + s, len);
-    char *res = NULL;
-    if (dir && stem) {
-        nf_sb sb = {0};
-        nf_sb_printf(&sb, "%s/.%s.nufilt-XXXXXX", dir, stem);
-        res = sb.oom ? NULL : sb.s;
-        if (!res)
-            nf_sb_free(&sb);
-    }
-    free(dir);
-    free(stem);
-    return res;
-}
 
 /* Copies the regular file src to the new file dst, part of the output out (named in
  * messages: dst is a temporary path). */
@@ -480,7 +239,7 @@ static int copy_file(const char *src, const char *dst, const char *out, nf_error
         }
         if (r == 0)
             break;
-        if (write_all(o, buf, (size_t)r, off)) {
+        if (nf_pwrite_all(o, buf, (size_t)r, off)) {
             rc = nf_error_set(err, NF_E_IO, "%s: cannot copy %s into it: %s", out, src,
                               strerror(errno));
             break;
@@ -553,7 +312,7 @@ static int copy_extras(nf_writer *w, nf_error *err)
     for (size_t i = 0; i < w->ngen && rc == NF_OK; i++) {
         char *p = nf_path_join(w->tmp_dir, w->gen[i].name);
         int fd = p ? open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666) : -1;
-        if (fd < 0 || write_all(fd, w->gen[i].data, w->gen[i].len, 0) || fsync(fd))
+        if (fd < 0 || nf_pwrite_all(fd, w->gen[i].data, w->gen[i].len, 0) || fsync(fd))
             rc = nf_error_set(err, NF_E_IO, "%s: cannot write %s: %s", w->out, w->gen[i].name,
                               p ? strerror(errno) : "out of memory");
         if (fd >= 0 && close(fd) != 0 && rc == NF_OK)
@@ -624,9 +383,9 @@ int nf_writer_open_memory(const nf_sink *s, const nf_out_spec *spec, size_t n,
     return NF_OK;
 }
 
-int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
+/* What nf_writer_open refuses before it creates anything. */
+static int check_args(const nf_writer_args *a, nf_error *err)
 {
-    *out = NULL;
     int rc = nf_outpath_replaceable(a->out, a->what ? a->what : "`out`",
                                     a->as_dir ? NF_OUT_DIR : NF_OUT_FILE, a->copy_from_dir,
                                     a->force, err);
@@ -648,39 +407,30 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
                             "%s: `out_shard_size` needs a directory output (a path not ending "
                             "in .safetensors)",
                             a->out);
-    nf_writer *w = calloc(1, sizeof *w);
-    if (!w)
-        return nf_error_set(err, NF_E_NOMEM, "out of memory");
-    pthread_mutex_init(&w->fd_lock, NULL);
-    w->a = *a;
-    w->out = nf_strdup(a->out);
-    w->file_of = calloc(a->ntensors ? a->ntensors : 1, sizeof *w->file_of);
-    w->offset_of = calloc(a->ntensors ? a->ntensors : 1, sizeof *w->offset_of);
-    if (!w->out || !w->file_of || !w->offset_of || set_meta(w, a->meta, a->nmeta)) {
-        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
-        goto fail;
-    }
-    /* shard assignment in the given order */
+    return NF_OK;
+}
+
+/* Assigns the tensors to shards in the given order (a new shard past shard_size) and lays out
+ * each shard's data, larger elements first: w->files, file_of and offset_of. */
+static int lay_out(nf_writer *w, nf_error *err)
+{
+    const nf_writer_args *a = &w->a;
     size_t nfiles = 1;
-    {
-        uint64_t cur = 0;
-        size_t in_cur = 0;
-        for (size_t i = 0; i < a->ntensors; i++) {
-            if (a->shard_size && in_cur > 0 && cur + a->tensors[i].nbytes > a->shard_size) {
-                nfiles++;
-                cur = 0;
-                in_cur = 0;
-            }
-            w->file_of[i] = (int)(nfiles - 1);
-            cur += a->tensors[i].nbytes;
-            in_cur++;
+    uint64_t cur = 0;
+    size_t in_cur = 0;
+    for (size_t i = 0; i < a->ntensors; i++) {
+        if (a->shard_size && in_cur > 0 && cur + a->tensors[i].nbytes > a->shard_size) {
+            nfiles++;
+            cur = 0;
+            in_cur = 0;
         }
+        w->file_of[i] = (int)(nfiles - 1);
+        cur += a->tensors[i].nbytes;
+        in_cur++;
     }
     w->files = calloc(nfiles, sizeof *w->files);
-    if (!w->files) {
-        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
-        goto fail;
-    }
+    if (!w->files)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
     w->nfiles = nfiles;
     for (size_t f = 0; f < nfiles; f++)
         w->files[f].fd = -1;
@@ -688,10 +438,8 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
         w->files[w->file_of[i]].nmembers++;
     for (size_t f = 0; f < nfiles; f++) {
         w->files[f].members = calloc(w->files[f].nmembers + 1, sizeof(size_t));
-        if (!w->files[f].members) {
-            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
-            goto fail;
-        }
+        if (!w->files[f].members)
+            return nf_error_set(err, NF_E_NOMEM, "out of memory");
         w->files[f].nmembers = 0;
     }
     for (size_t i = 0; i < a->ntensors; i++) {
@@ -708,127 +456,125 @@ int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
         }
         of->data_size = pos;
     }
-    /* temporary files, beside the destination (whose directory is created if missing) */
-    {
-        char *parent = dir_of(a->out);
-        int ok = parent && nf_mkdirs(parent) == 0;
-        int e = errno;
-        free(parent);
-        if (!ok) {
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot create its directory: %s", a->out,
-                              strerror(e));
-            goto fail;
-        }
+    return NF_OK;
+}
+
+/* The temporary file, or directory with its (closed) shard files, beside the destination,
+ * whose directory is created if missing. */
+static int create_temporaries(nf_writer *w, nf_error *err)
+{
+    const nf_writer_args *a = &w->a;
+    char *parent = nf_path_dir(a->out);
+    int ok = parent && nf_mkdirs(parent) == 0;
+    int e = errno;
+    free(parent);
+    if (!ok)
+        return nf_error_set(err, NF_E_IO, "%s: cannot create its directory: %s", a->out,
+                            strerror(e));
+    char *tmpl = nf_tmp_template(a->out);
+    if (!tmpl)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    int fd = -1, rc = nf_tmp_create(tmpl, a->as_dir, a->as_dir ? NULL : &fd);
+    if (rc != NF_OK) {
+        e = errno;
+        free(tmpl);
+        if (rc == NF_E_LIMIT)
+            return nf_error_set(err, NF_E_LIMIT, "%s: too many outputs open at once", a->out);
+        return nf_error_set(err, NF_E_IO, "%s: cannot create a temporary %s beside it: %s",
+                            a->out, a->as_dir ? "directory" : "file", strerror(e));
     }
-    char *tmpl = tmp_template(a->out);
-    if (!tmpl) {
-        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
-        goto fail;
-    }
-    sigset_t oldmask;
-    if (a->as_dir) {
-        block_cleanup_signals(&oldmask);
-        if (!mkdtemp(tmpl)) {
-            int e = errno;
-            restore_signals(&oldmask);
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot create a temporary directory beside it: %s",
-                              a->out, strerror(e));
-            free(tmpl);
-            goto fail;
-        }
-        w->tmp_dir = tmpl;
-        int slot = nf_tmp_register(tmpl, 1);
-        restore_signals(&oldmask);
-        if (slot < 0) {
-            rc = nf_error_set(err, NF_E_LIMIT, "%s: too many outputs open at once", a->out);
-            goto fail;
-        }
-        for (size_t f = 0; f < nfiles; f++) {
-            nf_sb sb = {0};
-            if (nfiles == 1)
-                nf_sb_puts(&sb, "model.safetensors");
-            else
-                nf_sb_printf(&sb, "model-%05zu-of-%05zu.safetensors", f + 1, nfiles);
-            w->files[f].final_name = sb.s;
-            w->files[f].tmp_path = nf_path_join(tmpl, sb.s ? sb.s : "");
-            if (sb.oom || !w->files[f].tmp_path) {
-                rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
-                goto fail;
-            }
-            /* created closed: opened again when written, MAX_OPEN_FILES at a time */
-            int fd = open(w->files[f].tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
-                          0666); /* less the umask */
-            if (fd < 0) {
-                rc = nf_error_set(err, NF_E_IO, "%s: cannot create: %s", w->files[f].tmp_path,
-                                  strerror(errno));
-                goto fail;
-            }
-            close(fd);
-        }
-    } else {
-        block_cleanup_signals(&oldmask);
-        int fd = mkostemp(tmpl, O_CLOEXEC);
-        if (fd < 0) {
-            int e = errno;
-            restore_signals(&oldmask);
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot create a temporary file beside it: %s",
-                              a->out, strerror(e));
-            free(tmpl);
-            goto fail;
-        }
+    if (!a->as_dir) {
         w->files[0].fd = fd;
         w->nopen = 1;
         w->files[0].tmp_path = tmpl;
-        int slot = nf_tmp_register(tmpl, 0);
-        restore_signals(&oldmask);
-        if (slot < 0) {
-            rc = nf_error_set(err, NF_E_LIMIT, "%s: too many outputs open at once", a->out);
-            goto fail;
-        }
-        fchmod(fd, 0666 & ~current_umask());
+        return NF_OK;
     }
-    /* headers with room for the metadata to change, then the file sizes */
-    for (size_t f = 0; f < nfiles; f++) {
+    w->tmp_dir = tmpl;
+    for (size_t f = 0; f < w->nfiles; f++) {
         nf_sb sb = {0};
-        int hr = header_text(w, &w->files[f], 0, &sb);
-        uint64_t reserve = (sb.len + HEADER_RESERVE + 7) / 8 * 8;
-        nf_sb_free(&sb);
-        if (hr) {
-            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
-            goto fail;
-        }
-        if (reserve > NF_MAX_HEADER_BYTES) {
-            /* nufilt (and the reference reader) would refuse to read such a file back */
-            rc = nf_error_set(err, NF_E_LIMIT,
-                              "%s: the output's header (tensor list and metadata) would take "
-                              "%llu bytes, more than the 100 MB safetensors readers accept",
-                              a->out, (unsigned long long)reserve);
-            goto fail;
-        }
-        if ((rc = write_header(w, &w->files[f], reserve, err)) != NF_OK)
-            goto fail;
-        uint64_t total = 8 + w->files[f].hdr_len + w->files[f].data_size;
-        int fd = file_acquire(w, &w->files[f]);
-        if (fd < 0 || ftruncate(fd, (off_t)total) != 0) {
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot size the output (%.1f MB): %s", a->out,
-                              (double)total / 1e6, strerror(errno));
-            if (fd >= 0)
-                file_release(w, &w->files[f]);
-            goto fail;
-        }
-        /* reserve the space now: a full disk is reported before any work, not after it */
-        if (fallocate(fd, 0, 0, (off_t)total) != 0 &&
-            (errno == ENOSPC || errno == EDQUOT || errno == EFBIG)) {
-            int e = errno;
-            file_release(w, &w->files[f]);
-            rc = nf_error_set(err, NF_E_IO,
-                              e == EFBIG ? "%s: cannot reserve the output's %.1f MB: %s"
-                                         : "%s: no room for the output (%.1f MB) beside it: %s",
-                              a->out, (double)total / 1e6, strerror(e));
-            goto fail;
-        }
-        file_release(w, &w->files[f]);
+        if (w->nfiles == 1)
+            nf_sb_puts(&sb, "model.safetensors");
+        else
+            nf_sb_printf(&sb, "model-%05zu-of-%05zu.safetensors", f + 1, w->nfiles);
+        w->files[f].final_name = sb.s;
+        w->files[f].tmp_path = nf_path_join(tmpl, sb.s ? sb.s : "");
+        if (sb.oom || !w->files[f].tmp_path)
+            return nf_error_set(err, NF_E_NOMEM, "out of memory");
+        /* created closed: opened again when written, MAX_OPEN_FILES at a time */
+        fd = open(w->files[f].tmp_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC,
+                  0666); /* less the umask */
+        if (fd < 0)
+            return nf_error_set(err, NF_E_IO, "%s: cannot create: %s", w->files[f].tmp_path,
+                                strerror(errno));
+        close(fd);
     }
+    return NF_OK;
+}
+
+/* File f's header, with room for the metadata to change, and its full size, reserved on
+ * disk now: a full disk is reported before any work, not after it. */
+static int reserve_file(nf_writer *w, out_file *f, nf_error *err)
+{
+    const char *out = w->a.out;
+    nf_sb sb = {0};
+    int rc = header_text(w, f, 0, &sb);
+    uint64_t reserve = (sb.len + HEADER_RESERVE + 7) / 8 * 8;
+    nf_sb_free(&sb);
+    if (rc)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    if (reserve > NF_MAX_HEADER_BYTES)
+        /* nufilt (and the reference reader) would refuse to read such a file back */
+        return nf_error_set(err, NF_E_LIMIT,
+                            "%s: the output's header (tensor list and metadata) would take "
+                            "%llu bytes, more than the 100 MB safetensors readers accept",
+                            out, (unsigned long long)reserve);
+    if ((rc = write_header(w, f, reserve, err)) != NF_OK)
+        return rc;
+    uint64_t total = 8 + f->hdr_len + f->data_size;
+    int fd = file_acquire(w, f);
+    if (fd < 0 || ftruncate(fd, (off_t)total) != 0) {
+        rc = nf_error_set(err, NF_E_IO, "%s: cannot size the output (%.1f MB): %s", out,
+                          (double)total / 1e6, strerror(errno));
+        if (fd >= 0)
+            file_release(w, f);
+        return rc;
+    }
+    if (fallocate(fd, 0, 0, (off_t)total) != 0 &&
+        (errno == ENOSPC || errno == EDQUOT || errno == EFBIG)) {
+        int e = errno;
+        file_release(w, f);
+        return nf_error_set(err, NF_E_IO,
+                            e == EFBIG ? "%s: cannot reserve the output's %.1f MB: %s"
+                                       : "%s: no room for the output (%.1f MB) beside it: %s",
+                            out, (double)total / 1e6, strerror(e));
+    }
+    file_release(w, f);
+    return NF_OK;
+}
+
+int nf_writer_open(const nf_writer_args *a, nf_writer **out, nf_error *err)
+{
+    *out = NULL;
+    int rc = check_args(a, err);
+    if (rc)
+        return rc;
+    nf_writer *w = calloc(1, sizeof *w);
+    if (!w)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    pthread_mutex_init(&w->fd_lock, NULL);
+    w->a = *a;
+    w->out = nf_strdup(a->out);
+    w->file_of = calloc(a->ntensors ? a->ntensors : 1, sizeof *w->file_of);
+    w->offset_of = calloc(a->ntensors ? a->ntensors : 1, sizeof *w->offset_of);
+    if (!w->out || !w->file_of || !w->offset_of || set_meta(w, a->meta, a->nmeta)) {
+        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    if ((rc = lay_out(w, err)) != NF_OK || (rc = create_temporaries(w, err)) != NF_OK)
+        goto fail;
+    for (size_t f = 0; f < w->nfiles; f++)
+        if ((rc = reserve_file(w, &w->files[f], err)) != NF_OK)
+            goto fail;
     *out = w;
     return NF_OK;
 fail:
@@ -846,7 +592,7 @@ int nf_writer_put(nf_writer *w, size_t i, uint64_t off, const void *bytes, size_
     out_file *f = &w->files[w->file_of[i]];
     uint64_t at = 8 + f->hdr_len + w->offset_of[i] + off;
     int fd = file_acquire(w, f);
-    if (fd < 0 || write_all(fd, bytes, len, at)) {
+    if (fd < 0 || nf_pwrite_all(fd, bytes, len, at)) {
         int e = errno;
         if (fd >= 0)
             file_release(w, f);
@@ -929,7 +675,7 @@ static int write_index(nf_writer *w, nf_error *err)
     char *p = nf_path_join(w->tmp_dir, "model.safetensors.index.json");
     int rc = NF_OK;
     int fd = p ? open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666) : -1;
-    if (fd < 0 || write_all(fd, sb.s, sb.len, 0) || fsync(fd))
+    if (fd < 0 || nf_pwrite_all(fd, sb.s, sb.len, 0) || fsync(fd))
         rc = nf_error_set(err, NF_E_IO, "%s: cannot write the index: %s", w->out,
                           strerror(errno));
     if (fd >= 0)
@@ -1034,9 +780,9 @@ int nf_writer_commit(nf_writer *w, nf_error *err)
         return rc;
     }
     const char *src = w->a.as_dir ? w->tmp_dir : w->files[0].tmp_path;
-    char *parent = dir_of(w->out);
+    char *parent = nf_path_dir(w->out);
     if (w->a.as_dir) {
-        chmod(w->tmp_dir, 0777 & ~current_umask()); /* mkdtemp made it 0700 */
+        chmod(w->tmp_dir, 0777 & ~nf_current_umask()); /* mkdtemp made it 0700 */
         fsync_dir(w->tmp_dir);
     }
     rc = move_into_place(w, src, err);
@@ -1105,12 +851,12 @@ static int link_or_copy_tree(const char *src, const char *dst, const char *out, 
 
 int nf_link_or_copy(const char *src, const char *dst, nf_error *err)
 {
-    char *tmpl = tmp_template(dst);
+    char *tmpl = nf_tmp_template(dst);
     if (!tmpl)
         return nf_error_set(err, NF_E_NOMEM, "out of memory");
     int rc = NF_OK, is_dir = nf_is_dir(src);
     sigset_t oldmask;
-    block_cleanup_signals(&oldmask);
+    nf_tmp_block_signals(&oldmask);
     int made = is_dir ? mkdtemp(tmpl) != NULL : 0;
     if (!is_dir) {
         int fd = mkostemp(tmpl, O_CLOEXEC);
@@ -1123,7 +869,7 @@ int nf_link_or_copy(const char *src, const char *dst, nf_error *err)
     int e = errno;
     if (made)
         nf_tmp_register(tmpl, is_dir);
-    restore_signals(&oldmask);
+    nf_tmp_restore_signals(&oldmask);
     if (!made) {
         rc = nf_error_set(err, NF_E_IO, "%s: cannot create: %s", dst, strerror(e));
         free(tmpl);
@@ -1134,7 +880,7 @@ int nf_link_or_copy(const char *src, const char *dst, nf_error *err)
     else
         rc = link_or_copy_tree(src, tmpl, dst, NF_TREE_MAX_DEPTH, err);
     if (rc == NF_OK && is_dir)
-        chmod(tmpl, 0777 & ~current_umask());
+        chmod(tmpl, 0777 & ~nf_current_umask());
     if (rc == NF_OK) {
         /* atomically: a file by rename(2), a directory by swapping it with the old one */
         if (renameat2(AT_FDCWD, tmpl, AT_FDCWD, dst, RENAME_NOREPLACE) != 0) {

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "model.h"
+#include "tmpreg.h"
 #include "tree.h"
 
 typedef struct nf_out_spec {
@@ -59,20 +60,6 @@ void nf_writer_abort(nf_writer *w);
  * the same calls, nothing on disk. */
 int nf_writer_open_memory(const nf_sink *s, const nf_out_spec *spec, size_t n,
                           const nf_kv *meta, size_t nmeta, nf_writer **out, nf_error *err);
-
-/* Removes every temporary output still open in this process; async-signal-safe, for a
- * program's handler of SIGINT, SIGTERM and the other terminating signals. */
-void nf_writer_cleanup_signal(void);
-/* Adds or removes a path (file, or directory of plain files) to what the handler removes. */
-int nf_tmp_register(const char *path, int is_dir);
-void nf_tmp_unregister(const char *path);
-/* mkdtemp(tmpl) and nf_tmp_register(tmpl, 1) with the cleanup signals blocked in between, so
- * that an interruption never leaves the directory unregistered. tmpl, or NULL (errno set). */
-char *nf_tmp_mkdtemp(char *tmpl);
-/* The same for a file: mkostemp(tmpl) registered, mode 0666 less the umask; fd or -1. */
-int nf_tmp_mkstemp(char *tmpl);
-/* "DIR/.NAME.nufilt-XXXXXX" beside path (malloc'd), for nf_tmp_mkstemp / nf_tmp_mkdtemp. */
-char *nf_tmp_template(const char *path);
 
 /* Makes dst a copy of the finished output src (a file, or a directory tree of our outputs):
  * hard links where the file system allows, copies otherwise; dst appears complete or not at

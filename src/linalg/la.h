@@ -22,7 +22,7 @@ typedef struct nf_la_stats {
 typedef struct nf_la {
     nf_device *dev;
     const nf_backend *be;
-    int host;          /* buffers are host memory (host_ptr works) */
+    int host;          /* buffers are host memory (the backend's host_memory) */
     nf_error *err;
     nf_la_stats stats;
 } nf_la;

@@ -29,7 +29,7 @@
 #include <unistd.h>
 
 #include "../core/util.h"
-#include "../io/dtype.h"
+#include "../core/dtype.h"
 #include "../io/json.h"
 
 #define CONFIG_NAME "adapter_config.json"

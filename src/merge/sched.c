@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "../core/util.h"
-#include "../io/dtype.h"
+#include "../core/dtype.h"
 
 /* --max-memory: the estimated working memory of the jobs in flight stays under the cap; a job
  * waits until enough finishes, and one that alone exceeds the cap is an error. */

@@ -702,6 +702,195 @@ int nf_step_in_run(const char *base, const char *task, const char *prev, const c
     return rc;
 }
 
+
+/* The step's inputs: the models the caller opened (mem), or base, task (a checkpoint or a
+ * PEFT adapter directory) and prev opened here once what the step writes (out, and the
+ * report at report_path) is known not to touch them; checked against the base. With mem,
+ * *base, *task and *prev become the models' paths. */
+static int open_inputs(nf_run *run, const nf_step_mem *mem, const char **base,
+                       const char **task, const char **prev, const char *out,
+                       const char *report_path, nf_error *err)
+{
+    const nf_options *o = run->opts;
+    int rc;
+    if (mem) {
+        if (!mem->base || !mem->task)
+            return nf_error_set(err, NF_E_ARG, "a step needs a base and a task model");
+        run->base = mem->base;
+        run->task = mem->task;
+        run->prev = mem->prev;
+        *base = run->base->path;
+        *task = run->task->path;
+        *prev = run->prev ? run->prev->path : NULL;
+    } else {
+        if (!*base || !*task || !out)
+            return nf_error_set(err, NF_E_ARG, "a step needs `base`, `task` and `out`");
+        /* what this step writes may not touch its inputs, and replaces only nufilt's kind
+         * of output (`force`); checked before anything is opened or computed */
+        nf_out_input ins[3] = {{*base, "the base model"},
+                               {*task, "the task model"},
+                               {*prev, "the previous merge"}};
+        nf_out_target tg[2] = {
+            {out, run->step_in_run == run->nsteps ? "`out`" : "`save_steps`",
+             ends_with(out, ".safetensors") ? NF_OUT_FILE : NF_OUT_DIR},
+            {report_path, "`report_path`", NF_OUT_REPORT}};
+        nf_outpath_args pa = {ins, 3, tg, report_path ? 2 : 1,
+                              nf_is_dir(*base) ? *base : NULL, o->force};
+        if ((rc = nf_outpath_check(&pa, err)))
+            return rc;
+        if ((rc = nf_model_open(*base, &run->base, err)))
+            return rc;
+        /* a PEFT LoRA adapter directory, or a checkpoint */
+        if (nf_adapter_is_dir(*task))
+            rc = nf_adapter_open(*task, run->base, &run->adapter, err);
+        else
+            rc = nf_model_open(*task, &run->task, err);
+        if (rc)
+            return rc;
+        if (*prev && (rc = nf_model_open(*prev, &run->prev, err)))
+            return rc;
+    }
+    if ((rc = check_f8_scales(run->base, "base", err)) ||
+        (run->task && (rc = check_f8_scales(run->task, "task", err))) ||
+        (run->prev && (rc = check_f8_scales(run->prev, "previous merge", err))))
+        return rc;
+    run->task_fp = run->adapter ? run->adapter->fingerprint : nf_model_fingerprint(run->task);
+    if (run->task && (rc = check_against_base(run->base, run->task, "task", err)))
+        return rc;
+    if (run->prev && (rc = check_against_base(run->base, run->prev, "previous merge", err)))
+        return rc;
+    return NF_OK;
+}
+
+/* The recipe (options, or the previous merge's), the method, the tensors it treats and the
+ * output plan: base order, base dtypes unless --dtype. */
+static int plan_step(nf_run *run, const nf_step_mem *mem, const char *out, nf_error *err)
+{
+    const nf_options *o = run->opts;
+    int rc;
+    if ((rc = nf_recipe_resolve(o, run->base, run->prev, &run->p, &run->step, &run->prev_state,
+                                err)))
+        return rc;
+    if (run->prev && (rc = check_recorded_base(run->prev, err)))
+        return rc;
+    if ((rc = svd_resolve(run, o->svd, err)))
+        return rc;
+    run->method = nf_method_ops_get(run->p.method);
+    if ((rc = adopt_one_sided(run, !mem, err)))
+        return rc;
+    run->state = run->prev_state;
+    run->ntensors = run->base->ntensors;
+    run->treated = calloc(run->ntensors, 1);
+    run->out = calloc(run->ntensors, sizeof *run->out);
+    run->reports = calloc(run->ntensors, sizeof *run->reports);
+    run->base_hash = calloc(run->ntensors ? run->ntensors : 1, sizeof *run->base_hash);
+    run->out_path = out;
+    if (!run->treated || !run->out || !run->reports || !run->base_hash)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    if (run->method->params & NF_P_SELECT) {
+        if ((rc = nf_select(run->base, run->p.layers ? NULL : run->p.preset, run->p.layers,
+                            run->treated, err)))
+            return rc;
+        size_t ntreated = 0;
+        for (size_t i = 0; i < run->ntensors; i++)
+            ntreated += run->treated[i];
+        if (!ntreated && (rc = refuse_empty_selection(run, err)))
+            return rc;
+    } else {
+        for (size_t i = 0; i < run->ntensors; i++)
+            run->treated[i] = nf_dtype_is_float(run->base->tensors[i].dtype) &&
+                              nf_is_linear_weight(run->base->tensors[i].name,
+                                                  run->base->tensors[i].ndim);
+    }
+    for (size_t i = 0; i < run->ntensors; i++) {
+        const nf_tensor *t = &run->base->tensors[i];
+        nf_out_spec *sp = &run->out[i];
+        sp->name = t->name;
+        sp->dtype = nf_dtype_is_float(t->dtype) && o->out_dtype != NF_DTYPE_INVALID
+                        ? o->out_dtype
+                        : t->dtype;
+        sp->ndim = t->ndim;
+        memcpy(sp->shape, t->shape, sizeof sp->shape);
+        sp->nbytes = t->numel * nf_dtype_size(sp->dtype);
+        run->bytes_total += t->nbytes;
+    }
+    return NF_OK;
+}
+
+/* The output: in memory (mem), or a file or Hugging Face directory at out (sharded like the
+ * base's unless `out_shard_size`), with the metadata meta. */
+static int open_output(nf_run *run, const nf_step_mem *mem, const char *out, int as_dir,
+                       const meta_list *meta, nf_error *err)
+{
+    const nf_options *o = run->opts;
+    uint64_t shard = o->out_shard_size;
+    if (as_dir && !shard && run->base->indexed) {
+        for (size_t s = 0; s < run->base->nshards; s++)
+            if (run->base->shards[s].size > shard)
+                shard = run->base->shards[s].size;
+    }
+    nf_writer_args wa = {
+        .out = out,
+        .as_dir = as_dir,
+        .tensors = run->out,
+        .ntensors = run->ntensors,
+        .meta = meta->kv,
+        .nmeta = meta->n,
+        .shard_size = as_dir ? shard : 0,
+        .copy_from_dir = as_dir && run->base->is_dir ? run->base->path : NULL,
+        .force = o->force,
+        .what = run->step_in_run == run->nsteps ? "`out`" : "`save_steps`",
+        .note = nf_run_note,
+        .note_user = run,
+    };
+    if (!as_dir && o->out_shard_size && !mem)
+        return nf_error_set(err, NF_E_ARG,
+                            "%s: `out_shard_size` needs a directory output (a path not ending "
+                            "in .safetensors)",
+                            out);
+    return mem ? nf_writer_open_memory(mem->sink, run->out, run->ntensors, meta->kv, meta->n,
+                                       &run->writer, err)
+               : nf_writer_open(&wa, &run->writer, err);
+}
+
+/* The method's passes over every tensor on devs with threads workers: begin, each pass
+ * (the base checked against the previous merge's after the first), end. */
+static int run_passes(nf_run *run, nf_device **devs, int ndev, int threads, const char *out,
+                      nf_la_stats *stats, nf_error *err)
+{
+    int rc = NF_OK;
+    if (run->method->begin && (rc = run->method->begin(run))) {
+        if (err->code == NF_OK)
+            nf_error_set(err, rc, "%s", nf_status_message(rc));
+        return rc;
+    }
+    /* an in-memory output keeps its scratch file in $TMPDIR (or /tmp) */
+    char mem_out[4096];
+    if (!out) {
+        const char *td = getenv("TMPDIR");
+        snprintf(mem_out, sizeof mem_out, "%s/nufilt-memory", td && td[0] ? td : "/tmp");
+    }
+    if (run->want_spill && (rc = spill_open(run, out ? out : mem_out, err)))
+        return rc;
+    for (int pass = 0; pass < run->npasses && rc == NF_OK; pass++) {
+        rc = nf_sched_pass(run, pass, devs, ndev, threads, stats, err);
+        if (rc == NF_OK && pass == 0) {
+            /* pass 0 hashed every base tensor: the previous merge must come from this base
+             * (checked before any later pass, and before anything is committed) */
+            run->fingerprint = nf_model_fingerprint_of(run->base, run->base_hash);
+            if (run->prev)
+                rc = check_same_base(run, err);
+        }
+        if (rc == NF_OK && run->method->after_pass)
+            rc = run->method->after_pass(run, pass);
+    }
+    if (rc == NF_OK && run->method->end)
+        rc = run->method->end(run);
+    if (rc != NF_OK && err->code == NF_OK)
+        nf_error_set(err, rc, "%s", nf_status_message(rc));
+    return rc;
+}
+
 static int step_resolved(const char *base_given, const char *task_given, const char *base,
                          const char *task, const char *prev, const char *out,
                          const nf_options *o, int step_in_run, int nsteps,
@@ -725,167 +914,33 @@ static int step_resolved(const char *base_given, const char *task_given, const c
     int rc = NF_OK;
     int blas_threads = 0;
     double t0 = nf_now();
+    meta_list meta = {0};
 
     const char *report_path = report && step_in_run == nsteps ? nf_report_path(report) : NULL;
-    if (mem) {
-        /* models the caller opened (files or memory) and an in-memory output */
-        if (!mem->base || !mem->task) {
-            rc = nf_error_set(err, NF_E_ARG, "a step needs a base and a task model");
-            goto done;
-        }
-        run.base = mem->base;
-        run.task = mem->task;
-        run.prev = mem->prev;
-        base = run.base->path;
-        task = run.task->path;
-        prev = run.prev ? run.prev->path : NULL;
-    } else {
-        if (!base || !task || !out) {
-            rc = nf_error_set(err, NF_E_ARG, "a step needs `base`, `task` and `out`");
-            goto done;
-        }
-        /* what this step writes may not touch its inputs, and replaces only nufilt's kind
-         * of output (`force`); checked before anything is opened or computed */
-        nf_out_input ins[3] = {{base, "the base model"},
-                               {task, "the task model"},
-                               {prev, "the previous merge"}};
-        nf_out_target tg[2] = {
-            {out, step_in_run == nsteps ? "`out`" : "`save_steps`",
-             ends_with(out, ".safetensors") ? NF_OUT_FILE : NF_OUT_DIR},
-            {report_path, "`report_path`", NF_OUT_REPORT}};
-        nf_outpath_args pa = {ins, 3, tg, report_path ? 2 : 1,
-                              nf_is_dir(base) ? base : NULL, o->force};
-        if ((rc = nf_outpath_check(&pa, err)))
-            goto done;
-        if ((rc = nf_model_open(base, &run.base, err)))
-            goto done;
-        /* a PEFT LoRA adapter directory, or a checkpoint */
-        if (nf_adapter_is_dir(task))
-            rc = nf_adapter_open(task, run.base, &run.adapter, err);
-        else
-            rc = nf_model_open(task, &run.task, err);
-        if (rc)
-            goto done;
-        if (prev && (rc = nf_model_open(prev, &run.prev, err)))
-            goto done;
-    }
-    if ((rc = check_f8_scales(run.base, "base", err)) ||
-        (run.task && (rc = check_f8_scales(run.task, "task", err))) ||
-        (run.prev && (rc = check_f8_scales(run.prev, "previous merge", err))))
+    if ((rc = open_inputs(&run, mem, &base, &task, &prev, out, report_path, err)) ||
+        (rc = plan_step(&run, mem, out, err)))
         goto done;
-    run.task_fp = run.adapter ? run.adapter->fingerprint : nf_model_fingerprint(run.task);
-    if (run.task && (rc = check_against_base(run.base, run.task, "task", err)))
-        goto done;
-    if (run.prev) {
-        if ((rc = check_against_base(run.base, run.prev, "previous merge", err)))
-            goto done;
-    }
-    if ((rc = nf_recipe_resolve(o, run.base, run.prev, &run.p, &run.step, &run.prev_state, err)))
-        goto done;
-    if (run.prev && (rc = check_recorded_base(run.prev, err)))
-        goto done;
-    if ((rc = svd_resolve(&run, o->svd, err)))
-        goto done;
-    run.method = nf_method_ops_get(run.p.method);
-    if ((rc = adopt_one_sided(&run, !mem, err)))
-        goto done;
-    run.state = run.prev_state;
-    run.ntensors = run.base->ntensors;
-    run.treated = calloc(run.ntensors, 1);
-    run.out = calloc(run.ntensors, sizeof *run.out);
-    run.reports = calloc(run.ntensors, sizeof *run.reports);
-    run.base_hash = calloc(run.ntensors ? run.ntensors : 1, sizeof *run.base_hash);
-    run.out_path = out;
-    if (!run.treated || !run.out || !run.reports || !run.base_hash) {
-        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
-        goto done;
-    }
-    if (run.method->params & NF_P_SELECT) {
-        if ((rc = nf_select(run.base, run.p.layers ? NULL : run.p.preset, run.p.layers,
-                            run.treated, err)))
-            goto done;
-        size_t ntreated = 0;
-        for (size_t i = 0; i < run.ntensors; i++)
-            ntreated += run.treated[i];
-        if (!ntreated && (rc = refuse_empty_selection(&run, err)))
-            goto done;
-    } else {
-        for (size_t i = 0; i < run.ntensors; i++)
-            run.treated[i] = nf_dtype_is_float(run.base->tensors[i].dtype) &&
-                             nf_is_linear_weight(run.base->tensors[i].name,
-                                                 run.base->tensors[i].ndim);
-    }
-    /* output plan: base order, base dtypes unless --dtype */
-    for (size_t i = 0; i < run.ntensors; i++) {
-        const nf_tensor *t = &run.base->tensors[i];
-        nf_out_spec *s = &run.out[i];
-        s->name = t->name;
-        s->dtype = nf_dtype_is_float(t->dtype) && o->out_dtype != NF_DTYPE_INVALID ? o->out_dtype
-                                                                                  : t->dtype;
-        s->ndim = t->ndim;
-        memcpy(s->shape, t->shape, sizeof s->shape);
-        s->nbytes = t->numel * nf_dtype_size(s->dtype);
-        run.bytes_total += t->nbytes;
-    }
-    meta_list meta = {0};
     if ((rc = build_meta(&run, task_given, task, &meta))) {
-        meta_free(&meta);
         rc = nf_error_set(err, rc, "out of memory");
         goto done;
     }
     int as_dir = !mem && !ends_with(out, ".safetensors");
-    uint64_t shard = o->out_shard_size;
-    if (as_dir && !shard && run.base->indexed) {
-        for (size_t s = 0; s < run.base->nshards; s++)
-            if (run.base->shards[s].size > shard)
-                shard = run.base->shards[s].size;
-    }
-    nf_writer_args wa = {
-        .out = out,
-        .as_dir = as_dir,
-        .tensors = run.out,
-        .ntensors = run.ntensors,
-        .meta = meta.kv,
-        .nmeta = meta.n,
-        .shard_size = as_dir ? shard : 0,
-        .copy_from_dir = as_dir && run.base->is_dir ? run.base->path : NULL,
-        .force = o->force,
-        .what = step_in_run == nsteps ? "`out`" : "`save_steps`",
-        .note = nf_run_note,
-        .note_user = &run,
-    };
-    if (!as_dir && o->out_shard_size && !mem) {
-        meta_free(&meta);
-        rc = nf_error_set(err, NF_E_ARG,
-                          "%s: `out_shard_size` needs a directory output (a path not ending in "
-                          ".safetensors)",
-                          out);
+    if ((rc = open_output(&run, mem, out, as_dir, &meta, err)))
         goto done;
-    }
-    rc = mem ? nf_writer_open_memory(mem->sink, run.out, run.ntensors, meta.kv, meta.n,
-                                     &run.writer, err)
-             : nf_writer_open(&wa, &run.writer, err);
-    if (rc) {
-        meta_free(&meta);
-        goto done;
-    }
 
     /* devices and threads */
-    if ((rc = nf_devices_open(o->device, &devs, &ndev, err))) {
-        meta_free(&meta);
+    if ((rc = nf_devices_open(o->device, &devs, &ndev, err)))
         goto done;
-    }
     int threads = o->threads > 0 ? o->threads : cpu_count();
-    /* one OpenBLAS thread per worker for the step; the caller's setting comes back after */
-    blas_threads = nf_cpu_get_threads();
-    nf_cpu_set_threads(1);
+    /* one OpenBLAS thread per worker for the step (the CPU kernels run in every worker,
+     * whatever the device); the caller's setting comes back after */
+    blas_threads = nf_backend_cpu.set_threads(1);
 
     run.npasses = run.method->npasses;
     run.t_start = nf_now();
     {
         double here = 0, later = 0;
         if (plan_work(&run, &here, &later)) {
-            meta_free(&meta);
             rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
             goto done;
         }
@@ -893,56 +948,18 @@ static int step_resolved(const char *base_given, const char *task_given, const c
         run.work_run = rp->work_done + here + (double)(nsteps - step_in_run) * later;
     }
     nf_la_stats stats = {0};
-    if (run.method->begin && (rc = run.method->begin(&run))) {
-        if (err->code == NF_OK)
-            nf_error_set(err, rc, "%s", nf_status_message(rc));
-        meta_free(&meta);
+    if ((rc = run_passes(&run, devs, ndev, threads, out, &stats, err)))
         goto done;
-    }
-    /* an in-memory output keeps its scratch file in $TMPDIR (or /tmp) */
-    char mem_out[4096];
-    if (!out) {
-        const char *td = getenv("TMPDIR");
-        snprintf(mem_out, sizeof mem_out, "%s/nufilt-memory", td && td[0] ? td : "/tmp");
-    }
-    if (run.want_spill && (rc = spill_open(&run, out ? out : mem_out, err))) {
-        meta_free(&meta);
-        goto done;
-    }
-    for (int pass = 0; pass < run.npasses && rc == NF_OK; pass++) {
-        rc = nf_sched_pass(&run, pass, devs, ndev, threads, &stats, err);
-        if (rc == NF_OK && pass == 0) {
-            /* pass 0 hashed every base tensor: the previous merge must come from this base
-             * (checked before any later pass, and before anything is committed) */
-            run.fingerprint = nf_model_fingerprint_of(run.base, run.base_hash);
-            if (run.prev)
-                rc = check_same_base(&run, err);
-        }
-        if (rc == NF_OK && run.method->after_pass)
-            rc = run.method->after_pass(&run, pass);
-    }
-    if (rc == NF_OK && run.method->end)
-        rc = run.method->end(&run);
-    if (rc != NF_OK) {
-        if (err->code == NF_OK)
-            nf_error_set(err, rc, "%s", nf_status_message(rc));
-        meta_free(&meta);
-        goto done;
-    }
     /* the state the method arrived at, and the base's fingerprint, go into the metadata */
     meta_free(&meta);
     if ((rc = build_meta(&run, task_given, task, &meta)) ||
         (rc = nf_writer_set_meta(run.writer, meta.kv, meta.n, err))) {
-        meta_free(&meta);
         rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
         goto done;
     }
     if (as_dir && ((rc = add_hf_files(&run, base_given, base, &meta, err)) ||
-                   (rc = nf_writer_copy_tree(run.writer, err)))) {
-        meta_free(&meta);
+                   (rc = nf_writer_copy_tree(run.writer, err))))
         goto done;
-    }
-    meta_free(&meta);
     /* the report is written (beside its path) before the output is committed, and moved
      * into place after: one that cannot be written leaves nothing committed */
     if (report &&
@@ -960,8 +977,9 @@ static int step_resolved(const char *base_given, const char *task_given, const c
     if (report_path)
         rc = nf_report_commit(report, err);
 done:
+    meta_free(&meta);
     if (blas_threads > 0)
-        nf_cpu_set_threads(blas_threads);
+        nf_backend_cpu.set_threads(blas_threads);
     nf_devices_close(devs, ndev);
     run_free(&run, mem);
     return rc;
@@ -1192,6 +1210,59 @@ out:
     return rc;
 }
 
+/* A merge's scratch directory for the intermediate models when no steps are saved:
+ * ".STEM.steps-XXXXXX" beside out (whose directory is created if missing, as the output's
+ * writer would), registered for removal on a terminating signal. */
+static int make_scratch(const char *out, char **scratch, nf_error *err)
+{
+    int rc;
+    char *odir = nf_strdup(out);
+    char *sl = odir ? strrchr(odir, '/') : NULL;
+    if (sl && sl != odir) {
+        *sl = '\0';
+        if (nf_mkdirs(odir) != 0) {
+            rc = nf_error_set(err, NF_E_IO, "%s: cannot create its directory: %s", out,
+                              strerror(errno));
+            free(odir);
+            return rc;
+        }
+    }
+    free(odir);
+    nf_sb sb = {0};
+    char *stem = nf_path_stem(out);
+    char *parent = nf_strdup(out);
+    if (!stem || !parent) {
+        free(stem);
+        free(parent);
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    }
+    char *slash = strrchr(parent, '/');
+    if (slash)
+        slash[slash == parent ? 1 : 0] = '\0';
+    nf_sb_printf(&sb, "%s/.%s.steps-XXXXXX", slash ? parent : ".", stem);
+    free(stem);
+    free(parent);
+    /* created and registered for removal with SIGINT/SIGTERM blocked in between */
+    if (sb.oom || !nf_tmp_mkdtemp(sb.s)) {
+        rc = nf_error_set(err, NF_E_IO, "%s: cannot create a scratch directory beside it",
+                          out);
+        nf_sb_free(&sb);
+        return rc;
+    }
+    *scratch = sb.s;
+    return NF_OK;
+}
+
+/* Removes a merge's scratch directory (NULL: none) and its registration. */
+static void drop_scratch(char *scratch)
+{
+    if (scratch) {
+        nf_remove_tree(scratch);
+        nf_tmp_unregister(scratch);
+        free(scratch);
+    }
+}
+
 static int merge_resolved(const char *base, const char *const *tasks, int ntasks,
                           const char *out, const char *save_steps_dir, const nf_options *opts,
                           nf_error *err)
@@ -1219,54 +1290,15 @@ static int merge_resolved(const char *base, const char *const *tasks, int ntasks
         if (nf_mkdirs(save_steps_dir) != 0)
             return nf_error_set(err, NF_E_IO, "%s: cannot create: %s", save_steps_dir,
                                 strerror(errno));
-    } else if (ntasks > 1) {
-        /* intermediate models live in a scratch directory beside the output (whose directory
-         * is created if missing, as the output's writer would) */
-        char *odir = nf_strdup(out);
-        char *sl = odir ? strrchr(odir, '/') : NULL;
-        if (sl && sl != odir) {
-            *sl = '\0';
-            if (nf_mkdirs(odir) != 0) {
-                rc = nf_error_set(err, NF_E_IO, "%s: cannot create its directory: %s", out,
-                                  strerror(errno));
-                free(odir);
-                return rc;
-            }
-        }
-        free(odir);
-        nf_sb sb = {0};
-        char *stem = nf_path_stem(out);
-        char *parent = nf_strdup(out);
-        if (!stem || !parent) {
-            free(stem);
-            free(parent);
-            return nf_error_set(err, NF_E_NOMEM, "out of memory");
-        }
-        char *slash = strrchr(parent, '/');
-        if (slash)
-            slash[slash == parent ? 1 : 0] = '\0';
-        nf_sb_printf(&sb, "%s/.%s.steps-XXXXXX", slash ? parent : ".", stem);
-        free(stem);
-        free(parent);
-        /* created and registered for removal with SIGINT/SIGTERM blocked in between */
-        if (sb.oom || !nf_tmp_mkdtemp(sb.s)) {
-            rc = nf_error_set(err, NF_E_IO, "%s: cannot create a scratch directory beside it",
-                              out);
-            nf_sb_free(&sb);
-            return rc;
-        }
-        scratch = sb.s;
+    } else if (ntasks > 1 && (rc = make_scratch(out, &scratch, err))) {
+        return rc;
     }
     nf_report *rep = NULL;
     if (o.report_path &&
         ((rc = nf_report_new(&rep, err)) ||
          (rc = nf_report_set_path(rep, o.report_path, o.force, err)))) {
         nf_report_free(rep);
-        if (scratch) {
-            nf_remove_tree(scratch);
-            nf_tmp_unregister(scratch);
-        }
-        free(scratch);
+        drop_scratch(scratch);
         return rc;
     }
     nf_run_progress rp = {nf_now(), 0.0};
@@ -1304,11 +1336,7 @@ static int merge_resolved(const char *base, const char *const *tasks, int ntasks
         prev = dst;
     }
     free(prev);
-    if (scratch) {
-        nf_remove_tree(scratch);
-        nf_tmp_unregister(scratch);
-        free(scratch);
-    }
+    drop_scratch(scratch);
     nf_report_free(rep);
     return rc;
 }

@@ -8,7 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../io/dtype.h"
+#include "../core/dtype.h"
+#include "../core/util.h"
 #include "method.h"
 
 int nf_job_dims(const nf_job *job, int *rows, int *cols)
@@ -209,22 +210,6 @@ int nf_job_put_base(nf_job *job)
     return rc;
 }
 
-static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-    const char *p = buf;
-    while (len) {
-        ssize_t r = pwrite(fd, p, len, (off_t)off);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        p += r;
-        len -= (size_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
-}
-
 static int spill_check(nf_job *job, uint64_t first, size_t n)
 {
     nf_run *run = job->run;
@@ -242,7 +227,7 @@ int nf_job_spill_write_at(nf_job *job, uint64_t first, const float *vals, size_t
     int rc = spill_check(job, first, n);
     if (rc)
         return rc;
-    if (pwrite_all(run->spill_fd, vals, n * sizeof(float),
+    if (nf_pwrite_all(run->spill_fd, vals, n * sizeof(float),
                    run->spill_off[job->idx] + first * sizeof(float)))
         return nf_error_set(job->err, NF_E_IO, "%s: cannot write scratch data: %s",
                             run->spill_path, strerror(errno));

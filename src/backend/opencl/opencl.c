@@ -18,7 +18,7 @@
  * forces the float accumulation path of dot (read at open; for tests).
  *
  * Buffers: one cl_mem of n * 4 bytes each (CL_MEM_READ_WRITE); upload and download are
- * blocking and bounds-checked; host_ptr stays NULL. Views map directly onto CLBlast's
+ * blocking and bounds-checked; buffers are not host memory. Views map directly onto CLBlast's
  * row-major interface: a view's element offset and leading dimension are passed as CLBlast's
  * offset and ld (both count elements), transposes as CLBlastTransposeYes, so no sub-buffers
  * or copies are made. Kernels take (buffer, element offset) pairs.
@@ -34,16 +34,14 @@
 #include <CL/cl.h>
 #include <clblast_c.h>
 
-#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "../backend.h"
 #include "nf_opencl_kernels.h"
+#include "ocl_cache.h"
 
 /* ---- error names ------------------------------------------------------------------------ */
 
@@ -419,87 +417,9 @@ static int ocl_finish(nf_device *d, nf_error *err)
     return rc == CL_SUCCESS ? NF_OK : dev_fail(d, err, "clFinish", rc);
 }
 
-/* ---- the program: embedded sources, built at first use, cached on disk ----------------- */
+/* ---- the program: embedded sources, built at first use, cached on disk (ocl_cache.c) ---- */
 
-static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *s = p;
-    for (size_t i = 0; i < n; i++) {
-        h ^= s[i];
-        h *= 0x100000001b3ull;
-    }
-    return h;
-}
-
-/* $NF_CACHE_DIR, else $XDG_CACHE_HOME/nufilt, else $HOME/.cache/nufilt; NF_OPENCL_DISK_CACHE=0
- * turns the disk cache off. The file name hashes everything the binary depends on: platform,
- * device, driver, build options and sources. */
-static int program_cache_path(nf_device *d, const char *opts, char *path, size_t cap)
-{
-    const char *v = getenv("NF_OPENCL_DISK_CACHE");
-    if (v && strcmp(v, "0") == 0)
-        return 0;
-    char dir[768];
-    const char *e;
-    if ((e = getenv("NF_CACHE_DIR")) && *e)
-        snprintf(dir, sizeof dir, "%s", e);
-    else if ((e = getenv("XDG_CACHE_HOME")) && *e)
-        snprintf(dir, sizeof dir, "%s/nufilt", e);
-    else if ((e = getenv("HOME")) && *e)
-        snprintf(dir, sizeof dir, "%s/.cache/nufilt", e);
-    else
-        return 0;
-    char plat[256];
-    plat[0] = '\0';
-    clGetPlatformInfo(d->platform, CL_PLATFORM_NAME, sizeof plat, plat, NULL);
-    plat[sizeof plat - 1] = '\0';
-    uint64_t h = 0xcbf29ce484222325ull;
-    h = fnv1a(h, plat, strlen(plat) + 1);
-    h = fnv1a(h, d->common.info.name, strlen(d->common.info.name) + 1);
-    h = fnv1a(h, d->common.info.driver, strlen(d->common.info.driver) + 1);
-    h = fnv1a(h, opts, strlen(opts) + 1);
-    for (const nf_embedded *s = nf_opencl_src_table; s->name; s++)
-        h = fnv1a(h, s->text, s->len);
-    int n = snprintf(path, cap, "%s/opencl-%016" PRIx64 ".bin", dir, h);
-    return n > 0 && (size_t)n < cap;
-}
-
-static void mkdir_p(const char *path)
-{
-    char tmp[1024];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++)
-        if (*p == '/') {
-            *p = '\0';
-            mkdir(tmp, 0755);
-            *p = '/';
-        }
-    mkdir(tmp, 0755);
-}
-
-static unsigned char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    unsigned char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        if (n > 0 && n < (1l << 28) && fseek(f, 0, SEEK_SET) == 0) {
-            buf = malloc((size_t)n);
-            if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-                free(buf);
-                buf = NULL;
-            }
-            *len = (size_t)n;
-        }
-    }
-    fclose(f);
-    return buf;
-}
-
-/* Best effort: a failure to write the cache is not an error. Written under a temporary name
- * and renamed, so concurrent processes never read half a file. */
+/* Best effort: a failure to write the cache is not an error (nf_ocl_cache_store). */
 static void store_binary(nf_device *d, const char *path)
 {
     size_t len = 0;
@@ -509,23 +429,8 @@ static void store_binary(nf_device *d, const char *path)
     unsigned char *bin = malloc(len);
     if (!bin)
         return;
-    if (clGetProgramInfo(d->prog, CL_PROGRAM_BINARIES, sizeof bin, &bin, NULL) == CL_SUCCESS) {
-        char dir[1024], tmp[1100];
-        snprintf(dir, sizeof dir, "%s", path);
-        char *slash = strrchr(dir, '/');
-        if (slash) {
-            *slash = '\0';
-            mkdir_p(dir);
-        }
-        snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
-        FILE *f = fopen(tmp, "wb");
-        if (f) {
-            int ok = fwrite(bin, 1, len, f) == len;
-            ok = fclose(f) == 0 && ok;
-            if (!ok || rename(tmp, path) != 0)
-                remove(tmp);
-        }
-    }
+    if (clGetProgramInfo(d->prog, CL_PROGRAM_BINARIES, sizeof bin, &bin, NULL) == CL_SUCCESS)
+        nf_ocl_cache_store(path, bin, len);
     free(bin);
 }
 
@@ -552,11 +457,15 @@ static int build_program(nf_device *d)
              d->rounded_div_sqrt ? " -cl-fp32-correctly-rounded-divide-sqrt" : "");
     cl_int rc = CL_SUCCESS;
 
-    char path[1024];
-    int cached = program_cache_path(d, opts, path, sizeof path);
+    char path[1024], plat[256];
+    plat[0] = '\0';
+    clGetPlatformInfo(d->platform, CL_PLATFORM_NAME, sizeof plat, plat, NULL);
+    plat[sizeof plat - 1] = '\0';
+    int cached = nf_ocl_cache_path(plat, d->common.info.name, d->common.info.driver, opts, path,
+                                   sizeof path);
     if (cached) {
         size_t len = 0;
-        unsigned char *bin = read_file(path, &len);
+        unsigned char *bin = nf_ocl_cache_load(path, &len);
         if (bin) {
             cl_int bst = CL_SUCCESS;
             const unsigned char *bp = bin;
@@ -904,7 +813,8 @@ const nf_backend nf_backend_opencl = {
     .free = ocl_free,
     .upload = ocl_upload,
     .download = ocl_download,
-    .host_ptr = NULL, /* must stay NULL: la.c treats a present slot as "buffers are host memory" */
+    .host_memory = 0, /* device memory: the host goes through download() */
+    .host_ptr = NULL,
     .finish = ocl_finish,
     .gemm = ocl_gemm,
     .axpby = ocl_axpby,

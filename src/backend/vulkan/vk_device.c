@@ -1,11 +1,9 @@
 /*
- * The Vulkan backend: instance and device setup, memory, transfers and command submission.
+ * The Vulkan backend: instance and device setup, transfers and command submission (memory is
+ * vk_memory.c's, shaders and pipelines vk_pipeline.c's).
  *
- * Memory: buffers are ranges of large blocks (one VkDeviceMemory and one VkBuffer over all of
- * it, first-fit with merging of free neighbours); large requests get a block of their own.
- * Device-local memory is preferred; where it is also host-visible and coherent (integrated
- * GPUs, CPU implementations such as lavapipe) blocks are mapped and uploads and downloads are
- * plain copies, otherwise they go through a host-visible staging block in chunks.
+ * Transfers: where buffer memory is mapped (vk_memory.c) uploads and downloads are plain
+ * copies, otherwise they go through a host-visible staging block in chunks.
  *
  * Submission: operations are recorded into one of NF_VK_BATCHES command buffers, each with a
  * fence and a descriptor pool; a batch is submitted when full and the next one recorded while
@@ -20,16 +18,11 @@
 
 #include "vk_internal.h"
 
-enum {
-    BLOCK_BYTES = 64 << 20,     /* default block size */
-    SUBALLOC_ALIGN = 256,       /* >= every device's minStorageBufferOffsetAlignment */
-    STAGE_BYTES = 8 << 20,      /* staging block */
-};
 #define BATCH_FLOPS 4e9         /* submit a batch once this much GEMM work is recorded */
 
 /* ---- errors ---- */
 
-static const char *result_name(VkResult r)
+const char *nf_vk_result_name(VkResult r)
 {
     switch (r) {
 #define R_(x) case x: return #x;
@@ -76,17 +69,18 @@ int nf_vk_fail(nf_device *d, nf_error *err, VkResult r, const char *call)
     if (d && (r == VK_ERROR_DEVICE_LOST || r == VK_TIMEOUT)) {
         d->lost = 1;
         snprintf(d->lost_msg, sizeof d->lost_msg, "vulkan:%d (%.120s) is unusable after %s failed: %s",
-                 index, dev, call, result_name(r));
+                 index, dev, call, nf_vk_result_name(r));
     }
     if (!d)
-        return nf_error_set(err, code, "vulkan: %s failed: %s (%d)", call, result_name(r), (int)r);
+        return nf_error_set(err, code, "vulkan: %s failed: %s (%d)", call, nf_vk_result_name(r),
+                            (int)r);
     if (r == VK_TIMEOUT)
         return nf_error_set(err, code,
                             "vulkan:%d (%s): %s timed out after %.0f s (the device hangs; a Vulkan "
                             "device opened before fork() does not work in the child)",
                             index, dev, call, (double)d->timeout_ns * 1e-9);
     return nf_error_set(err, code, "vulkan:%d (%s): %s failed: %s (%d)", index, dev, call,
-                        result_name(r), (int)r);
+                        nf_vk_result_name(r), (int)r);
 }
 
 int nf_vk_check_alive(nf_device *d, nf_error *err)
@@ -157,7 +151,7 @@ static int vk_count(int *n, const char **why)
             snprintf(msg, sizeof msg, "no Vulkan driver (vkCreateInstance %d)", (int)r);
         else
             snprintf(msg, sizeof msg, "Vulkan unavailable (vkCreateInstance %s, %d)",
-                     result_name(r), (int)r);
+                     nf_vk_result_name(r), (int)r);
         if (why)
             *why = msg;
         return NF_OK;
@@ -167,7 +161,7 @@ static int vk_count(int *n, const char **why)
     vkDestroyInstance(inst, NULL);
     if (r != VK_SUCCESS && r != VK_INCOMPLETE) {
         snprintf(msg, sizeof msg, "Vulkan unavailable (vkEnumeratePhysicalDevices %s, %d)",
-                 result_name(r), (int)r);
+                 nf_vk_result_name(r), (int)r);
         if (why)
             *why = msg;
         return NF_OK;
@@ -178,351 +172,6 @@ static int vk_count(int *n, const char **why)
     }
     *n = (int)cnt;
     return NF_OK;
-}
-
-/* ---- memory ---- */
-
-static int32_t find_type(const VkPhysicalDeviceMemoryProperties *mp, uint32_t bits,
-                         VkMemoryPropertyFlags want, VkMemoryPropertyFlags avoid)
-{
-    for (uint32_t i = 0; i < mp->memoryTypeCount; i++)
-        if ((bits & (1u << i)) && (mp->memoryTypes[i].propertyFlags & want) == want &&
-            (mp->memoryTypes[i].propertyFlags & avoid) == 0)
-            return (int32_t)i;
-    return -1;
-}
-
-static int32_t choose_buffer_type(const nf_device *d, uint32_t bits)
-{
-    const VkMemoryPropertyFlags DL = VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT,
-                                HV = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT,
-                                HC = VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
-    int32_t t = -1;
-    if (d->props.deviceType != VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU)
-        t = find_type(&d->memprops, bits, DL | HV | HC, 0); /* unified memory: map it */
-    else
-        t = find_type(&d->memprops, bits, DL, HV); /* VRAM proper, not the BAR window */
-    if (t < 0)
-        t = find_type(&d->memprops, bits, DL, 0);
-    if (t < 0)
-        t = find_type(&d->memprops, bits, 0, 0);
-    return t;
-}
-
-static void block_destroy(nf_device *d, nf_vk_block *b)
-{
-    if (!b)
-        return;
-    if (b->map)
-        vkUnmapMemory(d->dev, b->mem);
-    if (b->buf)
-        vkDestroyBuffer(d->dev, b->buf, NULL);
-    if (b->mem)
-        vkFreeMemory(d->dev, b->mem, NULL);
-    free(b->free_off);
-    free(b->free_len);
-    free(b);
-}
-
-static void block_reset(nf_vk_block *b)
-{
-    b->nfree = 1;
-    b->free_off[0] = 0;
-    b->free_len[0] = b->size;
-    b->live = 0;
-}
-
-/* A block of size bytes: staging (host-visible) or for buffers. */
-static int block_create(nf_device *d, VkDeviceSize size, int staging, nf_vk_block **out,
-                        nf_error *err)
-{
-    *out = NULL;
-    nf_vk_block *b = calloc(1, sizeof *b);
-    if (!b)
-        return nf_error_set(err, NF_E_NOMEM, "out of memory");
-    b->size = size;
-    b->capfree = 8;
-    b->free_off = malloc(8 * sizeof *b->free_off);
-    b->free_len = malloc(8 * sizeof *b->free_len);
-    if (!b->free_off || !b->free_len) {
-        block_destroy(d, b);
-        return nf_error_set(err, NF_E_NOMEM, "out of memory");
-    }
-    block_reset(b);
-    VkBufferCreateInfo bi = {
-        .sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
-        .size = size,
-        .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
-                 VK_BUFFER_USAGE_TRANSFER_DST_BIT,
-        .sharingMode = VK_SHARING_MODE_EXCLUSIVE,
-    };
-    VkResult r = vkCreateBuffer(d->dev, &bi, NULL, &b->buf);
-    if (r != VK_SUCCESS) {
-        char call[64];
-        snprintf(call, sizeof call, "vkCreateBuffer of %.1f MiB", (double)size / 1048576.0);
-        b->buf = VK_NULL_HANDLE;
-        block_destroy(d, b);
-        return nf_vk_fail(d, err, r, call);
-    }
-    VkMemoryRequirements req;
-    vkGetBufferMemoryRequirements(d->dev, b->buf, &req);
-    int32_t type;
-    int mapped;
-    if (staging) {
-        const VkMemoryPropertyFlags HV = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT,
-                                    HC = VK_MEMORY_PROPERTY_HOST_COHERENT_BIT,
-                                    CA = VK_MEMORY_PROPERTY_HOST_CACHED_BIT;
-        type = find_type(&d->memprops, req.memoryTypeBits, HV | HC | CA, 0);
-        if (type < 0)
-            type = find_type(&d->memprops, req.memoryTypeBits, HV | HC, 0);
-        mapped = 1;
-    } else {
-        if (d->buf_type < 0) {
-            d->buf_type = choose_buffer_type(d, req.memoryTypeBits);
-            if (d->buf_type >= 0) {
-                VkMemoryPropertyFlags f = d->memprops.memoryTypes[d->buf_type].propertyFlags;
-                d->buf_mapped = (f & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT) &&
-                                (f & VK_MEMORY_PROPERTY_HOST_COHERENT_BIT);
-            }
-        }
-        type = d->buf_type;
-        mapped = d->buf_mapped;
-    }
-    if (type < 0 || !(req.memoryTypeBits & (1u << type))) {
-        block_destroy(d, b);
-        return nf_error_set(err, NF_E_DEVICE, "vulkan:%d (%s): no memory type for %s buffers",
-                            d->common.info.index, d->common.info.name,
-                            staging ? "staging" : "storage");
-    }
-    VkMemoryAllocateInfo ai = {
-        .sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
-        .allocationSize = req.size,
-        .memoryTypeIndex = (uint32_t)type,
-    };
-    r = vkAllocateMemory(d->dev, &ai, NULL, &b->mem);
-    if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY) {
-        block_destroy(d, b);
-        return nf_error_set(err, NF_E_NOMEM,
-                            "vulkan:%d (%s): vkAllocateMemory of %.1f MiB failed: %s",
-                            d->common.info.index, d->common.info.name,
-                            (double)size / 1048576.0, result_name(r));
-    }
-    if (r != VK_SUCCESS) {
-        b->mem = VK_NULL_HANDLE;
-        block_destroy(d, b);
-        return nf_vk_fail(d, err, r, "vkAllocateMemory");
-    }
-    r = vkBindBufferMemory(d->dev, b->buf, b->mem, 0);
-    if (r == VK_SUCCESS && mapped) {
-        void *p = NULL;
-        r = vkMapMemory(d->dev, b->mem, 0, VK_WHOLE_SIZE, 0, &p);
-        b->map = p;
-        if (r != VK_SUCCESS) {
-            block_destroy(d, b);
-            return nf_vk_fail(d, err, r, "vkMapMemory");
-        }
-    } else if (r != VK_SUCCESS) {
-        block_destroy(d, b);
-        return nf_vk_fail(d, err, r, "vkBindBufferMemory");
-    }
-    *out = b;
-    return NF_OK;
-}
-
-/* first fit; returns 0 and the offset, or -1 */
-static int block_take(nf_vk_block *b, VkDeviceSize len, VkDeviceSize *off)
-{
-    for (int i = 0; i < b->nfree; i++) {
-        if (b->free_len[i] < len)
-            continue;
-        *off = b->free_off[i];
-        b->free_off[i] += len;
-        b->free_len[i] -= len;
-        if (b->free_len[i] == 0) {
-            memmove(b->free_off + i, b->free_off + i + 1, (size_t)(b->nfree - i - 1) * sizeof *b->free_off);
-            memmove(b->free_len + i, b->free_len + i + 1, (size_t)(b->nfree - i - 1) * sizeof *b->free_len);
-            b->nfree--;
-        }
-        b->live++;
-        return 0;
-    }
-    return -1;
-}
-
-/* gives a range back, merging with free neighbours; -1 when the list cannot grow */
-static int block_give(nf_vk_block *b, VkDeviceSize off, VkDeviceSize len)
-{
-    int i = 0;
-    while (i < b->nfree && b->free_off[i] < off)
-        i++;
-    int merge_prev = i > 0 && b->free_off[i - 1] + b->free_len[i - 1] == off;
-    int merge_next = i < b->nfree && off + len == b->free_off[i];
-    if (merge_prev && merge_next) {
-        b->free_len[i - 1] += len + b->free_len[i];
-        memmove(b->free_off + i, b->free_off + i + 1, (size_t)(b->nfree - i - 1) * sizeof *b->free_off);
-        memmove(b->free_len + i, b->free_len + i + 1, (size_t)(b->nfree - i - 1) * sizeof *b->free_len);
-        b->nfree--;
-    } else if (merge_prev) {
-        b->free_len[i - 1] += len;
-    } else if (merge_next) {
-        b->free_off[i] = off;
-        b->free_len[i] += len;
-    } else {
-        if (b->nfree == b->capfree) {
-            int cap = b->capfree * 2;
-            VkDeviceSize *no = realloc(b->free_off, (size_t)cap * sizeof *no);
-            if (no)
-                b->free_off = no;
-            VkDeviceSize *nl = realloc(b->free_len, (size_t)cap * sizeof *nl);
-            if (nl)
-                b->free_len = nl;
-            if (!no || !nl)
-                return -1; /* the range is lost until the block empties */
-            b->capfree = cap;
-        }
-        memmove(b->free_off + i + 1, b->free_off + i, (size_t)(b->nfree - i) * sizeof *b->free_off);
-        memmove(b->free_len + i + 1, b->free_len + i, (size_t)(b->nfree - i) * sizeof *b->free_len);
-        b->free_off[i] = off;
-        b->free_len[i] = len;
-        b->nfree++;
-    }
-    return 0;
-}
-
-static int queue_busy(const nf_device *d)
-{
-    for (int i = 0; i < NF_VK_BATCHES; i++)
-        if (d->batch[i].state != 0)
-            return 1;
-    return 0;
-}
-
-/* a block no buffer uses any more: destroyed now, or once the queue has drained */
-static void block_retire(nf_device *d, nf_vk_block *b)
-{
-    if (queue_busy(d)) {
-        b->next = d->zombies;
-        d->zombies = b;
-    } else {
-        block_destroy(d, b);
-    }
-}
-
-static void destroy_zombies(nf_device *d)
-{
-    while (d->zombies) {
-        nf_vk_block *b = d->zombies;
-        d->zombies = b->next;
-        block_destroy(d, b);
-    }
-}
-
-/* a block, retried once after draining the queue when memory is short and released blocks
- * are holding some */
-static int block_create_retry(nf_device *d, VkDeviceSize size, nf_vk_block **out, nf_error *err)
-{
-    int had = err && err->code != NF_OK;
-    int rc = block_create(d, size, 0, out, err);
-    if (rc != NF_E_NOMEM || (!d->zombies && !d->spare))
-        return rc;
-    if (!had)
-        nf_error_clear(err);
-    rc = nf_vk_sync(d, err);
-    if (rc)
-        return rc;
-    block_destroy(d, d->spare);
-    d->spare = NULL;
-    return block_create(d, size, 0, out, err);
-}
-
-static int vk_alloc(nf_device *d, size_t n, nf_buffer **out, nf_error *err)
-{
-    *out = NULL;
-    int rc = nf_vk_check_alive(d, err);
-    if (rc)
-        return rc;
-    if (n == 0)
-        n = 1;
-    if (n > (SIZE_MAX - SUBALLOC_ALIGN) / 4)
-        return nf_error_set(err, NF_E_NOMEM, "vulkan: buffer of %zu floats is too large", n);
-    nf_buffer *buf = calloc(1, sizeof *buf);
-    if (!buf)
-        return nf_error_set(err, NF_E_NOMEM, "out of memory");
-    buf->size = (VkDeviceSize)n * 4;
-    buf->reserved = (buf->size + SUBALLOC_ALIGN - 1) / SUBALLOC_ALIGN * SUBALLOC_ALIGN;
-
-    nf_vk_block *b = NULL;
-    VkDeviceSize off = 0;
-    if (buf->reserved > d->block_size / 2) {
-        rc = block_create_retry(d, buf->reserved, &b, err);
-        if (rc) {
-            free(buf);
-            return rc;
-        }
-        b->dedicated = 1;
-        block_take(b, buf->reserved, &off);
-    } else {
-        for (nf_vk_block *it = d->blocks; it; it = it->next)
-            if (!it->dedicated && block_take(it, buf->reserved, &off) == 0) {
-                b = it;
-                break;
-            }
-        if (!b) {
-            if (d->spare) {
-                b = d->spare;
-                d->spare = NULL;
-            } else {
-                rc = block_create_retry(d, d->block_size, &b, err);
-                if (rc) {
-                    free(buf);
-                    return rc;
-                }
-            }
-            block_take(b, buf->reserved, &off);
-        }
-    }
-    if (b->live == 1) { /* newly in use: onto the list */
-        b->next = d->blocks;
-        d->blocks = b;
-    }
-    buf->block = b;
-    buf->offset = off;
-    buf->next = d->live;
-    if (d->live)
-        d->live->prev = buf;
-    d->live = buf;
-    *out = buf;
-    return NF_OK;
-}
-
-static void vk_free(nf_device *d, nf_buffer *buf)
-{
-    if (!buf)
-        return;
-    if (buf->prev)
-        buf->prev->next = buf->next;
-    else
-        d->live = buf->next;
-    if (buf->next)
-        buf->next->prev = buf->prev;
-    nf_vk_block *b = buf->block;
-    block_give(b, buf->offset, buf->reserved); /* on failure the range stays taken */
-    b->live--;
-    free(buf);
-    if (b->live > 0)
-        return;
-    nf_vk_block **pp = &d->blocks;
-    while (*pp && *pp != b)
-        pp = &(*pp)->next;
-    if (*pp)
-        *pp = b->next;
-    b->next = NULL;
-    if (!b->dedicated && !d->spare) {
-        block_reset(b);
-        d->spare = b;
-    } else {
-        block_retire(d, b);
-    }
 }
 
 /* ---- command submission ---- */
@@ -629,7 +278,7 @@ int nf_vk_sync(nf_device *d, nf_error *err)
         if (rc)
             return rc;
     }
-    destroy_zombies(d);
+    nf_vk_destroy_zombies(d);
     return rc;
 }
 
@@ -711,13 +360,6 @@ int nf_vk_dispatch(nf_device *d, const nf_vk_pipeline *pipe, const nf_vk_range *
 
 /* ---- transfers ---- */
 
-static int ensure_stage(nf_device *d, nf_error *err)
-{
-    if (d->stage)
-        return NF_OK;
-    return block_create(d, STAGE_BYTES, 1, &d->stage, err);
-}
-
 const void *nf_vk_stage_ptr(const nf_device *d) { return d->stage ? d->stage->map : NULL; }
 
 /* one copy between a buffer and the staging block, submitted and waited for */
@@ -744,7 +386,7 @@ static int stage_copy(nf_device *d, const nf_buffer *buf, VkDeviceSize byte_off,
 int nf_vk_read_back(nf_device *d, const nf_buffer *buf, VkDeviceSize byte_off,
                     VkDeviceSize bytes, nf_error *err)
 {
-    int rc = ensure_stage(d, err);
+    int rc = nf_vk_ensure_stage(d, err);
     if (rc)
         return rc;
     if (bytes > d->stage->size)
@@ -776,7 +418,7 @@ static int vk_upload(nf_device *d, nf_buffer *buf, size_t off, const void *src, 
         memcpy(buf->block->map + buf->offset + off, src, bytes);
         return NF_OK;
     }
-    rc = ensure_stage(d, err);
+    rc = nf_vk_ensure_stage(d, err);
     for (size_t done = 0; !rc && done < bytes;) {
         size_t chunk = bytes - done < d->stage->size ? bytes - done : (size_t)d->stage->size;
         memcpy(d->stage->map, (const char *)src + done, chunk);
@@ -798,7 +440,7 @@ static int vk_download(nf_device *d, const nf_buffer *buf, size_t off, void *dst
         memcpy(dst, buf->block->map + buf->offset + off, bytes);
         return NF_OK;
     }
-    rc = ensure_stage(d, err);
+    rc = nf_vk_ensure_stage(d, err);
     for (size_t done = 0; !rc && done < bytes;) {
         size_t chunk = bytes - done < d->stage->size ? bytes - done : (size_t)d->stage->size;
         rc = stage_copy(d, buf, off + done, chunk, 0, err);
@@ -823,13 +465,9 @@ static void vk_close(nf_device *d)
             d->batch[i].state = 0;
         /* the device owns its buffers: those the caller has not freed go now */
         while (d->live)
-            vk_free(d, d->live);
+            nf_vk_free(d, d->live);
         d->partials = NULL;
         nf_vk_pipelines_destroy(d);
-        if (d->pcache)
-            vkDestroyPipelineCache(d->dev, d->pcache, NULL);
-        if (d->playout)
-            vkDestroyPipelineLayout(d->dev, d->playout, NULL);
         if (d->dsl)
             vkDestroyDescriptorSetLayout(d->dev, d->dsl, NULL);
         for (int i = 0; i < NF_VK_BATCHES; i++) {
@@ -840,14 +478,7 @@ static void vk_close(nf_device *d)
         }
         if (d->cmdpool)
             vkDestroyCommandPool(d->dev, d->cmdpool, NULL); /* frees the command buffers */
-        while (d->blocks) { /* none left after the loop above; for safety */
-            nf_vk_block *b = d->blocks;
-            d->blocks = b->next;
-            block_destroy(d, b);
-        }
-        destroy_zombies(d);
-        block_destroy(d, d->spare);
-        block_destroy(d, d->stage);
+        nf_vk_memory_release(d);
         vkDestroyDevice(d->dev, NULL);
     }
     if (d->instance)
@@ -921,17 +552,9 @@ static int choose_shaders(nf_device *d, nf_error *err)
     d->max_range = lim->maxStorageBufferRange;
     d->bind_align = lim->minStorageBufferOffsetAlignment > 4
                         ? lim->minStorageBufferOffsetAlignment : 4;
-    if (d->bind_align > SUBALLOC_ALIGN)
-        return nf_error_set(err, NF_E_NODEV,
-                            "vulkan:%d (%s): minStorageBufferOffsetAlignment %llu is unsupported",
-                            d->common.info.index, d->props.deviceName,
-                            (unsigned long long)d->bind_align);
-    /* blocks: 64 MiB, less on small heaps */
-    d->block_size = BLOCK_BYTES;
-    if (d->common.info.memory && d->common.info.memory / 16 < d->block_size)
-        d->block_size = d->common.info.memory / 16 / SUBALLOC_ALIGN * SUBALLOC_ALIGN;
-    if (d->block_size < (1 << 20))
-        d->block_size = 1 << 20;
+    int rc = nf_vk_memory_init(d, err);
+    if (rc)
+        return rc;
 
     /* subgroups: size, and whether compute shaders have broadcasts */
     VkPhysicalDeviceSubgroupProperties sp = {
@@ -965,8 +588,7 @@ static int choose_shaders(nf_device *d, nf_error *err)
 }
 
 /* Command buffers, fences and descriptor pools of the batches; the one descriptor-set layout
- * (NF_VK_BINDINGS storage buffers) and pipeline layout (NF_VK_PUSH_BYTES of push constants)
- * every shader uses; the driver's pipeline cache. */
+ * (NF_VK_BINDINGS storage buffers) every shader uses. */
 static int create_objects(nf_device *d, nf_error *err)
 {
     VkResult r;
@@ -1030,25 +652,115 @@ static int create_objects(nf_device *d, nf_error *err)
         d->dsl = VK_NULL_HANDLE;
         return nf_vk_fail(d, err, r, "vkCreateDescriptorSetLayout");
     }
-    VkPushConstantRange pcr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, NF_VK_PUSH_BYTES};
-    VkPipelineLayoutCreateInfo pli = {
-        .sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
-        .setLayoutCount = 1,
-        .pSetLayouts = &d->dsl,
-        .pushConstantRangeCount = 1,
-        .pPushConstantRanges = &pcr,
+    return NF_OK;
+}
+
+/* The instance and the index-th physical device, its properties and description (the
+ * instance's API version in *inst_api); Vulkan 1.1 at least. */
+static int pick_device(nf_device *d, int index, uint32_t *inst_api, nf_error *err)
+{
+    VkResult r = create_instance(&d->instance, inst_api);
+    if (r != VK_SUCCESS) {
+        d->instance = VK_NULL_HANDLE;
+        return r == VK_ERROR_INCOMPATIBLE_DRIVER
+                   ? nf_error_set(err, NF_E_NODEV,
+                                  "vulkan:%d: no Vulkan driver (vkCreateInstance %d)", index,
+                                  (int)r)
+                   : nf_vk_fail(NULL, err, r, "vkCreateInstance");
+    }
+    uint32_t cnt = 0;
+    r = vkEnumeratePhysicalDevices(d->instance, &cnt, NULL);
+    if (r != VK_SUCCESS && r != VK_INCOMPLETE)
+        return nf_vk_fail(NULL, err, r, "vkEnumeratePhysicalDevices");
+    if (index < 0 || (uint32_t)index >= cnt)
+        return nf_error_set(err, NF_E_NODEV, "vulkan:%d: no such device (%u Vulkan devices)",
+                            index, cnt);
+    {
+        VkPhysicalDevice *all = calloc(cnt, sizeof *all);
+        if (!all)
+            return nf_error_set(err, NF_E_NOMEM, "out of memory");
+        r = vkEnumeratePhysicalDevices(d->instance, &cnt, all);
+        if ((r == VK_SUCCESS || r == VK_INCOMPLETE) && (uint32_t)index < cnt)
+            d->phys = all[index];
+        free(all);
+        if (!d->phys)
+            return nf_vk_fail(NULL, err, r == VK_SUCCESS ? VK_ERROR_INITIALIZATION_FAILED : r,
+                              "vkEnumeratePhysicalDevices");
+    }
+    vkGetPhysicalDeviceProperties(d->phys, &d->props);
+    vkGetPhysicalDeviceMemoryProperties(d->phys, &d->memprops);
+    describe(d, *inst_api);
+    if (d->props.apiVersion < VK_API_VERSION_1_1)
+        return nf_error_set(err, NF_E_NODEV,
+                            "vulkan:%d (%s) supports only Vulkan 1.0; 1.1 is needed", index,
+                            d->props.deviceName);
+    return NF_OK;
+}
+
+/* A queue family that computes. */
+static int pick_queue(nf_device *d, nf_error *err)
+{
+    int index = d->common.info.index;
+    uint32_t nq = 0;
+    vkGetPhysicalDeviceQueueFamilyProperties(d->phys, &nq, NULL);
+    VkQueueFamilyProperties *qf = calloc(nq ? nq : 1, sizeof *qf);
+    if (!qf)
+        return nf_error_set(err, NF_E_NOMEM, "out of memory");
+    vkGetPhysicalDeviceQueueFamilyProperties(d->phys, &nq, qf);
+    uint32_t pick = UINT32_MAX;
+    for (uint32_t i = 0; i < nq && pick == UINT32_MAX; i++)
+        if ((qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) && qf[i].queueCount > 0)
+            pick = i;
+    free(qf);
+    if (pick == UINT32_MAX)
+        return nf_error_set(err, NF_E_NODEV, "vulkan:%d (%s) has no compute queue", index,
+                            d->props.deviceName);
+    d->qfamily = pick;
+    return NF_OK;
+}
+
+/* The device: float64 in shaders when available (dot products), the portability subset
+ * when the implementation has one. */
+static int create_device(nf_device *d, nf_error *err)
+{
+    VkPhysicalDeviceFeatures have;
+    vkGetPhysicalDeviceFeatures(d->phys, &have);
+    VkPhysicalDeviceFeatures want = {0};
+    /* NF_VULKAN_FP64=0 takes the float-only paths (for testing them on any device) */
+    const char *f64 = getenv("NF_VULKAN_FP64");
+    d->has_f64 = have.shaderFloat64 == VK_TRUE && !(f64 && strcmp(f64, "0") == 0);
+    want.shaderFloat64 = d->has_f64 ? VK_TRUE : VK_FALSE;
+    const char *ext[1];
+    uint32_t next = 0, n = 0;
+    if (vkEnumerateDeviceExtensionProperties(d->phys, NULL, &n, NULL) == VK_SUCCESS && n) {
+        VkExtensionProperties *props = calloc(n, sizeof *props);
+        if (props && vkEnumerateDeviceExtensionProperties(d->phys, NULL, &n, props) >= 0)
+            for (uint32_t i = 0; i < n; i++)
+                if (strcmp(props[i].extensionName, "VK_KHR_portability_subset") == 0)
+                    ext[next++] = "VK_KHR_portability_subset";
+        free(props);
+    }
+    float prio = 1.0f;
+    VkDeviceQueueCreateInfo qi = {
+        .sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
+        .queueFamilyIndex = d->qfamily,
+        .queueCount = 1,
+        .pQueuePriorities = &prio,
     };
-    r = vkCreatePipelineLayout(d->dev, &pli, NULL, &d->playout);
+    VkDeviceCreateInfo di = {
+        .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
+        .queueCreateInfoCount = 1,
+        .pQueueCreateInfos = &qi,
+        .enabledExtensionCount = next,
+        .ppEnabledExtensionNames = next ? ext : NULL,
+        .pEnabledFeatures = &want,
+    };
+    VkResult r = vkCreateDevice(d->phys, &di, NULL, &d->dev);
     if (r != VK_SUCCESS) {
-        d->playout = VK_NULL_HANDLE;
-        return nf_vk_fail(d, err, r, "vkCreatePipelineLayout");
+        d->dev = VK_NULL_HANDLE;
+        return nf_vk_fail(d, err, r, "vkCreateDevice");
     }
-    VkPipelineCacheCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO};
-    r = vkCreatePipelineCache(d->dev, &ci, NULL, &d->pcache);
-    if (r != VK_SUCCESS) {
-        d->pcache = VK_NULL_HANDLE;
-        return nf_vk_fail(d, err, r, "vkCreatePipelineCache");
-    }
+    vkGetDeviceQueue(d->dev, d->qfamily, 0, &d->queue);
     return NF_OK;
 }
 
@@ -1065,122 +777,13 @@ static int vk_open(int index, nf_device **out, nf_error *err)
     snprintf(d->common.info.api, sizeof d->common.info.api, "vulkan");
 
     uint32_t inst_api = 0;
-    VkResult r = create_instance(&d->instance, &inst_api);
-    int rc = NF_OK;
-    if (r != VK_SUCCESS) {
-        d->instance = VK_NULL_HANDLE;
-        rc = r == VK_ERROR_INCOMPATIBLE_DRIVER
-                 ? nf_error_set(err, NF_E_NODEV, "vulkan:%d: no Vulkan driver (vkCreateInstance %d)",
-                                index, (int)r)
-                 : nf_vk_fail(NULL, err, r, "vkCreateInstance");
+    int rc = pick_device(d, index, &inst_api, err);
+    if (rc || (rc = pick_queue(d, err)) || (rc = create_device(d, err)))
         goto fail;
-    }
-    uint32_t cnt = 0;
-    r = vkEnumeratePhysicalDevices(d->instance, &cnt, NULL);
-    if (r != VK_SUCCESS && r != VK_INCOMPLETE) {
-        rc = nf_vk_fail(NULL, err, r, "vkEnumeratePhysicalDevices");
+    if ((rc = choose_shaders(d, err)) || (rc = create_objects(d, err)) ||
+        (rc = nf_vk_pipelines_init(d, err)))
         goto fail;
-    }
-    if (index < 0 || (uint32_t)index >= cnt) {
-        rc = nf_error_set(err, NF_E_NODEV, "vulkan:%d: no such device (%u Vulkan devices)", index,
-                          cnt);
-        goto fail;
-    }
-    {
-        VkPhysicalDevice *all = calloc(cnt, sizeof *all);
-        if (!all) {
-            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
-            goto fail;
-        }
-        r = vkEnumeratePhysicalDevices(d->instance, &cnt, all);
-        if ((r == VK_SUCCESS || r == VK_INCOMPLETE) && (uint32_t)index < cnt)
-            d->phys = all[index];
-        free(all);
-        if (!d->phys) {
-            rc = nf_vk_fail(NULL, err, r == VK_SUCCESS ? VK_ERROR_INITIALIZATION_FAILED : r,
-                            "vkEnumeratePhysicalDevices");
-            goto fail;
-        }
-    }
-    vkGetPhysicalDeviceProperties(d->phys, &d->props);
-    vkGetPhysicalDeviceMemoryProperties(d->phys, &d->memprops);
-    describe(d, inst_api);
-    if (d->props.apiVersion < VK_API_VERSION_1_1) {
-        rc = nf_error_set(err, NF_E_NODEV, "vulkan:%d (%s) supports only Vulkan 1.0; 1.1 is needed",
-                          index, d->props.deviceName);
-        goto fail;
-    }
-
-    /* a queue family that computes */
-    {
-        uint32_t nq = 0;
-        vkGetPhysicalDeviceQueueFamilyProperties(d->phys, &nq, NULL);
-        VkQueueFamilyProperties *qf = calloc(nq ? nq : 1, sizeof *qf);
-        if (!qf) {
-            rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
-            goto fail;
-        }
-        vkGetPhysicalDeviceQueueFamilyProperties(d->phys, &nq, qf);
-        uint32_t pick = UINT32_MAX;
-        for (uint32_t i = 0; i < nq && pick == UINT32_MAX; i++)
-            if ((qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) && qf[i].queueCount > 0)
-                pick = i;
-        free(qf);
-        if (pick == UINT32_MAX) {
-            rc = nf_error_set(err, NF_E_NODEV, "vulkan:%d (%s) has no compute queue", index,
-                              d->props.deviceName);
-            goto fail;
-        }
-        d->qfamily = pick;
-    }
-
-    /* the device: float64 in shaders when available (dot products), portability subset
-     * when the implementation has one */
-    {
-        VkPhysicalDeviceFeatures have;
-        vkGetPhysicalDeviceFeatures(d->phys, &have);
-        VkPhysicalDeviceFeatures want = {0};
-        /* NF_VULKAN_FP64=0 takes the float-only paths (for testing them on any device) */
-        const char *f64 = getenv("NF_VULKAN_FP64");
-        d->has_f64 = have.shaderFloat64 == VK_TRUE && !(f64 && strcmp(f64, "0") == 0);
-        want.shaderFloat64 = d->has_f64 ? VK_TRUE : VK_FALSE;
-        const char *ext[1];
-        uint32_t next = 0, n = 0;
-        if (vkEnumerateDeviceExtensionProperties(d->phys, NULL, &n, NULL) == VK_SUCCESS && n) {
-            VkExtensionProperties *props = calloc(n, sizeof *props);
-            if (props && vkEnumerateDeviceExtensionProperties(d->phys, NULL, &n, props) >= 0)
-                for (uint32_t i = 0; i < n; i++)
-                    if (strcmp(props[i].extensionName, "VK_KHR_portability_subset") == 0)
-                        ext[next++] = "VK_KHR_portability_subset";
-            free(props);
-        }
-        float prio = 1.0f;
-        VkDeviceQueueCreateInfo qi = {
-            .sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
-            .queueFamilyIndex = d->qfamily,
-            .queueCount = 1,
-            .pQueuePriorities = &prio,
-        };
-        VkDeviceCreateInfo di = {
-            .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
-            .queueCreateInfoCount = 1,
-            .pQueueCreateInfos = &qi,
-            .enabledExtensionCount = next,
-            .ppEnabledExtensionNames = next ? ext : NULL,
-            .pEnabledFeatures = &want,
-        };
-        r = vkCreateDevice(d->phys, &di, NULL, &d->dev);
-        if (r != VK_SUCCESS) {
-            d->dev = VK_NULL_HANDLE;
-            rc = nf_vk_fail(d, err, r, "vkCreateDevice");
-            goto fail;
-        }
-        vkGetDeviceQueue(d->dev, d->qfamily, 0, &d->queue);
-    }
-
-    if ((rc = choose_shaders(d, err)) || (rc = create_objects(d, err)))
-        goto fail;
-    rc = vk_alloc(d, NF_VK_PARTIALS * 2, &d->partials, err); /* 512 doubles */
+    rc = nf_vk_alloc(d, NF_VK_PARTIALS * 2, &d->partials, err); /* 512 doubles */
     if (rc)
         goto fail;
     *out = d;
@@ -1195,11 +798,12 @@ const nf_backend nf_backend_vulkan = {
     .count = vk_count,
     .open = vk_open,
     .close = vk_close,
-    .alloc = vk_alloc,
-    .free = vk_free,
+    .alloc = nf_vk_alloc,
+    .free = nf_vk_free,
     .upload = vk_upload,
     .download = vk_download,
-    .host_ptr = NULL, /* work runs asynchronously: the host goes through download() */
+    .host_memory = 0, /* work runs asynchronously: the host goes through download() */
+    .host_ptr = NULL,
     .finish = vk_finish,
     .gemm = nf_vk_gemm,
     .axpby = nf_vk_axpby,

@@ -1,7 +1,8 @@
 /*
- * The Vulkan backend's internals, shared by vk_device.c (instance, device, memory, transfers,
- * command submission), vk_pipeline.c (GLSL -> SPIR-V through glslang, pipeline cache) and
- * vk_ops.c (the compute slots). Nothing here is visible outside src/backend/vulkan.
+ * The Vulkan backend's internals, shared by vk_device.c (instance, device, transfers, command
+ * submission), vk_memory.c (the buffer sub-allocator), vk_pipeline.c (GLSL -> SPIR-V through
+ * glslang, pipeline layout and caches) and vk_ops.c (the compute slots). Nothing here is
+ * visible outside src/backend/vulkan.
  */
 #ifndef NF_VK_INTERNAL_H
 #define NF_VK_INTERNAL_H
@@ -116,6 +117,8 @@ typedef struct nf_vk_range {
 
 /* ---- vk_device.c ---- */
 int nf_vk_fail(nf_device *d, nf_error *err, VkResult r, const char *call);
+/* The VkResult's name ("VK_ERROR_DEVICE_LOST"), "VkResult" for one not listed. */
+const char *nf_vk_result_name(VkResult r);
 int nf_vk_check_alive(nf_device *d, nf_error *err);
 /* The range covering bytes [byte_off, byte_off + bytes) of buf; 0 when it fits the device's
  * maxStorageBufferRange, -1 otherwise. */
@@ -134,7 +137,24 @@ const void *nf_vk_stage_ptr(const nf_device *d);
 /* Submits what is recorded and waits for the queue to drain. */
 int nf_vk_sync(nf_device *d, nf_error *err);
 
+/* ---- vk_memory.c ---- */
+int nf_vk_alloc(nf_device *d, size_t n, nf_buffer **out, nf_error *err);
+void nf_vk_free(nf_device *d, nf_buffer *buf);
+/* Checks the device's binding alignment against the sub-allocator's and sizes its blocks
+ * (after bind_align and the memory size are known). */
+int nf_vk_memory_init(nf_device *d, nf_error *err);
+/* The host-visible staging block, created on first use. */
+int nf_vk_ensure_stage(nf_device *d, nf_error *err);
+/* Destroys the blocks released while the queue was busy (call once it has drained). */
+void nf_vk_destroy_zombies(nf_device *d);
+/* Destroys every block: the device's buffers are freed and the queue is idle. */
+void nf_vk_memory_release(nf_device *d);
+
 /* ---- vk_pipeline.c ---- */
+/* The pipeline layout (the descriptor-set layout d->dsl, NF_VK_PUSH_BYTES of push constants)
+ * every shader uses, and the driver's VkPipelineCache; nf_vk_pipelines_destroy destroys them
+ * with the pipelines. */
+int nf_vk_pipelines_init(nf_device *d, nf_error *err);
 /* The pipeline for a shader (by name, from shaders/) with #defines injected before compiling,
  * from the device's cache or compiled now. defines: "NAME=VALUE NAME=VALUE ...". */
 int nf_vk_pipeline_get(nf_device *d, const char *shader, const char *defines,

@@ -19,7 +19,10 @@
 #include <glslang/Public/resource_limits_c.h>
 
 #include "nf_vk_shaders.h"
+#include "../../core/util.h"
 #include "vk_internal.h"
+
+#define MAX_SHADER_BYTES (16 << 20)
 
 typedef struct spv_entry spv_entry;
 struct spv_entry {
@@ -57,24 +60,14 @@ static const char *embedded_source(const char *name)
     return NULL;
 }
 
-static char *read_file(const char *path)
+/* A shader file (NF_VULKAN_SHADER_DIR): its text, or NULL. */
+static char *read_shader(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
+    nf_error err = {0};
     char *text = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (text = malloc((size_t)n + 1))) {
-            if (fread(text, 1, (size_t)n, f) != (size_t)n) {
-                free(text);
-                text = NULL;
-            } else {
-                text[n] = '\0';
-            }
-        }
-    }
-    fclose(f);
+    size_t len;
+    if (nf_read_small_file(path, MAX_SHADER_BYTES, "too large", &text, &len, &err) != NF_OK)
+        return NULL;
     return text;
 }
 
@@ -187,7 +180,7 @@ static int get_spirv(const char *name, const char *defines, const char *key, uin
     if (dir && *dir) {
         char path[4096];
         snprintf(path, sizeof path, "%s/%s.comp", dir, name);
-        override = read_file(path);
+        override = read_shader(path);
         if (!override)
             return nf_error_set(err, NF_E_IO, "vulkan: cannot read %s (NF_VULKAN_SHADER_DIR)",
                                 path);
@@ -305,6 +298,31 @@ out:
     return rc;
 }
 
+int nf_vk_pipelines_init(nf_device *d, nf_error *err)
+{
+    VkResult r;
+    VkPushConstantRange pcr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, NF_VK_PUSH_BYTES};
+    VkPipelineLayoutCreateInfo pli = {
+        .sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
+        .setLayoutCount = 1,
+        .pSetLayouts = &d->dsl,
+        .pushConstantRangeCount = 1,
+        .pPushConstantRanges = &pcr,
+    };
+    r = vkCreatePipelineLayout(d->dev, &pli, NULL, &d->playout);
+    if (r != VK_SUCCESS) {
+        d->playout = VK_NULL_HANDLE;
+        return nf_vk_fail(d, err, r, "vkCreatePipelineLayout");
+    }
+    VkPipelineCacheCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO};
+    r = vkCreatePipelineCache(d->dev, &ci, NULL, &d->pcache);
+    if (r != VK_SUCCESS) {
+        d->pcache = VK_NULL_HANDLE;
+        return nf_vk_fail(d, err, r, "vkCreatePipelineCache");
+    }
+    return NF_OK;
+}
+
 void nf_vk_pipelines_destroy(nf_device *d)
 {
     while (d->pipes) {
@@ -314,4 +332,10 @@ void nf_vk_pipelines_destroy(nf_device *d)
         free(p->key);
         free(p);
     }
+    if (d->pcache)
+        vkDestroyPipelineCache(d->dev, d->pcache, NULL);
+    d->pcache = VK_NULL_HANDLE;
+    if (d->playout)
+        vkDestroyPipelineLayout(d->dev, d->playout, NULL);
+    d->playout = VK_NULL_HANDLE;
 }
