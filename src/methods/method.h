@@ -3,7 +3,7 @@
  * continual step in progress (the models, the resolved recipe, the output being written), the
  * per-tensor jobs the scheduler hands to a method, the helpers a job calls (job.c), and the
  * operations a method implements (nf_method_ops). The step driver (src/merge) includes it;
- * nothing here includes src/merge but the PEFT adapter's low-rank type. Internal.
+ * nothing here includes src/merge (a PEFT adapter is opaque to the methods). Internal.
  */
 #ifndef NF_METHOD_H
 #define NF_METHOD_H
@@ -15,7 +15,7 @@
 #include "../io/model.h"
 #include "../io/writer.h"
 #include "../linalg/la.h"
-#include "../merge/adapter.h"
+#include "../io/lowrank.h"
 
 /* The merge recipe: what must stay the same from step to step of a stream. */
 typedef struct nf_params {
@@ -103,6 +103,8 @@ enum {
     NF_P_RANK_TOL = 1u << 7, NF_P_SELECT = 1u << 8, NF_P_SCALE = 1u << 9, NF_P_KEEP = 1u << 10,
     NF_P_ALPHA = 1u << 11, NF_P_ZERO_DIAG = 1u << 12,
 };
+
+typedef struct nf_adapter nf_adapter; /* src/merge/adapter.h; opaque here */
 
 struct nf_run {
     const nf_method_ops *method;
