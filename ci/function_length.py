@@ -29,12 +29,6 @@ EXCEPTIONS = {
         "would hand a dozen of them from helper to helper",
 }
 
-# TEMPORARY (issue 16, branch r-recipe): these two are being cut on branch r-recipe; the
-# coordinator removes this list when r-recipe lands.
-TEMPORARY_EXCEPTIONS = {
-    "host/args.c:cli_parse": "cut by branch r-recipe (option table)",
-    "src/merge/recipe.c:read_recorded": "cut by branch r-recipe (option table)",
-}
 
 
 def excepted(path, name, table):
@@ -213,7 +207,7 @@ def main(argv):
     over, excused = [], []
     for r in rows:
         if r[0] > limit:
-            known = excepted(r[1], r[3], EXCEPTIONS) or excepted(r[1], r[3], TEMPORARY_EXCEPTIONS)
+            known = excepted(r[1], r[3], EXCEPTIONS)
             (excused if known else over).append(r)
     if listing:
         try:
@@ -224,8 +218,7 @@ def main(argv):
     print("%d functions in %d files; limit %d lines" %
           (len(rows), len({r[1] for r in rows}), limit))
     for length, path, first, name in excused:
-        why = excepted(path, name, EXCEPTIONS) or \
-            "TEMPORARY: " + excepted(path, name, TEMPORARY_EXCEPTIONS)
+        why = excepted(path, name, EXCEPTIONS)
         print("excepted: %s:%d %s, %d lines (%s)" % (path, first, name, length, why))
     for length, path, first, name in over:
         print("TOO LONG: %s:%d %s, %d lines (limit %d)" % (path, first, name, length, limit))

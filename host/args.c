@@ -1,3 +1,6 @@
+/* The nufilt program's options: the program's own (the inputs and outputs, the method, what
+ * it prints) in the table below, every nf_options field from the library's tables
+ * (src/merge/options.h), which give its flag, kind, range, defaults and help text. */
 #include "args.h"
 #include "size.h"
 
@@ -5,142 +8,174 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum kind { K_INT, K_DOUBLE, K_SEED, K_STR, K_FLAG, K_SIZE, K_SPECIAL } kind;
+#include "merge/options.h"
 
+/* The program's own options. */
 typedef struct opt {
     const char *name;   /* without the leading dashes */
-    const char *arg;    /* metavariable, NULL for flags */
+    const char *arg;    /* metavariable, NULL for switches */
     int cmds;
-    kind k;
+    int first;          /* listed before the library's options (else after) */
     const char *help;
 } opt;
 
 static const opt opts[] = {
-    {"base", "PATH", CMD_RUN, K_SPECIAL,
+    {"base", "PATH", CMD_RUN, 1,
      "pre-trained model: a .safetensors file, a Hugging Face directory, or a model id (org/name) "
      "in the local Hugging Face cache"},
-    {"task", "PATH", CMD_STEP, K_SPECIAL,
+    {"task", "PATH", CMD_STEP, 1,
      "the fine-tuned model to merge in this step: a checkpoint like --base, or a PEFT LoRA "
      "adapter directory (adapter_config.json + adapter_model.safetensors); NAME=PATH records "
      "NAME for it [its id or folder name]"},
-    {"prev", "PATH", CMD_STEP, K_SPECIAL,
+    {"prev", "PATH", CMD_STEP, 1,
      "the merged model of the previous step (omit for the first step); the method, its "
      "hyper-parameters and the step count are read from its metadata"},
-    {"out", "PATH", CMD_RUN, K_SPECIAL,
+    {"out", "PATH", CMD_RUN, 1,
      "output: PATH.safetensors is written as one file, any other PATH as a Hugging Face "
      "directory: the base's files and folders but its weights (config, tokenizer, "
      "sentence-transformers modules), and a model card README.md"},
-    {"save-steps", "DIR", CMD_MERGE, K_SPECIAL,
+    {"save-steps", "DIR", CMD_MERGE, 1,
      "also keep the model after every step as DIR/stepNN[.safetensors] (DIR may hold OUT, "
      "not be inside it or an input)"},
-    {"resume", NULL, CMD_MERGE, K_FLAG,
-     "with --save-steps: continue after the last step kept in DIR (its tasks must be the first "
-     "ones given, its base and recipe the same) instead of starting over"},
-    {"method", "NAME", CMD_RUN, K_SPECIAL,
-     "nufilt, wa, ta, ties, magmax, opcm, wudi, isoc or tsvm (`nufilt methods`) [nufilt]"},
-    {"null-rank", "N", CMD_RUN, K_INT, "nufilt: r_p, rank of the null-space filter [128]"},
-    {"task-rank", "N", CMD_RUN, K_INT, "nufilt: r_v, rank of the task projection in the objective [8]"},
-    {"lora-rank", "N", CMD_RUN, K_INT, "nufilt: r_l, rank of the adapter; 0 = filter only [64]"},
-    {"lr", "X", CMD_RUN, K_DOUBLE, "Adam learning rate, 0 to 1 [nufilt 1e-3, wudi 1e-5]"},
-    {"iters", "N", CMD_RUN, K_INT, "Adam iterations per matrix (nufilt, wudi) [50]"},
-    {"seed", "N", CMD_RUN, K_SEED, "seed of the adapter's random initialisation (nufilt) [0]"},
-    {"compat", "MODE", CMD_RUN, K_SPECIAL,
-     "nufilt: paper (M(1) = task 1, rank-deficient prev handled) or reference (reproduce the "
-     "published code, first-step artefact included) [paper]"},
-    {"rank-tol", "X", CMD_RUN, K_DOUBLE,
-     "nufilt, paper mode: drop singular vectors below X times the largest [1e-6]"},
-    {"preset", "NAME", CMD_RUN | CMD_INSPECT, K_STR,
-     "tensors nufilt treats: auto, clip (attn, fc1), t5 (SelfAttention, EncDecAttention, "
-     "DenseReluDense), llama (self_attn, mlp), all-linear (2-D *.weight but embeddings and "
-     "lm_head) [auto: from the tensor names]"},
-    {"layers", "REGEX", CMD_RUN | CMD_INSPECT, K_STR,
-     "treat the 2-D tensors whose name matches this POSIX extended regex (overrides --preset); "
-     "a preset or regex that selects no tensor is refused"},
-    {"scale", "X", CMD_RUN, K_DOUBLE,
-     "lambda of ta [0.3], ties [0.3], magmax [0.5], isoc [1], tsvm [1]; -100 to 100"},
-    {"keep", "X", CMD_RUN, K_DOUBLE, "ties: fraction of entries kept by the trim [0.2]"},
-    {"alpha", "X", CMD_RUN, K_DOUBLE, "opcm: share of the spectrum projected out [0.5]"},
-    {"opcm-zero-diag", NULL, CMD_RUN, K_SPECIAL,
-     "opcm: also remove the diagonal of the projected task vector (--no-opcm-zero-diag) [off]"},
-    {"dtype", "TYPE", CMD_RUN, K_SPECIAL,
-     "output dtype of float tensors: keep, f32, f16 or bf16 (round to nearest even); a "
-     "directory output's config.json says so (torch_dtype, dtype); in a merge every step "
-     "reads the previous one in this dtype [keep: each tensor's dtype in the base]"},
-    {"out-shard-size", "SIZE", CMD_RUN, K_SIZE,
-     "directory output: start a new shard past SIZE (e.g. 2GB, 500MB) [one file; for a "
-     "sharded base, shards of at most its largest shard file's size]"},
-    {"force", NULL, CMD_RUN, K_FLAG,
-     "replace an existing output, report or saved step, if it is nufilt's kind: a safetensors "
-     "file, a directory holding only safetensors weights, their index, README.md and files the "
-     "base directory also has, a JSON report (never an input; see docs/security.md)"},
-    {"allow-nonfinite", NULL, CMD_RUN, K_FLAG,
-     "merge models that hold NaN or Inf, and write an output that does (by default both are "
-     "refused, naming the tensor and the element)"},
-    {"device", "LIST", CMD_RUN, K_STR,
-     "compute devices: auto, cpu, opencl:N, vulkan:N or a comma list (`nufilt devices`) "
-     "[auto: real GPUs, else the CPU]"},
-    {"svd", "MODE", CMD_RUN, K_SPECIAL,
-     "how NUFILT finds its top singular vectors. fast: the top vectors as eigenvectors of "
-     "the Gram matrix in float32, sharing the task vector's Gram matrix with the adapter's "
-     "training; gram is used for a matrix whose 128th singular value is below 1% of the "
-     "largest; the fastest accurate mode. gram: the same in double precision. gesdd (alias "
-     "exact): LAPACK's float32 gesdd, the method's definition, slower and on wide matrices "
-     "further from a float64 SVD than gram and fast. (--compat reference uses gesdd for gram "
-     "and fast.) randomized: range finder, 10 extra columns, 2 power iterations; approximate "
-     "where the spectrum has no gap at the cut: its merged task vectors were up to 0.15 "
-     "(median 0.13, relative) from gesdd's on a generated ViT-B/32 step, 0.18 (0.15) on a "
-     "generated LLaMA-style one, and 0.46 (0.31) after 3 steps of real all-MiniLM-L6-v2 "
-     "fine-tunes. The mode is recorded in the output; a step may use another mode than the "
-     "previous one (--report says so). See docs/performance.md [fast]"},
-    {"threads", "N", CMD_RUN, K_INT, "worker threads [all cores]"},
-    {"max-memory", "SIZE", CMD_RUN, K_SIZE,
-     "cap on the estimated working memory of the tensors in flight (e.g. 500MB); fewer run at "
-     "once, and a tensor that alone needs more is an error [no cap]"},
-    {"report", "FILE", CMD_RUN, K_STR,
-     "write a JSON report: per treated tensor the ranks used, the energy the filter removed, "
-     "the adapter's objective before and after, the time. Written before OUT is committed, "
-     "moved into place after; an existing FILE is replaced only with --force"},
-    {"quiet", NULL, CMD_RUN, K_FLAG, "print nothing but errors"},
-    {"progress", NULL, CMD_RUN, K_SPECIAL,
+    {"method", "NAME", CMD_RUN, 1, NULL /* the registry's methods, see own_help */},
+    {"quiet", NULL, CMD_RUN, 0, "print nothing but errors"},
+    {"progress", NULL, CMD_RUN, 0,
      "progress bar on standard error (--no-progress) [on when standard error is a terminal]"},
-    {"help", NULL, CMD_RUN | CMD_INSPECT, K_FLAG, "this help"},
+    {"help", NULL, CMD_RUN | CMD_INSPECT, 0, "this help"},
 };
+#define NOPTS (sizeof opts / sizeof opts[0])
+
+/* The commands that take a library option: the recipe's and the run's settings are step's and
+ * merge's; the selection is also inspect's (which tensors it marks treated). */
+static int lib_cmds(const nf_opt *o)
+{
+    if (o->kind == NF_OPT_PRESET || o->kind == NF_OPT_LAYERS)
+        return CMD_RUN | CMD_INSPECT;
+    return (o->commands & NF_OPT_STEP ? CMD_STEP : 0) |
+           (o->commands & NF_OPT_MERGE ? CMD_MERGE : 0);
+}
+
+/* A library option's help line: what it is, its methods, range and default. */
+static void lib_help(const nf_opt *o, char *buf, size_t n)
+{
+    char methods[128] = "", range[96] = "", def[160];
+    const nf_option_range *r = nf_opt_range(o);
+    if (o->bit)
+        nf_opt_describe_methods(o, methods, sizeof methods);
+    if (r && o->bit)
+        nf_option_range_describe(r, range, sizeof range);
+    nf_opt_describe_default(o, def, sizeof def);
+    snprintf(buf, n, "%s%s%s%s%s%s%s%s%s%s", methods, *methods ? ": " : "", o->help,
+             *range ? " (" : "", range, *range ? ")" : "",
+             o->kind == NF_OPT_BOOL ? " (--no-" : "", o->kind == NF_OPT_BOOL ? o->flag : "",
+             o->kind == NF_OPT_BOOL ? ")" : "", "");
+    if (*def) {
+        size_t w = strlen(buf);
+        snprintf(buf + w, n - w, " [%s]", def);
+    }
+}
+
+static void print_one(const char *name, const char *arg, const char *h)
+{
+    char head[64];
+    snprintf(head, sizeof head, "--%s%s%s", name, arg ? " " : "", arg ? arg : "");
+    printf("  %-24s", head);
+    /* wrap the help text at 100 columns */
+    int col = 26, first = 1;
+    if (strlen(head) > 22)
+        printf("\n%26s", "");
+    while (*h) {
+        const char *sp = h;
+        while (*sp && *sp != ' ')
+            sp++;
+        int w = (int)(sp - h);
+        if (!first && col + 1 + w > 100) {
+            printf("\n%26s", "");
+            col = 26;
+            first = 1;
+        }
+        printf("%s%.*s", first ? "" : " ", w, h);
+        col += w + (first ? 0 : 1);
+        first = 0;
+        h = *sp ? sp + 1 : sp;
+    }
+    printf("\n");
+}
+
+/* A program option's help; --method's lists the methods of the registry. */
+static const char *own_help(const opt *p, char *buf, size_t n)
+{
+    if (p->help)
+        return p->help;
+    size_t w = 0;
+    for (int m = 0; m < NF_METHOD_COUNT && w < n; m++)
+        w += (size_t)snprintf(buf + w, n - w, "%s%s",
+                              m == 0 ? "" : m + 1 < NF_METHOD_COUNT ? ", " : " or ",
+                              nf_method_get(m)->name);
+    if (w < n)
+        snprintf(buf + w, n - w, " (`nufilt methods`) [%s]", nf_method_get(NF_METHOD_NUFILT)->name);
+    return buf;
+}
 
 void cli_print_options(int cmd)
 {
-    for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
-        const opt *p = &opts[i];
-        if (!(p->cmds & cmd))
+    size_t n;
+    const nf_opt *t = nf_opt_table(&n);
+    char h[2048];
+    for (size_t i = 0; i < NOPTS; i++)
+        if (opts[i].first && (opts[i].cmds & cmd))
+            print_one(opts[i].name, opts[i].arg, own_help(&opts[i], h, sizeof h));
+    for (size_t i = 0; i < n; i++) {
+        if (!(lib_cmds(&t[i]) & cmd))
             continue;
-        char head[64];
-        snprintf(head, sizeof head, "--%s%s%s", p->name, p->arg ? " " : "", p->arg ? p->arg : "");
-        printf("  %-24s", head);
-        /* wrap the help text at 100 columns */
-        const char *h = p->help;
-        int col = 26, first = 1;
-        if (strlen(head) > 22) {
-            printf("\n%26s", "");
-        }
-        while (*h) {
-            const char *sp = h;
-            while (*sp && *sp != ' ')
-                sp++;
-            int w = (int)(sp - h);
-            if (!first && col + 1 + w > 100) {
-                printf("\n%26s", "");
-                col = 26;
-                first = 1;
-            }
-            printf("%s%.*s", first ? "" : " ", w, h);
-            col += w + (first ? 0 : 1);
-            first = 0;
-            h = *sp ? sp + 1 : sp;
-        }
-        printf("\n");
+        lib_help(&t[i], h, sizeof h);
+        print_one(t[i].flag, t[i].metavar, h);
+    }
+    for (size_t i = 0; i < NOPTS; i++)
+        if (!opts[i].first && (opts[i].cmds & cmd))
+            print_one(opts[i].name, opts[i].arg, own_help(&opts[i], h, sizeof h));
+}
+
+/* Markdown table cells hold no '|'. */
+static void md_cell(const char *s)
+{
+    for (; *s; s++)
+        fputs(*s == '|' ? "\\|" : (char[2]){*s, 0}, stdout);
+}
+
+void cli_print_markdown(void)
+{
+    size_t n;
+    const nf_opt *t = nf_opt_table(&n);
+    printf("| option | `nf_options` field | read by | valid values | default | what |\n"
+           "| --- | --- | --- | --- | --- | --- |\n");
+    for (size_t i = 0; i < n; i++) {
+        char methods[128] = "", range[96] = "", def[160];
+        const nf_option_range *r = nf_opt_range(&t[i]);
+        if (t[i].bit)
+            nf_opt_describe_methods(&t[i], methods, sizeof methods);
+        else
+            snprintf(methods, sizeof methods, "%s",
+                     t[i].commands == NF_OPT_MERGE ? "(merge)" : "(every step)");
+        if (r)
+            nf_option_range_describe(r, range, sizeof range);
+        for (int k = 1; t[i].names && t[i].names[k]; k++)
+            snprintf(range + strlen(range), sizeof range - strlen(range), "%s`%s`",
+                     k == 1 ? "" : t[i].names[k + 1] ? ", " : " or ", t[i].names[k]);
+        nf_opt_describe_default(&t[i], def, sizeof def);
+        printf("| `--%s%s%s` | `%s` | %s | ", t[i].flag, t[i].metavar ? " " : "",
+               t[i].metavar ? t[i].metavar : "", t[i].field, methods);
+        md_cell(range);
+        printf(" | ");
+        md_cell(def);
+        printf(" | ");
+        md_cell(t[i].help);
+        printf(" |\n");
     }
 }
 
@@ -150,25 +185,11 @@ static int bad(const char *name, const char *val, const char *why)
     return 2;
 }
 
-static int parse_int(const char *name, const char *v, int lo, int hi, int *out)
+/* A number checked against its range (the library's table, the one the values recorded in a
+ * previous merge are checked against): *out the value, *iout the integer where it is one. */
+static int parse_ranged(const nf_opt *o, const char *v, double *out, long long *iout)
 {
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (end == v || *end || errno || x < lo || x > hi) {
-        char why[80];
-        snprintf(why, sizeof why, "expected an integer from %d to %d", lo, hi);
-        return bad(name, v, why);
-    }
-    *out = (int)x;
-    return 0;
-}
-
-/* A recipe option: parsed, then checked against the library's table of ranges (the one the
- * values recorded in a previous merge are checked against). */
-static int parse_ranged(const char *name, const char *v, double *out, long long *iout)
-{
-    const nf_option_range *r = nf_option_range_find(name);
+    const nf_option_range *r = nf_opt_range(o);
     char want[96];
     nf_option_range_describe(r, want, sizeof want);
     char why[128];
@@ -179,15 +200,162 @@ static int parse_ranged(const char *name, const char *v, double *out, long long 
     if (r && r->integer) {
         long long i = strtoll(v, &end, 10);
         x = (double)i;
-        if (iout)
-            *iout = i;
+        *iout = i;
     } else {
         x = strtod(v, &end);
     }
     if (!r || end == v || *end || errno || !nf_option_range_ok(r, x))
-        return bad(name, v, why);
+        return bad(o->flag, v, why);
     *out = x;
     return 0;
+}
+
+/* The run's enumerations, by name. */
+static int parse_choice(const nf_opt *o, const char *val, nf_options *opt)
+{
+    static const struct {
+        const char *field, *name;
+        int value;
+    } choices[] = {
+        {"out_dtype", "keep", NF_DTYPE_INVALID}, {"out_dtype", "f32", NF_F32},
+        {"out_dtype", "F32", NF_F32},            {"out_dtype", "f16", NF_F16},
+        {"out_dtype", "F16", NF_F16},            {"out_dtype", "bf16", NF_BF16},
+        {"out_dtype", "BF16", NF_BF16},          {"svd", "gesdd", NF_SVD_GESDD},
+        {"svd", "exact", NF_SVD_GESDD},          {"svd", "randomized", NF_SVD_RANDOMIZED},
+        {"svd", "gram", NF_SVD_GRAM},            {"svd", "fast", NF_SVD_FAST},
+    };
+    for (size_t i = 0; i < sizeof choices / sizeof choices[0]; i++)
+        if (!strcmp(choices[i].field, o->field) && !strcmp(choices[i].name, val)) {
+            *(int *)((char *)opt + o->o_off) = choices[i].value;
+            return 0;
+        }
+    return bad(o->flag, val,
+               !strcmp(o->field, "svd") ? "expected fast, gram, gesdd (or exact) or randomized"
+                                        : "expected keep, f32, f16 or bf16");
+}
+
+/* A library option's value (val NULL for a switch) into its nf_options field. */
+static int apply_lib(const nf_opt *o, const char *val, int negated, nf_options *opt)
+{
+    char *at = (char *)opt + o->o_off;
+    double x;
+    long long i = 0;
+    int rc = 0;
+    switch (o->kind) {
+    case NF_OPT_INT:
+        if (!(rc = parse_ranged(o, val, &x, &i)))
+            *(int *)at = (int)i;
+        return rc;
+    case NF_OPT_SEED:
+        rc = parse_ranged(o, val, &x, &i);
+        *(int64_t *)at = i;
+        return rc;
+    case NF_OPT_NUM:
+        if (!(rc = parse_ranged(o, val, &x, &i)))
+            *(double *)at = x;
+        return rc;
+    case NF_OPT_ENUM:
+        for (int k = 1; o->names[k]; k++)
+            if (!strcmp(o->names[k], val)) {
+                *(int *)at = k;
+                return 0;
+            }
+        return bad(o->flag, val, "expected paper or reference");
+    case NF_OPT_BOOL:
+    case NF_OPT_FLAG: *(int *)at = !negated; return 0;
+    case NF_OPT_PRESET:
+    case NF_OPT_LAYERS:
+    case NF_OPT_STR: *(const char **)at = val; return 0;
+    case NF_OPT_SIZE:
+        if (cli_parse_size(val, (uint64_t *)at) || *(uint64_t *)at == 0)
+            return bad(o->flag, val, "expected a size such as 2GB, 500MB or 1GiB");
+        return 0;
+    case NF_OPT_CHOICE: return parse_choice(o, val, opt);
+    }
+    return 0;
+}
+
+/* A program option's value into c. */
+static int apply_own(const opt *p, const char *val, int negated, cli *c)
+{
+    const char *name = p->name;
+    if (!strcmp(name, "base")) c->base = val;
+    else if (!strcmp(name, "task")) c->task = val;
+    else if (!strcmp(name, "prev")) c->prev = val;
+    else if (!strcmp(name, "out")) c->out = val;
+    else if (!strcmp(name, "save-steps")) c->save_steps = val;
+    else if (!strcmp(name, "method")) {
+        c->o.method = nf_method_from_name(val);
+        if (c->o.method < 0)
+            return bad(name, val, "unknown method (see `nufilt methods`)");
+    } else if (!strcmp(name, "quiet")) c->quiet = !negated;
+    else if (!strcmp(name, "progress")) c->progress = !negated;
+    else if (!strcmp(name, "help")) c->help = 1;
+    return 0;
+}
+
+/* The option named (without dashes) for this command: the program's or the library's, and
+ * whether a --no- form negates a switch. */
+static int find_option(int cmd, char *name, const opt **own, const nf_opt **lib, int *negated)
+{
+    *own = NULL;
+    *lib = NULL;
+    *negated = 0;
+    for (int pass = 0; pass < 2 && !*own && !*lib; pass++) {
+        const char *nm = pass ? name + 3 : name;
+        if (pass && strncmp(name, "no-", 3) != 0)
+            break;
+        for (size_t k = 0; k < NOPTS && !*own; k++)
+            if (!strcmp(opts[k].name, nm) && (!pass || !opts[k].arg))
+                *own = &opts[k];
+        const nf_opt *l = *own ? NULL : nf_opt_find(nm);
+        if (l && !strcmp(l->flag, nm) && (!pass || !l->metavar))
+            *lib = l;
+        *negated = pass && (*own || *lib);
+    }
+    if (*negated) /* messages name the option itself */
+        memmove(name, name + 3, strlen(name + 3) + 1);
+    int cmds = *own ? (*own)->cmds : *lib ? lib_cmds(*lib) : 0;
+    if (!(cmds & cmd)) {
+        fprintf(stderr, "nufilt: unknown option --%s for this command (see --help)\n", name);
+        return 2;
+    }
+    return 0;
+}
+
+/* One long option at argv[*i] (its value inline after '=' or the next argument). */
+static int parse_long(int cmd, int argc, char **argv, int *i, cli *c)
+{
+    const char *a = argv[*i];
+    char name[64];
+    const char *val = NULL;
+    const char *eq = strchr(a + 2, '=');
+    size_t nl = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+    if (nl >= sizeof name) {
+        fprintf(stderr, "nufilt: unknown option %s\n", a);
+        return 2;
+    }
+    memcpy(name, a + 2, nl);
+    name[nl] = '\0';
+    if (eq)
+        val = eq + 1;
+    const opt *own;
+    const nf_opt *lib;
+    int negated;
+    if (find_option(cmd, name, &own, &lib, &negated))
+        return 2;
+    const char *arg = own ? own->arg : lib->metavar;
+    if (arg && !val) {
+        if (*i + 1 >= argc) {
+            fprintf(stderr, "nufilt: --%s needs a value (%s)\n", name, arg);
+            return 2;
+        }
+        val = argv[++*i];
+    } else if (!arg && val) {
+        fprintf(stderr, "nufilt: --%s takes no value\n", name);
+        return 2;
+    }
+    return own ? apply_own(own, val, negated, c) : apply_lib(lib, val, negated, &c->o);
 }
 
 typedef struct strbuf {
@@ -265,15 +433,6 @@ char *quote_command(int argc, char **argv)
     return b.s;
 }
 
-static int parse_ranged_int(const char *name, const char *v, int *out)
-{
-    double x;
-    long long i = 0;
-    int rc = parse_ranged(name, v, &x, &i);
-    if (!rc)
-        *out = (int)i;
-    return rc;
-}
 
 int cli_parse(int cmd, int argc, char **argv, int first, cli *c)
 {
@@ -290,120 +449,18 @@ int cli_parse(int cmd, int argc, char **argv, int first, cli *c)
         const char *a = argv[i];
         if (only_positional || a[0] != '-' || a[1] == '\0') {
             c->positional[c->npositional++] = a;
-            continue;
-        }
-        if (strcmp(a, "--") == 0) {
+        } else if (strcmp(a, "--") == 0) {
             only_positional = 1;
-            continue;
-        }
-        if (strcmp(a, "-h") == 0) {
+        } else if (strcmp(a, "-h") == 0) {
             c->help = 1;
-            continue;
-        }
-        if (a[1] != '-') {
+        } else if (a[1] != '-') {
             fprintf(stderr, "nufilt: unknown option %s (options are long: --name)\n", a);
             return 2;
+        } else {
+            int rc = parse_long(cmd, argc, argv, &i, c);
+            if (rc)
+                return rc;
         }
-        char name[64];
-        const char *val = NULL;
-        const char *eq = strchr(a + 2, '=');
-        size_t nl = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
-        if (nl >= sizeof name) {
-            fprintf(stderr, "nufilt: unknown option %s\n", a);
-            return 2;
-        }
-        memcpy(name, a + 2, nl);
-        name[nl] = '\0';
-        if (eq)
-            val = eq + 1;
-        int negated = 0;
-        const opt *p = NULL;
-        for (size_t k = 0; k < sizeof opts / sizeof opts[0] && !p; k++)
-            if (strcmp(opts[k].name, name) == 0)
-                p = &opts[k];
-        if (!p && strncmp(name, "no-", 3) == 0) {
-            for (size_t k = 0; k < sizeof opts / sizeof opts[0] && !p; k++)
-                if (strcmp(opts[k].name, name + 3) == 0 && !opts[k].arg)
-                    p = &opts[k];
-            negated = p != NULL;
-            if (negated) /* dispatch below on the option's own name */
-                memmove(name, name + 3, strlen(name + 3) + 1);
-        }
-        if (!p || !(p->cmds & cmd)) {
-            fprintf(stderr, "nufilt: unknown option --%s for this command (see --help)\n", name);
-            return 2;
-        }
-        if (p->arg && !val) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "nufilt: --%s needs a value (%s)\n", name, p->arg);
-                return 2;
-            }
-            val = argv[++i];
-        } else if (!p->arg && val) {
-            fprintf(stderr, "nufilt: --%s takes no value\n", name);
-            return 2;
-        }
-        nf_options *o = &c->o;
-        int rc = 0;
-        if (!strcmp(name, "base")) c->base = val;
-        else if (!strcmp(name, "task")) c->task = val;
-        else if (!strcmp(name, "prev")) c->prev = val;
-        else if (!strcmp(name, "out")) c->out = val;
-        else if (!strcmp(name, "save-steps")) c->save_steps = val;
-        else if (!strcmp(name, "method")) {
-            o->method = nf_method_from_name(val);
-            if (o->method < 0)
-                rc = bad(name, val, "unknown method (see `nufilt methods`)");
-        } else if (!strcmp(name, "null-rank")) rc = parse_ranged_int(name, val, &o->null_rank);
-        else if (!strcmp(name, "task-rank")) rc = parse_ranged_int(name, val, &o->task_rank);
-        else if (!strcmp(name, "lora-rank")) rc = parse_ranged_int(name, val, &o->lora_rank);
-        else if (!strcmp(name, "lr")) rc = parse_ranged(name, val, &o->lr, NULL);
-        else if (!strcmp(name, "iters")) rc = parse_ranged_int(name, val, &o->iters);
-        else if (!strcmp(name, "seed")) {
-            double x;
-            long long sd = 0;
-            rc = parse_ranged(name, val, &x, &sd);
-            o->seed = sd;
-        } else if (!strcmp(name, "compat")) {
-            if (!strcmp(val, "paper")) o->compat = NF_COMPAT_PAPER;
-            else if (!strcmp(val, "reference")) o->compat = NF_COMPAT_REFERENCE;
-            else rc = bad(name, val, "expected paper or reference");
-        } else if (!strcmp(name, "rank-tol")) rc = parse_ranged(name, val, &o->rank_tol, NULL);
-        else if (!strcmp(name, "preset")) o->preset = val;
-        else if (!strcmp(name, "layers")) o->layers = val;
-        else if (!strcmp(name, "scale")) rc = parse_ranged(name, val, &o->scale, NULL);
-        else if (!strcmp(name, "keep")) rc = parse_ranged(name, val, &o->keep, NULL);
-        else if (!strcmp(name, "alpha")) rc = parse_ranged(name, val, &o->alpha, NULL);
-        else if (!strcmp(name, "opcm-zero-diag")) o->opcm_zero_diag = !negated;
-        else if (!strcmp(name, "dtype")) {
-            if (!strcmp(val, "keep")) o->out_dtype = NF_DTYPE_INVALID;
-            else if (!strcmp(val, "f32") || !strcmp(val, "F32")) o->out_dtype = NF_F32;
-            else if (!strcmp(val, "f16") || !strcmp(val, "F16")) o->out_dtype = NF_F16;
-            else if (!strcmp(val, "bf16") || !strcmp(val, "BF16")) o->out_dtype = NF_BF16;
-            else rc = bad(name, val, "expected keep, f32, f16 or bf16");
-        } else if (!strcmp(name, "out-shard-size")) {
-            if (cli_parse_size(val, &o->out_shard_size) || o->out_shard_size == 0)
-                rc = bad(name, val, "expected a size such as 2GB, 500MB or 1GiB");
-        } else if (!strcmp(name, "max-memory")) {
-            if (cli_parse_size(val, &o->max_memory) || o->max_memory == 0)
-                rc = bad(name, val, "expected a size such as 500MB or 2GiB");
-        } else if (!strcmp(name, "force")) o->force = !negated;
-        else if (!strcmp(name, "resume")) o->resume = !negated;
-        else if (!strcmp(name, "allow-nonfinite")) o->allow_nonfinite = !negated;
-        else if (!strcmp(name, "device")) o->device = val;
-        else if (!strcmp(name, "svd")) {
-            if (!strcmp(val, "gesdd") || !strcmp(val, "exact")) o->svd = NF_SVD_GESDD;
-            else if (!strcmp(val, "randomized")) o->svd = NF_SVD_RANDOMIZED;
-            else if (!strcmp(val, "gram")) o->svd = NF_SVD_GRAM;
-            else if (!strcmp(val, "fast")) o->svd = NF_SVD_FAST;
-            else rc = bad(name, val, "expected fast, gram, gesdd (or exact) or randomized");
-        } else if (!strcmp(name, "threads")) rc = parse_int(name, val, 1, 4096, &o->threads);
-        else if (!strcmp(name, "report")) o->report_path = val;
-        else if (!strcmp(name, "quiet")) c->quiet = !negated;
-        else if (!strcmp(name, "progress")) c->progress = !negated;
-        else if (!strcmp(name, "help")) c->help = 1;
-        if (rc)
-            return rc;
     }
     return 0;
 }
@@ -419,13 +476,11 @@ void cli_free(cli *c)
     c->task_paths = c->task_names = NULL;
 }
 
-/* The library names options by their nf_options fields in backquotes (`null_rank`); the
- * program's messages name its flags (--null-rank). Other backquoted text stays as it is. */
+/* The library names options by their nf_options fields in backquotes (`null_rank`,
+ * `out_dtype`); the program's messages name its flags (--null-rank, --dtype). Other
+ * backquoted text stays as it is. */
 void cli_flags(const char *in, char *out, size_t n)
 {
-    static const struct {
-        const char *field, *flag;
-    } special[] = {{"out_dtype", "dtype"}, {"report_path", "report"}};
     size_t o = 0;
     if (!n)
         return;
@@ -437,15 +492,16 @@ void cli_flags(const char *in, char *out, size_t n)
         if (end && len > 0 && len < sizeof name) {
             memcpy(name, in + 1, len);
             name[len] = '\0';
-            for (size_t i = 0; i < sizeof special / sizeof special[0]; i++)
-                if (!strcmp(name, special[i].field))
-                    flag = special[i].flag;
+            const nf_opt *l = nf_opt_find(name);
+            flag = l ? l->flag : NULL;
             for (size_t i = 0; i < len; i++)
                 if (name[i] == '_')
                     name[i] = '-';
-            for (size_t i = 0; !flag && i < sizeof opts / sizeof opts[0]; i++)
+            for (size_t i = 0; !flag && i < NOPTS; i++)
                 if (!strcmp(name, opts[i].name))
                     flag = opts[i].name;
+            if (!flag && (l = nf_opt_find(name)) != NULL)
+                flag = l->flag;
         }
         if (flag) {
             int w = snprintf(out + o, n - o, "--%s", flag);

@@ -30,6 +30,8 @@ void cli_free(cli *c);
 char *quote_command(int argc, char **argv);
 /* Prints the options of a command, with their defaults. */
 void cli_print_options(int cmd);
+/* The library's options as a Markdown table (`nufilt help --markdown`, in docs/cli-contract.md). */
+void cli_print_markdown(void);
 
 /* A library message with its option names (`null_rank`) written as the program's flags. */
 void cli_flags(const char *in, char *out, size_t n);

@@ -39,7 +39,8 @@ static void usage(FILE *f)
             "the chain of steps. Each output records the method, its hyper-parameters and the\n"
             "merged tasks in its metadata, so the next step continues from the file alone.\n"
             "\n"
-            "Run `nufilt help step` for every option and its default.\n",
+            "Run `nufilt help step` for every option and its default (`nufilt help --markdown`:\n"
+            "the library's options as a Markdown table).\n",
             nf_version());
 }
 
@@ -47,6 +48,10 @@ static void help_command(const char *cmd)
 {
     if (!cmd) {
         usage(stdout);
+        return;
+    }
+    if (!strcmp(cmd, "--markdown")) {
+        cli_print_markdown();
         return;
     }
     if (!strcmp(cmd, "step")) {

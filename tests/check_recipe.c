@@ -3,8 +3,10 @@
 #include "io/model.h"
 #include "core/util.h"
 #include "merge/select.h"
+#include "merge/options.h"
 #include "merge/recipe.h"
-#include "merge/run.h"
+#include "methods/method.h"
+#include "methods/registry.h"
 
 #include <math.h>
 #include <regex.h>
@@ -68,6 +70,58 @@ START_TEST(test_auto_detection)
         free(p);
     }
     tu_rmdir(dir);
+}
+END_TEST
+
+/* The one description of the options (merge/options.h): each recipe row's methods are exactly
+ * the methods whose nf_method_ops.params has its bit, every bit a method reads has a row, every
+ * row is found by its flag and its field, and a ranged row's range is the public table's row
+ * of that key. */
+START_TEST(test_option_table)
+{
+    size_t n = 0, nranges = 0, ranged = 0;
+    const nf_opt *t = nf_opt_table(&n);
+    const nf_option_range *r = nf_option_ranges(&nranges);
+    unsigned described = 0, read = 0;
+    for (int m = 0; m < NF_METHOD_COUNT; m++)
+        read |= nf_method_ops_get(m)->params;
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_ptr_eq(nf_opt_find(t[i].flag), &t[i]);
+        ck_assert_ptr_eq(nf_opt_find(t[i].field), &t[i]);
+        const nf_option_range *rg = nf_opt_range(&t[i]);
+        if (!t[i].bit) {
+            ck_assert_ptr_null(nf_opt_recipe_key(t[i].field));
+            continue;
+        }
+        ck_assert_ptr_eq(nf_opt_recipe_key(t[i].field), &t[i]);
+        described |= t[i].bit;
+        for (int m = 0; m < NF_METHOD_COUNT; m++) {
+            int reads = (nf_method_ops_get(m)->params & t[i].bit) != 0;
+            ck_assert_msg(reads == !!(t[i].methods & (1u << m)), "%s / %s", t[i].field,
+                          nf_method_get(m)->name);
+        }
+        if (rg) {
+            ck_assert_ptr_eq(rg, &r[ranged++]);
+            ck_assert_str_eq(rg->key, t[i].field);
+            ck_assert_str_eq(rg->option, t[i].flag);
+            ck_assert_uint_eq(rg->methods, t[i].methods);
+        }
+    }
+    ck_assert_uint_eq(ranged, nranges);
+    ck_assert_uint_eq(described, read);
+    /* the defaults as the table writes them, per method */
+    size_t len;
+    const char *d = nf_opt_default_text(nf_opt_find("lr"), NF_METHOD_WUDI, &len);
+    ck_assert_int_eq(strncmp(d, "1e-5", len), 0);
+    d = nf_opt_default_text(nf_opt_find("lr"), NF_METHOD_NUFILT, &len);
+    ck_assert_int_eq(strncmp(d, "1e-3", len), 0);
+    d = nf_opt_default_text(nf_opt_find("scale"), NF_METHOD_TSVM, &len);
+    ck_assert_int_eq(strncmp(d, "1", len), 0);
+    char buf[128];
+    nf_opt_describe_default(nf_opt_find("scale"), buf, sizeof buf);
+    ck_assert_str_eq(buf, "ta 0.3, ties 0.3, magmax 0.5, isoc 1, tsvm 1");
+    nf_opt_describe_default(nf_opt_find("null_rank"), buf, sizeof buf);
+    ck_assert_str_eq(buf, "128");
 }
 END_TEST
 
@@ -334,6 +388,7 @@ int main(void)
     tcase_add_test(tc, test_auto_detection);
     tcase_add_test(tc, test_recipe_conflicts);
     tcase_add_test(tc, test_option_ranges);
+    tcase_add_test(tc, test_option_table);
     tcase_add_test(tc, test_regex_check);
     tcase_add_test(tc, test_recorded_strict);
     suite_add_tcase(s, tc);

@@ -10,16 +10,8 @@
 
 #include <stdint.h>
 
+#include "../io/lowrank.h"
 #include "../io/model.h"
-
-/* tau = scale * B A (B: m x r, A: r x n), or scale * (B A)^T when transpose is set
- * (fan_in_fan_out Conv1D weights, embedding LoRA); m x n is the base tensor's shape. */
-typedef struct nf_lowrank {
-    const nf_tensor *a, *b;
-    int rank;
-    int transpose;
-    double scale;
-} nf_lowrank;
 
 enum {
     NF_TSRC_BASE = 0, /* not in the adapter: the task's value is the base's (tau = 0) */
@@ -51,10 +43,5 @@ int nf_adapter_is_dir(const char *path);
  * as tau (DoRA, other PEFT types, ...), names every key it cannot place, checks every shape. */
 int nf_adapter_open(const char *dir, const nf_model *base, nf_adapter **out, nf_error *err);
 void nf_adapter_close(nf_adapter *a);
-
-/* Effective factors as float32 host arrays in the orientation of the base tensor:
- * bf (m x r) and af (r x n) with tau = scale * bf af. Malloc'd; free both. */
-int nf_lowrank_factors(const nf_lowrank *lr, int m, int n, float **bf, float **af,
-                       nf_error *err);
 
 #endif

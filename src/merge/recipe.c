@@ -14,21 +14,29 @@
 
 #include "../core/util.h"
 #include "../io/json.h"
+#include "options.h"
 #include "select.h"
+
+/* An option's field in nf_options or nf_params, by its table row's offset. */
+#define AT(T, base, off) (*(T *)((char *)(base) + (off)))
+#define CAT(T, base, off) (*(const T *)((const char *)(base) + (off)))
 
 static void options_defaults(nf_options *o)
 {
     memset(o, 0, sizeof *o);
     o->struct_size = sizeof *o;
     o->method = -1;
-    o->null_rank = o->task_rank = o->lora_rank = -1;
-    o->lr = NAN;
-    o->iters = -1;
-    o->seed = -1;
-    o->compat = NF_COMPAT_UNSET;
-    o->rank_tol = NAN;
-    o->scale = o->keep = o->alpha = NAN;
-    o->opcm_zero_diag = -1;
+    size_t n;
+    const nf_opt *t = nf_opt_table(&n);
+    for (size_t i = 0; i < n && t[i].bit; i++) {
+        switch (t[i].kind) {
+        case NF_OPT_INT:
+        case NF_OPT_BOOL: AT(int, o, t[i].o_off) = -1; break;
+        case NF_OPT_NUM: AT(double, o, t[i].o_off) = NAN; break;
+        case NF_OPT_SEED: AT(int64_t, o, t[i].o_off) = -1; break;
+        default: break; /* ENUM: 0 (NF_COMPAT_UNSET); PRESET, LAYERS: NULL */
+        }
+    }
     o->out_dtype = NF_DTYPE_INVALID;
     o->svd = NF_SVD_FAST;
 }
@@ -73,140 +81,60 @@ int nf_options_import(const nf_options *in, nf_options *out, nf_error *err)
     out->struct_size = sizeof *out;
     return NF_OK;
 }
-
-/* ---- the methods ---- */
-
-extern const nf_method_ops nf_method_nufilt;
-#define NF_BASELINE(name) extern const nf_method_ops nf_method_##name;
-NF_BASELINE(wa)
-NF_BASELINE(ta)
-NF_BASELINE(ties)
-NF_BASELINE(magmax)
-NF_BASELINE(opcm)
-NF_BASELINE(wudi)
-NF_BASELINE(isoc)
-NF_BASELINE(tsvm)
-
-static const nf_method_ops *const methods[NF_METHOD_COUNT] = {
-    [NF_METHOD_NUFILT] = &nf_method_nufilt, [NF_METHOD_WA] = &nf_method_wa,
-    [NF_METHOD_TA] = &nf_method_ta,         [NF_METHOD_TIES] = &nf_method_ties,
-    [NF_METHOD_MAGMAX] = &nf_method_magmax, [NF_METHOD_OPCM] = &nf_method_opcm,
-    [NF_METHOD_WUDI] = &nf_method_wudi,     [NF_METHOD_ISOC] = &nf_method_isoc,
-    [NF_METHOD_TSVM] = &nf_method_tsvm,
-};
-
-const nf_method_ops *nf_method_ops_get(int id)
-{
-    return id >= 0 && id < NF_METHOD_COUNT ? methods[id] : NULL;
-}
-
-const nf_method_info *nf_method_get(int id)
-{
-    const nf_method_ops *m = nf_method_ops_get(id);
-    return m ? &m->info : NULL;
-}
-
-int nf_method_from_name(const char *name)
-{
-    for (int i = 0; i < NF_METHOD_COUNT; i++)
-        if (strcmp(methods[i]->info.name, name) == 0)
-            return i;
-    return -1;
-}
-
 /* ---- defaults ---- */
 
+static int enum_index(const nf_opt *t, const char *name, size_t len)
+{
+    for (int k = 1; t->names[k]; k++)
+        if (strlen(t->names[k]) == len && strncmp(t->names[k], name, len) == 0)
+            return k;
+    return 0;
+}
+
+/* The name of an enumerated value (the first, the default, for a value it does not name). */
+static const char *enum_name(const nf_opt *t, int v)
+{
+    for (int k = 1; t->names[k]; k++)
+        if (k == v)
+            return t->names[k];
+    return t->names[1];
+}
+
+/* Each option's default for the method, as the table writes it. */
 static void defaults(int method, nf_params *p)
 {
     memset(p, 0, sizeof *p);
     p->method = method;
-    p->null_rank = 128;
-    p->task_rank = 8;
-    p->lora_rank = 64;
-    p->lr = method == NF_METHOD_WUDI ? 1e-5 : 1e-3;
-    p->iters = 50;
-    p->seed = 0;
-    p->compat = NF_COMPAT_PAPER;
-    p->rank_tol = 1e-6;
-    p->keep = 0.2;
-    p->alpha = 0.5;
-    p->opcm_zero_diag = 0;
-    switch (method) {
-    case NF_METHOD_TA:
-    case NF_METHOD_TIES: p->scale = 0.3; break;
-    case NF_METHOD_MAGMAX: p->scale = 0.5; break;
-    default: p->scale = 1.0; break;
+    size_t n;
+    const nf_opt *t = nf_opt_table(&n);
+    for (size_t i = 0; i < n && t[i].bit; i++) {
+        size_t len;
+        const char *d = nf_opt_default_text(&t[i], method, &len);
+        char v[32];
+        snprintf(v, sizeof v, "%.*s", (int)len, d);
+        switch (t[i].kind) {
+        case NF_OPT_INT: AT(int, p, t[i].p_off) = (int)strtol(v, NULL, 10); break;
+        case NF_OPT_NUM: AT(double, p, t[i].p_off) = strtod(v, NULL); break;
+        case NF_OPT_SEED: AT(uint64_t, p, t[i].p_off) = strtoull(v, NULL, 10); break;
+        case NF_OPT_ENUM: AT(int, p, t[i].p_off) = enum_index(&t[i], d, len); break;
+        case NF_OPT_BOOL: AT(int, p, t[i].p_off) = strcmp(v, "on") == 0; break;
+        default: break; /* the selection: preset "" and no layers until resolved */
+        }
     }
 }
 
-/* ---- the ranges of the numeric options ---- */
-
-#define M(id) (1u << NF_METHOD_##id)
-/* The largest |--scale| taken: every published lambda of these methods is at most a few; the
- * bound keeps a recorded value from scaling the task vectors to infinity. Adam's step is lr
- * per element and iteration, so --lr above 1 moves weights by whole units per step. */
-static const nf_option_range ranges[] = {
-    {"null-rank", "null_rank", 1, 0, 65536, 0, 0, M(NUFILT)},
-    {"task-rank", "task_rank", 1, 0, 65536, 0, 0, M(NUFILT)},
-    {"lora-rank", "lora_rank", 1, 0, 65536, 0, 0, M(NUFILT)},
-    {"lr", "lr", 0, 0, 1, 0, 0, M(NUFILT) | M(WUDI)},
-    {"iters", "iters", 1, 0, 1000000, 0, 0, M(NUFILT) | M(WUDI)},
-    {"seed", "seed", 1, 0, 9223372036854775807.0, 0, 0, M(NUFILT)},
-    {"rank-tol", "rank_tol", 0, 0, 1, 0, 1, M(NUFILT)},
-    {"scale", "scale", 0, -100, 100, 0, 0, M(TA) | M(TIES) | M(MAGMAX) | M(ISOC) | M(TSVM)},
-    {"keep", "keep", 0, 0, 1, 1, 0, M(TIES)},
-    {"alpha", "alpha", 0, 0, 1, 0, 0, M(OPCM)},
-};
-#undef M
-
-/* The recipe bit of each row, in the table's order. */
-static const unsigned range_bits[] = {
-    NF_P_NULL_RANK, NF_P_TASK_RANK, NF_P_LORA_RANK, NF_P_LR,    NF_P_ITERS,
-    NF_P_SEED,      NF_P_RANK_TOL,  NF_P_SCALE,     NF_P_KEEP, NF_P_ALPHA,
-};
-#define NRANGES (sizeof ranges / sizeof ranges[0])
-_Static_assert(sizeof range_bits / sizeof range_bits[0] == NRANGES, "one bit per range");
-
-const nf_option_range *nf_option_ranges(size_t *count)
+/* The row of a recipe bit (the first of preset/layers for NF_P_SELECT). */
+static const nf_opt *row_of(unsigned bit)
 {
-    if (count)
-        *count = NRANGES;
-    return ranges;
-}
-
-const nf_option_range *nf_option_range_find(const char *name)
-{
-    for (size_t i = 0; name && i < NRANGES; i++)
-        if (strcmp(ranges[i].option, name) == 0 || strcmp(ranges[i].key, name) == 0)
-            return &ranges[i];
+    size_t n;
+    const nf_opt *t = nf_opt_table(&n);
+    for (size_t i = 0; i < n && t[i].bit; i++)
+        if (t[i].bit == bit)
+            return &t[i];
     return NULL;
 }
 
-int nf_option_range_ok(const nf_option_range *r, double v)
-{
-    if (!r || !isfinite(v) || (r->integer && v != floor(v)))
-        return 0;
-    if (r->min_open ? !(v > r->min) : !(v >= r->min))
-        return 0;
-    return r->max_open ? v < r->max : v <= r->max;
-}
-
-void nf_option_range_describe(const nf_option_range *r, char *buf, size_t n)
-{
-    if (!r || !n)
-        return;
-    if (r->integer && r->max >= 9.2e18)
-        snprintf(buf, n, "an integer from %.0f to 2^63-1", r->min);
-    else if (r->integer)
-        snprintf(buf, n, "an integer from %.0f to %.0f", r->min, r->max);
-    else
-        snprintf(buf, n, "a number in %c%g, %g%c", r->min_open ? '(' : '[', r->min, r->max,
-                 r->max_open ? ')' : ']');
-}
-
 /* ---- the recipe as JSON (only the fields the method reads) ---- */
-
-static const char *compat_name(int c) { return c == NF_COMPAT_REFERENCE ? "reference" : "paper"; }
 
 char *nf_params_json(const nf_params *p)
 {
@@ -215,24 +143,25 @@ char *nf_params_json(const nf_params *p)
     nf_sb sb = {0};
     nf_sb_puts(&sb, "{");
     const char *sep = "";
-#define FIELD(bit, fmt, ...)                                   \
-    if (f & (bit)) {                                           \
-        nf_sb_printf(&sb, "%s" fmt, sep, __VA_ARGS__);         \
-        sep = ",";                                             \
+    size_t n;
+    const nf_opt *t = nf_opt_table(&n);
+    for (size_t i = 0; i < n && t[i].bit; i++) {
+        if (!(f & t[i].bit) || t[i].kind == NF_OPT_PRESET || t[i].kind == NF_OPT_LAYERS)
+            continue;
+        nf_sb_printf(&sb, "%s\"%s\":", sep, t[i].field);
+        sep = ",";
+        size_t off = t[i].p_off;
+        switch (t[i].kind) {
+        case NF_OPT_INT: nf_sb_printf(&sb, "%d", CAT(int, p, off)); break;
+        case NF_OPT_NUM: nf_sb_printf(&sb, "%.17g", CAT(double, p, off)); break;
+        case NF_OPT_SEED:
+            nf_sb_printf(&sb, "%llu", (unsigned long long)CAT(uint64_t, p, off));
+            break;
+        case NF_OPT_ENUM: nf_sb_printf(&sb, "\"%s\"", enum_name(&t[i], CAT(int, p, off))); break;
+        case NF_OPT_BOOL: nf_sb_puts(&sb, CAT(int, p, off) ? "true" : "false"); break;
+        }
     }
-    FIELD(NF_P_NULL_RANK, "\"null_rank\":%d", p->null_rank)
-    FIELD(NF_P_TASK_RANK, "\"task_rank\":%d", p->task_rank)
-    FIELD(NF_P_LORA_RANK, "\"lora_rank\":%d", p->lora_rank)
-    FIELD(NF_P_LR, "\"lr\":%.17g", p->lr)
-    FIELD(NF_P_ITERS, "\"iters\":%d", p->iters)
-    FIELD(NF_P_SEED, "\"seed\":%llu", (unsigned long long)p->seed)
-    FIELD(NF_P_COMPAT, "\"compat\":\"%s\"", compat_name(p->compat))
-    FIELD(NF_P_RANK_TOL, "\"rank_tol\":%.17g", p->rank_tol)
-    FIELD(NF_P_SCALE, "\"scale\":%.17g", p->scale)
-    FIELD(NF_P_KEEP, "\"keep\":%.17g", p->keep)
-    FIELD(NF_P_ALPHA, "\"alpha\":%.17g", p->alpha)
-    FIELD(NF_P_ZERO_DIAG, "\"opcm_zero_diag\":%s", p->opcm_zero_diag ? "true" : "false")
-#undef FIELD
+    /* the selection last */
     if (f & NF_P_SELECT) {
         nf_sb_printf(&sb, "%s", sep);
         if (p->layers) {
@@ -344,6 +273,184 @@ out:
     return rc;
 }
 
+/* A recorded number of the recipe, against its range. */
+static int read_number(const char *path, const nf_opt *t, const nf_json *v, recorded *r,
+                       nf_error *err)
+{
+    const nf_option_range *rg = nf_opt_range(t);
+    char want[64];
+    nf_option_range_describe(rg, want, sizeof want);
+    if (v->type != NF_JSON_NUMBER || (rg->integer && !v->is_int) ||
+        !nf_option_range_ok(rg, v->num) || (rg->integer && v->ival < 0)) {
+        if (v->type == NF_JSON_NUMBER)
+            return nf_error_set(err, NF_E_STATE,
+                                "%s: metadata nufilt.params records %s = %g, which is out of "
+                                "range (%s, as `%s`)",
+                                path, t->field, v->num, want, rg->key);
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.params records %s as something other than a "
+                            "number (%s, as `%s`)",
+                            path, t->field, want, rg->key);
+    }
+    size_t off = t->p_off;
+    switch (t->kind) {
+    case NF_OPT_INT: AT(int, &r->p, off) = (int)v->ival; break;
+    case NF_OPT_SEED: AT(uint64_t, &r->p, off) = (uint64_t)v->ival; break;
+    default: AT(double, &r->p, off) = v->num; break;
+    }
+    r->have |= t->bit;
+    return NF_OK;
+}
+
+/* A recorded enumeration, by one of its names. */
+static int read_enum(const char *path, const nf_opt *t, const nf_json *v, recorded *r,
+                     nf_error *err)
+{
+    int k = 0;
+    for (int i = 1; v->type == NF_JSON_STRING && !k && t->names[i]; i++)
+        if (strcmp(t->names[i], v->str) == 0)
+            k = i;
+    if (!k) {
+        char names[128];
+        size_t w = 0;
+        for (int i = 1; t->names[i] && w < sizeof names; i++)
+            w += (size_t)snprintf(names + w, sizeof names - w, "%s\"%s\"",
+                                  i == 1 ? "" : t->names[i + 1] ? ", " : " or ", t->names[i]);
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.params records %s as %s%.40s%s (%s)", path,
+                            t->field, v->type == NF_JSON_STRING ? "\"" : "",
+                            v->type == NF_JSON_STRING ? v->str : "something not a string",
+                            v->type == NF_JSON_STRING ? "\"" : "", names);
+    }
+    AT(int, &r->p, t->p_off) = k;
+    r->have |= t->bit;
+    return NF_OK;
+}
+
+static int read_bool(const char *path, const nf_opt *t, const nf_json *v, recorded *r,
+                     nf_error *err)
+{
+    if (v->type != NF_JSON_BOOL)
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.params records %s as something other than "
+                            "true or false",
+                            path, t->field);
+    AT(int, &r->p, t->p_off) = v->boolean;
+    r->have |= t->bit;
+    return NF_OK;
+}
+
+static int read_preset(const char *path, const nf_json *v, recorded *r, nf_error *err)
+{
+    static const char *const known[] = {"clip", "t5", "llama", "all-linear", NULL};
+    int k = 0;
+    while (v->type == NF_JSON_STRING && known[k] && strcmp(known[k], v->str) != 0)
+        k++;
+    if (v->type != NF_JSON_STRING || !known[k] || (r->have & NF_P_SELECT))
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.params records %s preset%s%.40s%s "
+                            "(clip, t5, llama or all-linear, and no layers beside it)",
+                            path, r->have & NF_P_SELECT ? "both layers and a" : "an unknown",
+                            v->type == NF_JSON_STRING ? " \"" : "",
+                            v->type == NF_JSON_STRING ? v->str : "",
+                            v->type == NF_JSON_STRING ? "\"" : "");
+    r->have |= NF_P_SELECT;
+    r->preset = nf_strdup(v->str);
+    return r->preset ? NF_OK : nf_error_set(err, NF_E_NOMEM, "out of memory");
+}
+
+static int read_layers(const char *path, const nf_json *v, recorded *r, nf_error *err)
+{
+    char why[160];
+    if (r->have & NF_P_SELECT)
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.params records both a preset and layers", path);
+    if (v->type != NF_JSON_STRING || strlen(v->str) != v->len)
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.params records layers as something other "
+                            "than one regular expression without U+0000",
+                            path);
+    if (nf_regex_check(v->str, why, sizeof why))
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.params records a `layers` expression "
+                            "\"%.80s\" that is not accepted: %s",
+                            path, v->str, why);
+    regex_t re;
+    if (regcomp(&re, v->str, REG_EXTENDED | REG_NOSUB) != 0)
+        return nf_error_set(err, NF_E_STATE,
+                            "%s: metadata nufilt.params records a bad `layers` expression "
+                            "\"%.80s\"",
+                            path, v->str);
+    regfree(&re);
+    r->have |= NF_P_SELECT;
+    r->layers = nf_strdup(v->str);
+    return r->layers ? NF_OK : nf_error_set(err, NF_E_NOMEM, "out of memory");
+}
+
+/* nufilt.params: each key one of the recipe's, its value checked as the table says. */
+static int read_params(const char *path, const char *params, recorded *r, nf_error *err)
+{
+    nf_json *j = nf_json_parse(params, strlen(params), NULL, 0);
+    if (!j || j->type != NF_JSON_OBJECT) {
+        nf_json_free(j);
+        return nf_error_set(err, NF_E_STATE, "%s: metadata nufilt.params is not a JSON object",
+                            path);
+    }
+    int rc = NF_OK;
+    for (size_t i = 0; i < j->n && rc == NF_OK; i++) {
+        const nf_json *v = &j->items[i];
+        const nf_opt *t = nf_opt_recipe_key(v->key);
+        if (!t) {
+            rc = nf_error_set(err, NF_E_STATE,
+                              "%s: metadata nufilt.params records an unknown key \"%.40s\"",
+                              path, v->key);
+            break;
+        }
+        switch (t->kind) {
+        case NF_OPT_ENUM: rc = read_enum(path, t, v, r, err); break;
+        case NF_OPT_BOOL: rc = read_bool(path, t, v, r, err); break;
+        case NF_OPT_PRESET: rc = read_preset(path, v, r, err); break;
+        case NF_OPT_LAYERS: rc = read_layers(path, v, r, err); break;
+        default: rc = read_number(path, t, v, r, err); break;
+        }
+    }
+    nf_json_free(j);
+    return rc;
+}
+
+/* nufilt.state: the method's numbers carried from step to step. */
+static int read_state(const char *path, const char *state, recorded *r, nf_error *err)
+{
+    nf_json *s = nf_json_parse(state, strlen(state), NULL, 0);
+    if (!s || s->type != NF_JSON_OBJECT) {
+        nf_json_free(s);
+        return nf_error_set(err, NF_E_STATE, "%s: metadata nufilt.state is not a JSON object",
+                            path);
+    }
+    int rc = NF_OK;
+    for (size_t i = 0; i < s->n && rc == NF_OK; i++) {
+        const char *key = s->items[i].key;
+        const nf_json *v = &s->items[i];
+        double *dst = strcmp(key, "lambda") == 0       ? &r->state.lambda
+                      : strcmp(key, "norm_sum") == 0   ? &r->state.norm_sum
+                      : strcmp(key, "norm_count") == 0 ? &r->state.norm_count
+                                                       : NULL;
+        if (!dst)
+            rc = nf_error_set(err, NF_E_STATE,
+                              "%s: metadata nufilt.state records an unknown key \"%.40s\"", path,
+                              key);
+        else if (v->type != NF_JSON_NUMBER || !isfinite(v->num) || v->num < 0 || v->num > 1e300)
+            rc = nf_error_set(err, NF_E_STATE,
+                              "%s: metadata nufilt.state records %s as something other than a "
+                              "finite non-negative number",
+                              path, key);
+        else
+            *dst = v->num;
+    }
+    nf_json_free(s);
+    return rc;
+}
+
 static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
 {
     const char *path = prev->path;
@@ -371,223 +478,59 @@ static int read_recorded(const nf_model *prev, recorded *r, nf_error *err)
                             path, step);
     r->step = (int)st;
     int rc = check_tasks(path, tasks, r->step, err);
-    if (rc)
-        return rc;
-    nf_json *j = nf_json_parse(params, strlen(params), NULL, 0);
-    if (!j || j->type != NF_JSON_OBJECT) {
-        nf_json_free(j);
-        return nf_error_set(err, NF_E_STATE, "%s: metadata nufilt.params is not a JSON object",
-                            path);
-    }
-    for (size_t i = 0; i < j->n && rc == NF_OK; i++) {
-        const char *key = j->items[i].key;
-        const nf_json *v = &j->items[i];
-        const nf_option_range *rg = nf_option_range_find(key);
-        if (rg && strcmp(rg->key, key) == 0) {
-            unsigned bit = range_bits[rg - ranges];
-            char want[64];
-            nf_option_range_describe(rg, want, sizeof want);
-            if (v->type != NF_JSON_NUMBER || (rg->integer && !v->is_int) ||
-                !nf_option_range_ok(rg, v->num) || (rg->integer && v->ival < 0)) {
-                if (v->type == NF_JSON_NUMBER)
-                    rc = nf_error_set(err, NF_E_STATE,
-                                      "%s: metadata nufilt.params records %s = %g, which is "
-                                      "out of range (%s, as `%s`)",
-                                      path, key, v->num, want, rg->key);
-                else
-                    rc = nf_error_set(err, NF_E_STATE,
-                                      "%s: metadata nufilt.params records %s as something other "
-                                      "than a number (%s, as `%s`)",
-                                      path, key, want, rg->key);
-                break;
-            }
-            r->have |= bit;
-            switch (bit) {
-            case NF_P_NULL_RANK: r->p.null_rank = (int)v->ival; break;
-            case NF_P_TASK_RANK: r->p.task_rank = (int)v->ival; break;
-            case NF_P_LORA_RANK: r->p.lora_rank = (int)v->ival; break;
-            case NF_P_LR: r->p.lr = v->num; break;
-            case NF_P_ITERS: r->p.iters = (int)v->ival; break;
-            case NF_P_SEED: r->p.seed = (uint64_t)v->ival; break;
-            case NF_P_RANK_TOL: r->p.rank_tol = v->num; break;
-            case NF_P_SCALE: r->p.scale = v->num; break;
-            case NF_P_KEEP: r->p.keep = v->num; break;
-            case NF_P_ALPHA: r->p.alpha = v->num; break;
-            }
-        } else if (strcmp(key, "compat") == 0) {
-            if (v->type != NF_JSON_STRING ||
-                (strcmp(v->str, "paper") != 0 && strcmp(v->str, "reference") != 0)) {
-                rc = nf_error_set(err, NF_E_STATE,
-                                  "%s: metadata nufilt.params records compat as %s%.40s%s "
-                                  "(\"paper\" or \"reference\")",
-                                  path, v->type == NF_JSON_STRING ? "\"" : "",
-                                  v->type == NF_JSON_STRING ? v->str : "something not a string",
-                                  v->type == NF_JSON_STRING ? "\"" : "");
-                break;
-            }
-            r->have |= NF_P_COMPAT;
-            r->p.compat = strcmp(v->str, "reference") == 0 ? NF_COMPAT_REFERENCE
-                                                           : NF_COMPAT_PAPER;
-        } else if (strcmp(key, "opcm_zero_diag") == 0) {
-            if (v->type != NF_JSON_BOOL) {
-                rc = nf_error_set(err, NF_E_STATE,
-                                  "%s: metadata nufilt.params records opcm_zero_diag as "
-                                  "something other than true or false",
-                                  path);
-                break;
-            }
-            r->have |= NF_P_ZERO_DIAG;
-            r->p.opcm_zero_diag = v->boolean;
-        } else if (strcmp(key, "preset") == 0) {
-            static const char *const known[] = {"clip", "t5", "llama", "all-linear", NULL};
-            int k = 0;
-            while (v->type == NF_JSON_STRING && known[k] && strcmp(known[k], v->str) != 0)
-                k++;
-            if (v->type != NF_JSON_STRING || !known[k] || (r->have & NF_P_SELECT)) {
-                rc = nf_error_set(err, NF_E_STATE,
-                                  "%s: metadata nufilt.params records %s preset%s%.40s%s "
-                                  "(clip, t5, llama or all-linear, and no layers beside it)",
-                                  path, r->have & NF_P_SELECT ? "both layers and a" : "an unknown",
-                                  v->type == NF_JSON_STRING ? " \"" : "",
-                                  v->type == NF_JSON_STRING ? v->str : "",
-                                  v->type == NF_JSON_STRING ? "\"" : "");
-                break;
-            }
-            r->have |= NF_P_SELECT;
-            r->preset = nf_strdup(v->str);
-        } else if (strcmp(key, "layers") == 0) {
-            char why[160];
-            if (r->have & NF_P_SELECT) {
-                rc = nf_error_set(err, NF_E_STATE,
-                                  "%s: metadata nufilt.params records both a preset and layers",
-                                  path);
-                break;
-            }
-            if (v->type != NF_JSON_STRING || strlen(v->str) != v->len) {
-                rc = nf_error_set(err, NF_E_STATE,
-                                  "%s: metadata nufilt.params records layers as something other "
-                                  "than one regular expression without U+0000",
-                                  path);
-                break;
-            }
-            if (nf_regex_check(v->str, why, sizeof why)) {
-                rc = nf_error_set(err, NF_E_STATE,
-                                  "%s: metadata nufilt.params records a `layers` expression "
-                                  "\"%.80s\" that is not accepted: %s",
-                                  path, v->str, why);
-                break;
-            }
-            regex_t re;
-            if (regcomp(&re, v->str, REG_EXTENDED | REG_NOSUB) != 0) {
-                rc = nf_error_set(err, NF_E_STATE,
-                                  "%s: metadata nufilt.params records a bad `layers` expression "
-                                  "\"%.80s\"",
-                                  path, v->str);
-                break;
-            }
-            regfree(&re);
-            r->have |= NF_P_SELECT;
-            r->layers = nf_strdup(v->str);
-        } else {
-            rc = nf_error_set(err, NF_E_STATE,
-                              "%s: metadata nufilt.params records an unknown key \"%.40s\"", path,
-                              key);
-        }
-    }
-    if (rc == NF_OK && ((r->preset == NULL && (r->have & NF_P_SELECT) && !r->layers)))
-        rc = nf_error_set(err, NF_E_NOMEM, "out of memory");
-    if (rc == NF_OK && state) {
-        nf_json *s = nf_json_parse(state, strlen(state), NULL, 0);
-        if (!s || s->type != NF_JSON_OBJECT) {
-            nf_json_free(s);
-            rc = nf_error_set(err, NF_E_STATE, "%s: metadata nufilt.state is not a JSON object",
-                              path);
-            goto out;
-        }
-        for (size_t i = 0; i < s->n && rc == NF_OK; i++) {
-            const char *key = s->items[i].key;
-            const nf_json *v = &s->items[i];
-            double *dst = strcmp(key, "lambda") == 0      ? &r->state.lambda
-                          : strcmp(key, "norm_sum") == 0   ? &r->state.norm_sum
-                          : strcmp(key, "norm_count") == 0 ? &r->state.norm_count
-                                                           : NULL;
-            if (!dst)
-                rc = nf_error_set(err, NF_E_STATE,
-                                  "%s: metadata nufilt.state records an unknown key \"%.40s\"",
-                                  path, key);
-            else if (v->type != NF_JSON_NUMBER || !isfinite(v->num) || v->num < 0 ||
-                     v->num > 1e300)
-                rc = nf_error_set(err, NF_E_STATE,
-                                  "%s: metadata nufilt.state records %s as something other than "
-                                  "a finite non-negative number",
-                                  path, key);
-            else
-                *dst = v->num;
-        }
-        nf_json_free(s);
-    }
-out:
-    nf_json_free(j);
+    if (rc == NF_OK)
+        rc = read_params(path, params, r, err);
+    if (rc == NF_OK && state)
+        rc = read_state(path, state, r, err);
     return rc;
 }
 
 /* ---- resolution ---- */
 
-static const char *opt_name(unsigned bit)
+/* The library's name of a recipe bit: "`null_rank`", "`preset`/`layers`". */
+static void opt_name(unsigned bit, char *buf, size_t n)
 {
-    switch (bit) {
-    case NF_P_NULL_RANK: return "`null_rank`";
-    case NF_P_TASK_RANK: return "`task_rank`";
-    case NF_P_LORA_RANK: return "`lora_rank`";
-    case NF_P_LR: return "`lr`";
-    case NF_P_ITERS: return "`iters`";
-    case NF_P_SEED: return "`seed`";
-    case NF_P_COMPAT: return "`compat`";
-    case NF_P_RANK_TOL: return "`rank_tol`";
-    case NF_P_SELECT: return "`preset`/`layers`";
-    case NF_P_SCALE: return "`scale`";
-    case NF_P_KEEP: return "`keep`";
-    case NF_P_ALPHA: return "`alpha`";
-    case NF_P_ZERO_DIAG: return "`opcm_zero_diag`";
-    }
-    return "?";
+    size_t count, w = 0;
+    const nf_opt *t = nf_opt_table(&count);
+    buf[0] = '\0';
+    for (size_t i = 0; i < count && t[i].bit && w < n; i++)
+        if (t[i].bit == bit)
+            w += (size_t)snprintf(buf + w, n - w, "%s`%s`", w ? "/" : "", t[i].field);
 }
 
 static unsigned options_set(const nf_options *o)
 {
     unsigned s = 0;
-    if (o->null_rank >= 0) s |= NF_P_NULL_RANK;
-    if (o->task_rank >= 0) s |= NF_P_TASK_RANK;
-    if (o->lora_rank >= 0) s |= NF_P_LORA_RANK;
-    if (!isnan(o->lr)) s |= NF_P_LR;
-    if (o->iters >= 0) s |= NF_P_ITERS;
-    if (o->seed >= 0) s |= NF_P_SEED;
-    if (o->compat != NF_COMPAT_UNSET) s |= NF_P_COMPAT;
-    if (!isnan(o->rank_tol)) s |= NF_P_RANK_TOL;
-    if (o->preset || o->layers) s |= NF_P_SELECT;
-    if (!isnan(o->scale)) s |= NF_P_SCALE;
-    if (!isnan(o->keep)) s |= NF_P_KEEP;
-    if (!isnan(o->alpha)) s |= NF_P_ALPHA;
-    if (o->opcm_zero_diag >= 0) s |= NF_P_ZERO_DIAG;
+    size_t n;
+    const nf_opt *t = nf_opt_table(&n);
+    for (size_t i = 0; i < n && t[i].bit; i++) {
+        size_t off = t[i].o_off;
+        int set = 0;
+        switch (t[i].kind) {
+        case NF_OPT_INT:
+        case NF_OPT_BOOL: set = CAT(int, o, off) >= 0; break;
+        case NF_OPT_NUM: set = !isnan(CAT(double, o, off)); break;
+        case NF_OPT_SEED: set = CAT(int64_t, o, off) >= 0; break;
+        case NF_OPT_ENUM: set = CAT(int, o, off) != 0; break;
+        default: set = CAT(const char *, o, off) != NULL; break;
+        }
+        if (set)
+            s |= t[i].bit;
+    }
     return s;
 }
 
 static void fmt_value(unsigned bit, const nf_params *p, char *buf, size_t n)
 {
-    switch (bit) {
-    case NF_P_NULL_RANK: snprintf(buf, n, "%d", p->null_rank); break;
-    case NF_P_TASK_RANK: snprintf(buf, n, "%d", p->task_rank); break;
-    case NF_P_LORA_RANK: snprintf(buf, n, "%d", p->lora_rank); break;
-    case NF_P_LR: snprintf(buf, n, "%g", p->lr); break;
-    case NF_P_ITERS: snprintf(buf, n, "%d", p->iters); break;
-    case NF_P_SEED: snprintf(buf, n, "%llu", (unsigned long long)p->seed); break;
-    case NF_P_COMPAT: snprintf(buf, n, "%s", compat_name(p->compat)); break;
-    case NF_P_RANK_TOL: snprintf(buf, n, "%g", p->rank_tol); break;
-    case NF_P_SCALE: snprintf(buf, n, "%g", p->scale); break;
-    case NF_P_KEEP: snprintf(buf, n, "%g", p->keep); break;
-    case NF_P_ALPHA: snprintf(buf, n, "%g", p->alpha); break;
-    case NF_P_ZERO_DIAG: snprintf(buf, n, "%s", p->opcm_zero_diag ? "on" : "off"); break;
-    case NF_P_SELECT:
+    const nf_opt *t = row_of(bit);
+    size_t off = t ? t->p_off : 0;
+    switch (t ? t->kind : -1) {
+    case NF_OPT_INT: snprintf(buf, n, "%d", CAT(int, p, off)); break;
+    case NF_OPT_NUM: snprintf(buf, n, "%g", CAT(double, p, off)); break;
+    case NF_OPT_SEED: snprintf(buf, n, "%llu", (unsigned long long)CAT(uint64_t, p, off)); break;
+    case NF_OPT_ENUM: snprintf(buf, n, "%s", enum_name(t, CAT(int, p, off))); break;
+    case NF_OPT_BOOL: snprintf(buf, n, "%s", CAT(int, p, off) ? "on" : "off"); break;
+    case NF_OPT_PRESET:
         snprintf(buf, n, "%s%s", p->layers ? "`layers` " : "`preset` ",
                  p->layers ? p->layers : p->preset);
         break;
@@ -597,20 +540,15 @@ static void fmt_value(unsigned bit, const nf_params *p, char *buf, size_t n)
 
 static int same(unsigned bit, const nf_params *a, const nf_params *b)
 {
-    switch (bit) {
-    case NF_P_NULL_RANK: return a->null_rank == b->null_rank;
-    case NF_P_TASK_RANK: return a->task_rank == b->task_rank;
-    case NF_P_LORA_RANK: return a->lora_rank == b->lora_rank;
-    case NF_P_LR: return a->lr == b->lr;
-    case NF_P_ITERS: return a->iters == b->iters;
-    case NF_P_SEED: return a->seed == b->seed;
-    case NF_P_COMPAT: return a->compat == b->compat;
-    case NF_P_RANK_TOL: return a->rank_tol == b->rank_tol;
-    case NF_P_SCALE: return a->scale == b->scale;
-    case NF_P_KEEP: return a->keep == b->keep;
-    case NF_P_ALPHA: return a->alpha == b->alpha;
-    case NF_P_ZERO_DIAG: return a->opcm_zero_diag == b->opcm_zero_diag;
-    case NF_P_SELECT:
+    const nf_opt *t = row_of(bit);
+    size_t off = t ? t->p_off : 0;
+    switch (t ? t->kind : -1) {
+    case NF_OPT_INT:
+    case NF_OPT_ENUM:
+    case NF_OPT_BOOL: return CAT(int, a, off) == CAT(int, b, off);
+    case NF_OPT_NUM: return CAT(double, a, off) == CAT(double, b, off);
+    case NF_OPT_SEED: return CAT(uint64_t, a, off) == CAT(uint64_t, b, off);
+    case NF_OPT_PRESET:
         if (!!a->layers != !!b->layers)
             return 0;
         return a->layers ? strcmp(a->layers, b->layers) == 0 : strcmp(a->preset, b->preset) == 0;
@@ -618,37 +556,33 @@ static int same(unsigned bit, const nf_params *a, const nf_params *b)
     return 1;
 }
 
-static void take(unsigned bit, nf_params *dst, const nf_options *o)
+/* dst's field of a recipe bit from o (the options) or from src (a recipe); the selection is
+ * left to the caller. */
+static void take(unsigned bit, nf_params *dst, const nf_options *o, const nf_params *src)
 {
-    switch (bit) {
-    case NF_P_NULL_RANK: dst->null_rank = o->null_rank; break;
-    case NF_P_TASK_RANK: dst->task_rank = o->task_rank; break;
-    case NF_P_LORA_RANK: dst->lora_rank = o->lora_rank; break;
-    case NF_P_LR: dst->lr = o->lr; break;
-    case NF_P_ITERS: dst->iters = o->iters; break;
-    case NF_P_SEED: dst->seed = (uint64_t)o->seed; break;
-    case NF_P_COMPAT: dst->compat = o->compat; break;
-    case NF_P_RANK_TOL: dst->rank_tol = o->rank_tol; break;
-    case NF_P_SCALE: dst->scale = o->scale; break;
-    case NF_P_KEEP: dst->keep = o->keep; break;
-    case NF_P_ALPHA: dst->alpha = o->alpha; break;
-    case NF_P_ZERO_DIAG: dst->opcm_zero_diag = o->opcm_zero_diag; break;
+    const nf_opt *t = row_of(bit);
+    if (!t)
+        return;
+    size_t po = t->p_off;
+    switch (t->kind) {
+    case NF_OPT_INT:
+    case NF_OPT_ENUM:
+    case NF_OPT_BOOL: AT(int, dst, po) = o ? CAT(int, o, t->o_off) : CAT(int, src, po); break;
+    case NF_OPT_NUM:
+        AT(double, dst, po) = o ? CAT(double, o, t->o_off) : CAT(double, src, po);
+        break;
+    case NF_OPT_SEED:
+        AT(uint64_t, dst, po) = o ? (uint64_t)CAT(int64_t, o, t->o_off) : CAT(uint64_t, src, po);
+        break;
     }
 }
 
-static double param_value(unsigned bit, const nf_params *p)
+static double param_value(const nf_opt *t, const nf_params *p)
 {
-    switch (bit) {
-    case NF_P_NULL_RANK: return p->null_rank;
-    case NF_P_TASK_RANK: return p->task_rank;
-    case NF_P_LORA_RANK: return p->lora_rank;
-    case NF_P_LR: return p->lr;
-    case NF_P_ITERS: return p->iters;
-    case NF_P_SEED: return (double)p->seed;
-    case NF_P_RANK_TOL: return p->rank_tol;
-    case NF_P_SCALE: return p->scale;
-    case NF_P_KEEP: return p->keep;
-    case NF_P_ALPHA: return p->alpha;
+    switch (t->kind) {
+    case NF_OPT_INT: return CAT(int, p, t->p_off);
+    case NF_OPT_SEED: return (double)CAT(uint64_t, p, t->p_off);
+    case NF_OPT_NUM: return CAT(double, p, t->p_off);
     }
     return 0;
 }
@@ -656,14 +590,17 @@ static double param_value(unsigned bit, const nf_params *p)
 /* The options the method reads, against the one table of ranges. */
 static int check_ranges(const nf_params *p, unsigned used, nf_error *err)
 {
-    for (size_t i = 0; i < NRANGES; i++) {
-        if (!(used & range_bits[i]))
+    size_t n;
+    const nf_opt *t = nf_opt_table(&n);
+    for (size_t i = 0; i < n && t[i].bit; i++) {
+        const nf_option_range *rg = nf_opt_range(&t[i]);
+        if (!rg || !(used & t[i].bit))
             continue;
-        double v = param_value(range_bits[i], p);
-        if (!nf_option_range_ok(&ranges[i], v)) {
+        double v = param_value(&t[i], p);
+        if (!nf_option_range_ok(rg, v)) {
             char want[64];
-            nf_option_range_describe(&ranges[i], want, sizeof want);
-            return nf_error_set(err, NF_E_ARG, "`%s` %g: expected %s", ranges[i].key, v, want);
+            nf_option_range_describe(rg, want, sizeof want);
+            return nf_error_set(err, NF_E_ARG, "`%s` %g: expected %s", rg->key, v, want);
         }
     }
     if (p->method == NF_METHOD_MAGMAX && p->scale == 0)
@@ -671,6 +608,67 @@ static int check_ranges(const nf_params *p, unsigned used, nf_error *err)
                             "`scale` 0 is not allowed with `method` magmax (the merged task "
                             "vector is divided by it)");
     return NF_OK;
+}
+
+/* The recipe prev recorded (from defaults p), each option the method reads present, and each
+ * one the user set (want) the same. */
+static int resolve_recorded(const nf_options *o, const nf_method_ops *m, const nf_model *prev,
+                            const recorded *rec, const nf_params *want, nf_params *got,
+                            nf_error *err)
+{
+    unsigned set = options_set(o);
+    got->layers = rec->layers;
+    if (rec->preset)
+        snprintf(got->preset, sizeof got->preset, "%s", rec->preset);
+    for (unsigned bit = 1; bit && bit <= m->params; bit <<= 1) {
+        if (!(m->params & bit))
+            continue;
+        char name[64];
+        opt_name(bit, name, sizeof name);
+        if (!(rec->have & bit))
+            return nf_error_set(err, NF_E_STATE, "%s: metadata lacks %s of the recipe",
+                                prev->path, name);
+        take(bit, got, NULL, &rec->p);
+        if ((set & bit) && !same(bit, want, got)) {
+            char a[160], b[160];
+            fmt_value(bit, want, a, sizeof a);
+            fmt_value(bit, got, b, sizeof b);
+            return nf_error_set(err, NF_E_STATE,
+                                "%s %s conflicts with %s recorded in %s (a stream keeps one "
+                                "recipe; leave the option out to continue it)",
+                                name, a, b, prev->path);
+        }
+    }
+    return NF_OK;
+}
+
+/* The recipe the user asks for: the method's defaults, the options set, the selection
+ * resolved on the base. */
+static int resolve_wanted(const nf_options *o, const nf_method_ops *m, const nf_model *base,
+                          nf_params *want, nf_error *err)
+{
+    unsigned set = options_set(o);
+    unsigned extra = set & ~m->params;
+    if (extra) {
+        char name[64];
+        opt_name(extra & -extra, name, sizeof name);
+        return nf_error_set(err, NF_E_ARG, "%s does not apply to `method` %s", name,
+                            m->info.name);
+    }
+    for (unsigned bit = 1; bit && bit <= set; bit <<= 1)
+        if (set & bit)
+            take(bit, want, o, NULL);
+    if (!(m->params & NF_P_SELECT))
+        return NF_OK;
+    if (o->layers) {
+        want->layers = (char *)o->layers;
+        return NF_OK;
+    }
+    const char *res;
+    int rc = nf_preset_resolve(base, o->preset, &res, err);
+    if (rc == NF_OK)
+        snprintf(want->preset, sizeof want->preset, "%s", res);
+    return rc;
 }
 
 int nf_recipe_resolve(const nf_options *o, const nf_model *base, const nf_model *prev,
@@ -687,8 +685,8 @@ int nf_recipe_resolve(const nf_options *o, const nf_model *base, const nf_model 
             rc = nf_error_set(err, NF_E_STATE,
                               "%s was merged with `method` %s; this step asks for `method` %s "
                               "(a stream keeps one method)",
-                              prev->path, methods[rec.method]->info.name,
-                              methods[o->method]->info.name);
+                              prev->path, nf_method_get(rec.method)->name,
+                              nf_method_get(o->method)->name);
             goto out;
         }
         method = rec.method;
@@ -700,69 +698,15 @@ int nf_recipe_resolve(const nf_options *o, const nf_model *base, const nf_model 
                           m ? m->info.name : "?");
         goto out;
     }
-    unsigned set = options_set(o);
-    unsigned extra = set & ~m->params;
-    if (extra) {
-        unsigned bit = extra & -extra;
-        rc = nf_error_set(err, NF_E_ARG, "%s does not apply to `method` %s", opt_name(bit),
-                          m->info.name);
-        goto out;
-    }
     nf_params p;
     defaults(method, &p);
     nf_params want = p;
-    for (unsigned bit = 1; bit <= NF_P_ZERO_DIAG; bit <<= 1)
-        if (set & bit)
-            take(bit, &want, o);
-    /* the selection as the user asked for it, resolved on the base */
-    if (m->params & NF_P_SELECT) {
-        if (o->layers) {
-            want.layers = (char *)o->layers;
-        } else {
-            const char *res;
-            if ((rc = nf_preset_resolve(base, o->preset, &res, err)))
-                goto out;
-            snprintf(want.preset, sizeof want.preset, "%s", res);
-        }
-    }
+    if ((rc = resolve_wanted(o, m, base, &want, err)))
+        goto out;
     if (prev) {
         nf_params got = p;
-        got.layers = rec.layers;
-        if (rec.preset)
-            snprintf(got.preset, sizeof got.preset, "%s", rec.preset);
-        for (unsigned bit = 1; bit <= NF_P_ZERO_DIAG; bit <<= 1) {
-            if (!(m->params & bit))
-                continue;
-            if (!(rec.have & bit)) {
-                rc = nf_error_set(err, NF_E_STATE, "%s: metadata lacks %s of the recipe",
-                                  prev->path, opt_name(bit));
-                goto out;
-            }
-            switch (bit) {
-            case NF_P_NULL_RANK: got.null_rank = rec.p.null_rank; break;
-            case NF_P_TASK_RANK: got.task_rank = rec.p.task_rank; break;
-            case NF_P_LORA_RANK: got.lora_rank = rec.p.lora_rank; break;
-            case NF_P_LR: got.lr = rec.p.lr; break;
-            case NF_P_ITERS: got.iters = rec.p.iters; break;
-            case NF_P_SEED: got.seed = rec.p.seed; break;
-            case NF_P_COMPAT: got.compat = rec.p.compat; break;
-            case NF_P_RANK_TOL: got.rank_tol = rec.p.rank_tol; break;
-            case NF_P_SCALE: got.scale = rec.p.scale; break;
-            case NF_P_KEEP: got.keep = rec.p.keep; break;
-            case NF_P_ALPHA: got.alpha = rec.p.alpha; break;
-            case NF_P_ZERO_DIAG: got.opcm_zero_diag = rec.p.opcm_zero_diag; break;
-            }
-            if ((set & bit) && !same(bit, &want, &got)) {
-                char a[160], b[160];
-                fmt_value(bit, &want, a, sizeof a);
-                fmt_value(bit, &got, b, sizeof b);
-                rc = nf_error_set(err, NF_E_STATE,
-                                  "%s %s conflicts with %s recorded in %s (a stream keeps one "
-                                  "recipe; leave the option out to continue it)",
-                                  opt_name(bit), a, b, prev->path);
-                goto out;
-            }
-        }
+        if ((rc = resolve_recorded(o, m, prev, &rec, &want, &got, err)))
+            goto out;
         p = got;
         *step = rec.step + 1;
         *prev_state = rec.state;

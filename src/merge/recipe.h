@@ -2,7 +2,8 @@
 #ifndef NF_RECIPE_H
 #define NF_RECIPE_H
 
-#include "run.h"
+#include "../methods/method.h"
+#include "../methods/registry.h"
 
 /* Resolves the recipe of a step from the options, the base (for the preset) and the previous
  * merged model's metadata (NULL at the first step); gives the 1-based step index and the

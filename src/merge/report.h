@@ -3,7 +3,7 @@
 #ifndef NF_REPORT_H
 #define NF_REPORT_H
 
-#include "run.h"
+#include "../methods/method.h"
 
 typedef struct nf_report nf_report;
 

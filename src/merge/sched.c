@@ -13,6 +13,7 @@
 #include "../core/util.h"
 #include "../core/dtype.h"
 #include "../dist/dist.h"
+#include "adapter.h"
 
 /* --max-memory: the estimated working memory of the jobs in flight stays under the cap; a job
  * waits until enough finishes, and one that alone exceeds the cap is an error. */

@@ -3,7 +3,7 @@
 #ifndef NF_SCHED_H
 #define NF_SCHED_H
 
-#include "run.h"
+#include "../methods/method.h"
 
 /* cpu_workers: worker threads for each CPU device (GPU devices get one each). Statistics of
  * the linear-algebra layer are added to *stats. */

@@ -19,6 +19,7 @@
 #include "../io/json.h"
 #include "../io/outpath.h"
 #include "../io/tree.h"
+#include "adapter.h"
 #include "card.h"
 #include "recipe.h"
 #include "report.h"

@@ -7,7 +7,7 @@
 #ifndef NF_BASELINE_H
 #define NF_BASELINE_H
 
-#include "../merge/run.h"
+#include "method.h"
 
 /* elements per chunk of the element-wise stream (per input: 256 KiB of float32) */
 #define BL_CHUNK 65536

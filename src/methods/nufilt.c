@@ -21,7 +21,7 @@
 
 #include "../core/util.h"
 #include "../linalg/rng.h"
-#include "../merge/run.h"
+#include "method.h"
 #include "nufilt.h"
 
 #define LORA_STD 0.02

@@ -10,7 +10,7 @@
 
 #include "../core/dtype.h"
 #include "../core/util.h"
-#include "run.h"
+#include "method.h"
 
 int nf_job_dims(const nf_job *job, int *rows, int *cols)
 {

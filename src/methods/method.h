@@ -1,9 +1,12 @@
 /*
- * One continual step in progress: the models, the resolved recipe, the output being written,
- * and the per-tensor jobs the scheduler hands to a method. Internal.
+ * The method interface: what a merge method (a file of src/methods) is given and may call. One
+ * continual step in progress (the models, the resolved recipe, the output being written), the
+ * per-tensor jobs the scheduler hands to a method, the helpers a job calls (job.c), and the
+ * operations a method implements (nf_method_ops). The step driver (src/merge) includes it;
+ * nothing here includes src/merge (a PEFT adapter is opaque to the methods). Internal.
  */
-#ifndef NF_RUN_H
-#define NF_RUN_H
+#ifndef NF_METHOD_H
+#define NF_METHOD_H
 
 #include <pthread.h>
 #include <stddef.h>
@@ -12,7 +15,7 @@
 #include "../io/model.h"
 #include "../io/writer.h"
 #include "../linalg/la.h"
-#include "adapter.h"
+#include "../io/lowrank.h"
 
 /* The merge recipe: what must stay the same from step to step of a stream. */
 typedef struct nf_params {
@@ -100,6 +103,8 @@ enum {
     NF_P_RANK_TOL = 1u << 7, NF_P_SELECT = 1u << 8, NF_P_SCALE = 1u << 9, NF_P_KEEP = 1u << 10,
     NF_P_ALPHA = 1u << 11, NF_P_ZERO_DIAG = 1u << 12,
 };
+
+typedef struct nf_adapter nf_adapter; /* src/merge/adapter.h; opaque here */
 
 struct nf_run {
     const nf_method_ops *method;
@@ -203,7 +208,5 @@ int nf_job_put_f32_at(nf_job *job, uint64_t first, const float *vals, size_t n);
 /* The same ranges of the tensor's float32 slot in the scratch file. */
 int nf_job_spill_write_at(nf_job *job, uint64_t first, const float *vals, size_t n);
 int nf_job_spill_read_at(nf_job *job, uint64_t first, float *vals, size_t n);
-
-const nf_method_ops *nf_method_ops_get(int id);
 
 #endif
