@@ -50,13 +50,28 @@ START_TEST(test_writer_single_and_sharded)
         ck_assert_msg(nf_model_open(out, &m, &err) == NF_OK, "%s", err.msg);
         ck_assert_str_eq(nf_model_metadata_get(m, "nufilt.step"), "7");
         ck_assert_uint_eq(nf_model_shard_count(m), sharded ? 2 : 1);
+        /* every element, in each dtype: the values are exact in BF16 and F16, so the
+         * expected bits are the float's upper half and IEEE half's encoding */
+        const nf_tensor *w1 = nf_model_tensor(m, "w1");
+        ck_assert_int_eq(w1->dtype, NF_F32);
+        ck_assert_int_eq(memcmp(w1->data, v, sizeof v), 0);
         const nf_tensor *w2 = nf_model_tensor(m, "w2");
         ck_assert_int_eq(w2->dtype, NF_BF16);
-        uint16_t b;
-        memcpy(&b, w2->data + 2 * 5, 2);
-        ck_assert(b == 0x40B0); /* 5.5 */
+        for (int k = 0; k < 16; k++) {
+            uint16_t b;
+            uint32_t f;
+            memcpy(&b, w2->data + 2 * k, 2);
+            memcpy(&f, &v[k], 4);
+            ck_assert_uint_eq(b, f >> 16);
+        }
+        uint16_t b5;
+        memcpy(&b5, w2->data + 2 * 5, 2);
+        ck_assert(b5 == 0x40B0); /* 5.5 */
         const nf_tensor *w3 = nf_model_tensor(m, "w3");
         ck_assert_int_eq(w3->ndim, 1);
+        ck_assert_int_eq(w3->dtype, NF_F16);
+        const uint16_t half[3] = {0x3800, 0x3E00, 0x4100}; /* 0.5, 1.5, 2.5 */
+        ck_assert_int_eq(memcmp(w3->data, half, sizeof half), 0);
         if (sharded) {
             char *c2 = tu_path(out, "config.json"), *bin = tu_path(out, "pytorch_model.bin");
             ck_assert(nf_exists(c2));    /* non-weight files are copied */
