@@ -1,5 +1,5 @@
 /*
- * Shared pieces of the continual baselines (docs: /work/shared/spec/baselines.md): the tensor
+ * Shared pieces of the continual baselines (docs/baselines.md, "Exact update rules"): the tensor
  * classes of the spec, a chunked element-wise stream over one tensor (bounded memory whatever
  * the tensor's size), the first-step rules, and loading the two task vectors of a step.
  * Internal to src/methods.

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Independent NumPy reference of the eight continual-merging baselines of nufilt.
 
-Written from /work/shared/spec/baselines.md alone (not from the C sources).
+Written from the rules of docs/baselines.md ("Exact update rules") alone, not
+from the C sources.
 Pure functions on dicts ``name -> numpy array``; all floating-point arithmetic
 is done in float64 on the decoded inputs (float32 / float16 / bf16-decoded-to-
 float32 arrays).  Non-float tensors (int64 position ids, ...) are never touched:

@@ -1,4 +1,4 @@
-"""Independent NumPy reference of NUFILT (shared/spec/nufilt.md), float64 throughout.
+"""Independent NumPy reference of NUFILT (docs/method.md), float64 throughout.
 
     nufilt_step(base, prev_merged_or_None, task, step_index, params) -> merged
 

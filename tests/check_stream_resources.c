@@ -277,8 +277,8 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("growth");
-    TCase *tc = tcase_create("growth");
+    Suite *s = suite_create("stream_resources");
+    TCase *tc = tcase_create("stream_resources");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, steps_do_not_accumulate);
     tcase_add_test(tc, merge_does_not_accumulate);
