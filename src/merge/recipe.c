@@ -387,16 +387,25 @@ static int read_layers(const char *path, const nf_json *v, recorded *r, nf_error
     return r->layers ? NF_OK : nf_error_set(err, NF_E_NOMEM, "out of memory");
 }
 
+/* A recorded metadata value that must be a JSON object. */
+static int parse_object(const char *path, const char *key, const char *text, nf_json **out,
+                        nf_error *err)
+{
+    *out = nf_json_parse(text, strlen(text), NULL, 0);
+    if (*out && (*out)->type == NF_JSON_OBJECT)
+        return NF_OK;
+    nf_json_free(*out);
+    *out = NULL;
+    return nf_error_set(err, NF_E_STATE, "%s: metadata %s is not a JSON object", path, key);
+}
+
 /* nufilt.params: each key one of the recipe's, its value checked as the table says. */
 static int read_params(const char *path, const char *params, recorded *r, nf_error *err)
 {
-    nf_json *j = nf_json_parse(params, strlen(params), NULL, 0);
-    if (!j || j->type != NF_JSON_OBJECT) {
-        nf_json_free(j);
-        return nf_error_set(err, NF_E_STATE, "%s: metadata nufilt.params is not a JSON object",
-                            path);
-    }
-    int rc = NF_OK;
+    nf_json *j;
+    int rc = parse_object(path, "nufilt.params", params, &j, err);
+    if (rc)
+        return rc;
     for (size_t i = 0; i < j->n && rc == NF_OK; i++) {
         const nf_json *v = &j->items[i];
         const nf_opt *t = nf_opt_recipe_key(v->key);
@@ -421,13 +430,10 @@ static int read_params(const char *path, const char *params, recorded *r, nf_err
 /* nufilt.state: the method's numbers carried from step to step. */
 static int read_state(const char *path, const char *state, recorded *r, nf_error *err)
 {
-    nf_json *s = nf_json_parse(state, strlen(state), NULL, 0);
-    if (!s || s->type != NF_JSON_OBJECT) {
-        nf_json_free(s);
-        return nf_error_set(err, NF_E_STATE, "%s: metadata nufilt.state is not a JSON object",
-                            path);
-    }
-    int rc = NF_OK;
+    nf_json *s;
+    int rc = parse_object(path, "nufilt.state", state, &s, err);
+    if (rc)
+        return rc;
     for (size_t i = 0; i < s->n && rc == NF_OK; i++) {
         const char *key = s->items[i].key;
         const nf_json *v = &s->items[i];
