@@ -25,6 +25,14 @@ static int fail(const nf_error *e)
             usleep(100000);
         return 1;
     }
+    if (cli_rank_prefix[0]) {
+        /* over several ranks an error can be another rank's stop seen from here: a rank
+         * stopped by a signal removes the shared scratch directory, so the shard this rank
+         * writes vanishes under it. The launcher ends every rank within moments of that
+         * rank's death and names it; wait briefly so the cause, not this echo, is reported */
+        for (int i = 0; i < 30 && !cli_stopping; i++)
+            usleep(100000);
+    }
     char msg[2 * sizeof e->msg];
     cli_flags(e->msg[0] ? e->msg : nf_status_message(e->code), msg, sizeof msg);
     fprintf(stderr, "nufilt: error: %s%s\n", cli_rank_prefix, msg);

@@ -136,9 +136,13 @@ static void on_signal(int sig)
         }
         /* one write, so that a message another thread prints meanwhile (a write that
          * failed because its temporary is gone) cannot land inside it */
-        char msg[96] = "nufilt: stopped by ";
+        char msg[160] = "nufilt: ";
         size_t n = strlen(msg);
-        for (const char *q = name; *q && n < 60; q++)
+        for (const char *q = cli_rank_prefix; *q && n < 60; q++) /* "rank R of N: " */
+            msg[n++] = *q;
+        for (const char *q = "stopped by "; *q; q++)
+            msg[n++] = *q;
+        for (const char *q = name; *q && n < 120; q++)
             msg[n++] = *q;
         const char *tail = "; temporary files removed\n";
         for (const char *q = tail; *q; q++)
