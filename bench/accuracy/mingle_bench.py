@@ -15,6 +15,7 @@ import argparse
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -65,6 +66,19 @@ def timed_accuracy(model, batches, head):
     return a, time.perf_counter() - t0, time.process_time() - c0
 
 
+def wait_for_checkpoint(ckpt, name, wait):
+    """finetune.py renames a checkpoint into place, then adds its references entry."""
+    def ready():
+        refs = common.read_json(os.path.join(ckpt, "references.json"), {})
+        return (os.path.exists(os.path.join(ckpt, name + ".safetensors"))
+                and name in refs.get("tasks", {}))
+    if not wait or ready():
+        return
+    log("waiting for the fine-tuned %s" % name)
+    while not ready():
+        time.sleep(10)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--orders", type=int, default=5)
@@ -76,6 +90,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--docs", default=os.path.join(common.REPO, "docs"))
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--wait-checkpoints", action="store_true",
+                    help="start while finetune.py is still running: wait for each task's "
+                    "checkpoint when the stream reaches it")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if not os.environ.get("NUFILT_LIBRARY") and a.nufilt:
@@ -97,7 +114,7 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     tag = "tasks-" + "-".join(sorted(names)) if a.tasks else "all"
     missing = [n for n in names if not os.path.exists(os.path.join(ckpt, n + ".safetensors"))]
-    if missing and not a.report_only:
+    if missing and not a.report_only and not a.wait_checkpoints:
         log("missing fine-tuned checkpoints in %s: %s (run finetune.py first)"
             % (ckpt, ", ".join(missing)))
         return 2
@@ -144,6 +161,7 @@ def main(argv=None):
         acc, steps = {}, []
         for t, n in enumerate(order, 1):
             teacher = common.new_encoder()
+            wait_for_checkpoint(ckpt, n, a.wait_checkpoints)
             common.load_weights(teacher, common.load_state(os.path.join(ckpt, n +
                                                                         ".safetensors")))
             teacher.eval()
@@ -183,7 +201,10 @@ def main(argv=None):
                res["mingle"]["params_added"], t_mingle / max(t_base, 1e-9)))
         # NUFILT on the same held-out examples
         if a.nufilt:
+            for n in order:
+                wait_for_checkpoint(ckpt, n, a.wait_checkpoints)
             work = os.path.join(common.CACHE, "work", "mingle-nufilt-order%d" % v)
+            shutil.rmtree(work, ignore_errors=True)  # no step file of an earlier run stays
             os.makedirs(os.path.join(work, "steps"), exist_ok=True)
             cmd = [a.nufilt, "merge", "--base", common.base_dir(), "--out",
                    os.path.join(work, "merged.safetensors"), "--save-steps",
@@ -218,6 +239,7 @@ def main(argv=None):
                     % (v, 100 * nA, 100 * nB))
         res["loadavg"].append(os.getloadavg())
         common.write_json(path, res)
+    refs = common.read_json(os.path.join(ckpt, "references.json"), {}).get("tasks", {})
     report(out_dir, tag, names, refs, a.docs, len(names))
     return 0
 
