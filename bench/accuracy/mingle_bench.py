@@ -95,6 +95,11 @@ def main(argv=None):
                     "checkpoint when the stream reaches it")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
+    # libnufilt computes MINGLE's SVDs with the system OpenBLAS, loaded below, which would
+    # otherwise start one thread per core and wait for them by spinning on sched_yield: on a
+    # shared, oversubscribed 2-core machine a single task's step then took 20 minutes of wall
+    # time for half a minute of CPU. The run is --threads N throughout.
+    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(a.threads)
     if not os.environ.get("NUFILT_LIBRARY") and a.nufilt:
         # the library built beside the program (build*/src/libnufilt.so)
         lib = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(a.nufilt))), "src",
