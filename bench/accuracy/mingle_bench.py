@@ -347,6 +347,21 @@ def report(out_dir, tag, names, refs, docs, ntasks):
                 k = "%d,%d" % (T, i)
                 per_task.setdefault(n, []).append(r["mingle"]["acc"][k] - r["nufilt"]["acc"][k])
         pt = sorted(((sum(v) / len(v), n) for n, v in per_task.items()), reverse=True)
+
+        def diag(r, key):  # mean a(t, t): each task's accuracy right after it is added
+            T = len(r["order"])
+            return sum(r[key]["acc"]["%d,%d" % (t, t)] for t in range(1, T + 1)) / T
+        both = [r for r in runs if "nufilt" in r]
+        lines += ["", "Mean a(t, t), each task's accuracy right after it is added (%%), MINGLE / "
+                  "NUFILT: %s; mean difference %+.1f points. Paired ACC difference per order, "
+                  "MINGLE − NUFILT: %s (sample std %.1f)." % (
+                      "; ".join("order %d %.1f / %.1f" % (r["order_index"],
+                                                          100 * diag(r, "mingle"),
+                                                          100 * diag(r, "nufilt"))
+                                for r in both),
+                      100 * _mean([diag(r, "mingle") - diag(r, "nufilt") for r in both]),
+                      ", ".join("%+.1f" % (100 * d) for d in dacc),
+                      100 * evaluate.mean_std(dacc)[1])]
         lines += ["", "Reading (from these runs): MINGLE's ACC is %+.1f points and its BWT %+.1f "
                   "points against data-free NUFILT on the same held-out examples (mean over "
                   "%d order(s)). Final accuracy difference per task, MINGLE − NUFILT: %s. "
