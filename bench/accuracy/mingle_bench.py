@@ -242,6 +242,7 @@ def main(argv=None):
                                  "merge_seconds": merge_s, "merge_cpu_seconds": merge_cpu}
                 log("nufilt order %d (same held-out examples): ACC %.1f BWT %+.1f"
                     % (v, 100 * nA, 100 * nB))
+            shutil.rmtree(work, ignore_errors=True)  # 8 step files, about 700 MB
         res["loadavg"].append(os.getloadavg())
         common.write_json(path, res)
     refs = common.read_json(os.path.join(ckpt, "references.json"), {}).get("tasks", {})
