@@ -256,6 +256,7 @@ class Bench:
         res = {"method": key, "label": label, "args": method_args, "order_index": v,
                "order": order, "command": " ".join(cmd), "full_triangle": full}
         log(f"{key} order {v}: merging {T} tasks")
+        res["loadavg_start"] = os.getloadavg()  # 1, 5, 15 min (the machine may be shared)
         t0 = time.time()
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -317,6 +318,7 @@ class Bench:
             grams = self.ensure_grams()  # also loads self.task_states
             res["surrogates"] = analysis.surrogates(step_states, self.task_states, order, grams)
             res["analysis_seconds"] = time.time() - t0
+        res["loadavg_end"] = os.getloadavg()
         log(f"{key} order {v}: ACC {100 * res['ACC']:.1f} BWT {100 * res['BWT']:+.1f} "
             f"(merge {res['merge_seconds']:.0f} s, {res['eval_count']} evals "
             f"{res['eval_seconds']:.0f} s)")

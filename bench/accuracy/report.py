@@ -642,6 +642,14 @@ def svd_section(summary):
     ok = abs(macc) <= SVD_TOLERANCE and abs(mbwt) <= SVD_TOLERANCE
     w("Merge seconds are wall time on the machine as it was (shared machines swing by 2x); "
       "CPU seconds per step vary less.")
+    loads = [x for d in (g, f) for v in both for x in (d[v].get("loadavg_start"),
+                                                       d[v].get("loadavg_end")) if x]
+    if loads:
+        one = [x[0] for x in loads]
+        w(f"Load average (1 min) at the start and end of these runs: {min(one):.1f} to "
+          f"{max(one):.1f}, mean {sum(one) / len(one):.1f} (the machine above; "
+          f"{summary.get('settings', {}).get('jobs', 1)} parallel runs, nufilt "
+          f"--threads {summary.get('settings', {}).get('merge_threads') or 'default'}).")
     w("")
     w(f"Mean differences: ACC {macc:+.2f}, BWT {mbwt:+.2f} points over {len(both)} task "
       f"order{'s' if len(both) != 1 else ''}: "
