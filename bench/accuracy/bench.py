@@ -28,7 +28,7 @@ import finetune  # noqa: E402
 
 NUFILT_ARGS = ["--method", "nufilt", "--preset", "all-linear"]
 # (key, label, arguments). Paper defaults: NUFILT r_p 128, r_v 8, r_l 64, lr 1e-3, 50 iters;
-# baselines as in shared/spec/baselines.md (8-task defaults).
+# baselines as in docs/baselines.md (8-task defaults).
 METHODS = [  # NUFILT first: a run cut short by its time budget still has it
     ("nufilt", "NUFILT (r_p 128, r_v 8, r_l 64)", NUFILT_ARGS),
     ("nufilt-lora0", "NUFILT null-space only (--lora-rank 0)",

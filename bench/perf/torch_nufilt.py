@@ -20,9 +20,9 @@ with M and the products with V recomputed inside every iteration, and the output
 W = W_merged + tau P + tau B A on treated matrices, the base elsewhere (the paper-mode rule:
 untreated tensors stay at the base).
 
---init nufilt (default) draws A with nufilt's counter-based generator (shared/spec, "Random
-numbers": mix64 / fnv1a64 / Box-Muller, computed here in NumPy), so the merged weights can be
-compared with nufilt's to float32 tolerance; --init torch draws A with torch.randn (seed
+--init nufilt (default) draws A with nufilt's counter-based generator (docs/method.md,
+"Random numbers": mix64 / fnv1a64 / Box-Muller, computed here in NumPy), so the merged weights
+can be compared with nufilt's to float32 tolerance; --init torch draws A with torch.randn (seed
 --seed), as the published code does.
 
 Timings (seconds) go to stdout as one JSON line and to --report: load, svd, train, write,
