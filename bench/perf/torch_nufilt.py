@@ -57,6 +57,11 @@ def treated(name, shape, preset):
     raise ValueError(preset)
 
 
+def progress(msg):
+    """One line on stderr, so that a long run shows how far it got."""
+    print(f"torch_nufilt: {msg}", file=sys.stderr, flush=True)
+
+
 def top_right(x, r, tol):
     """Top r right singular vectors of x as columns [d_in, k], exact SVD."""
     r = min(r, *x.shape)
@@ -107,8 +112,12 @@ def main():
         w0 = w0.float()
         wm = fp.get_tensor(name).float()
         tau = ft.get_tensor(name).float() - w0
-        layers.append(dict(name=name, dtype=dt, w0=w0, wm=wm, tau=tau, prev=wm - w0))
+        # Only tau and prev stay in memory: the output re-reads the merged weights, so a
+        # BF16 LLaMA-style step holds two float32 copies of the treated weights here, not four.
+        layers.append(dict(name=name, dtype=dt, tau=tau, prev=wm - w0))
+        del w0, wm
     t_load = time.perf_counter() - t_start
+    progress(f"loaded {len(layers)} treated matrices in {t_load:.1f} s")
 
     # exact SVDs, the filter, the adapter's initial factors
     t0 = time.perf_counter()
@@ -116,6 +125,7 @@ def main():
         L["Vp"] = top_right(L["prev"], a.null_rank, a.rank_tol)
         L["Vt"] = top_right(L["tau"], a.task_rank, a.rank_tol)
     t_svd = time.perf_counter() - t0
+    progress(f"SVDs done in {t_svd:.1f} s")
 
     t0 = time.perf_counter()
     params = []
@@ -145,9 +155,11 @@ def main():
             opt.step()
             if it == 0 or it == a.iters - 1:
                 losses.append(float(loss.detach()))
+            if (it + 1) % 10 == 0:
+                progress(f"Adam iteration {it + 1} of {a.iters}, {time.perf_counter() - t0:.1f} s")
     with torch.no_grad():
         for L in layers:
-            w = L["wm"] + L["tauP"] + (L["tau"] @ L["B"]) @ L["A"]
+            w = fp.get_tensor(L["name"]).float() + L["tauP"] + (L["tau"] @ L["B"]) @ L["A"]
             out[L["name"]] = w.to(L["dtype"])
     t_train = time.perf_counter() - t0
 
