@@ -29,7 +29,7 @@
 #  cpu-gesdd and against torch (bench/perf/compare.py).
 #  LLaMA-style step t = 2 with --svd gesdd and the default --svd fast (--llama-reps each,
 #  default 1), --svd gram and --svd randomized once, and the PyTorch implementation
-#  (--llama-torch-reps, default 1; it converts the BF16 models to float32 in memory):
+#  (--llama-torch-reps, default 1; it holds tau and prev of the treated matrices in float32):
 #  time and peak RssAnon, and the errors against cpu-gesdd and torch.
 #  --small runs everything on one-layer models (quick check of the pipeline, not a benchmark).
 #  --rsvd also runs bench/perf/rsvd_accuracy.py, bench/perf/svd_bench and bench/perf/gemm_bench
