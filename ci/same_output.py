@@ -262,7 +262,14 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep DIR/out-old and DIR/out-new")
     a = ap.parse_args()
     work = os.path.abspath(a.workdir)
+    # the script removes and rewrites folders inside DIR: only in a folder it made itself
+    marker = os.path.join(work, ".same_output-workdir")
+    if os.path.isdir(work) and os.listdir(work) and not os.path.exists(marker):
+        sys.stderr.write("same_output.py: --workdir %s holds files this script did not write; "
+                         "name an empty or new folder\n" % work)
+        return 2
     os.makedirs(work, exist_ok=True)
+    open(marker, "a").close()
     do_vit, do_bl = not a.no_vit, not a.no_baselines
     try:
         old, new = resolve(a.old), resolve(a.new)
