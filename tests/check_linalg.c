@@ -274,6 +274,58 @@ START_TEST(test_svd_lowrank_vs_jacobi)
 }
 END_TEST
 
+/* A host SVD result holding NaN is computed again once, and a second one is an error
+ * (la_svd.c; the fault seen with OpenBLAS 0.3.21 in docs/performance.md, injected here through
+ * nf_la_test_poison_svd). Loop index: 0 exact, 1 gram, 2 fast, 3 randomized. The repeat must give exactly the result of an undisturbed run (the CPU
+ * solvers are deterministic); --svd fast's repeat is its precise path, the gram mode's result. */
+START_TEST(test_svd_nonfinite_retry)
+{
+    static const int mode_of[] = {NF_LA_SVD_EXACT, NF_LA_SVD_GRAM, NF_LA_SVD_FAST,
+                                  NF_LA_SVD_RANDOMIZED};
+    int mode = mode_of[_i], m = 60, n = 40, r = 4;
+    double s[40];
+    for (int j = 0; j < 40; j++)
+        s[j] = 4.0 * pow(j + 1.0, -1.0);
+    float *x = malloc(sizeof(float) * m * n);
+    make_spectrum(m, n, s, 21, x);
+    nf_mat X, V, Vref;
+    nf_la_alloc(&la, m, n, &X);
+    nf_la_upload(&la, &X, x);
+    nf_svd_args a = {r, -1.0, mode == NF_LA_SVD_FAST ? NF_LA_SVD_GRAM : mode, 4, 2, 77};
+    int rank;
+    /* the undisturbed result (for --svd fast, that of its precise path) */
+    ck_assert_int_eq(nf_la_test_poison_svd, 0);
+    ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &Vref, &rank, NULL), NF_OK);
+    ck_assert_int_eq(rank, r);
+    float *ref = malloc(sizeof(float) * r * n);
+    memcpy(ref, nf_la_host(&la, &Vref), sizeof(float) * r * n);
+    nf_la_free(&la, &Vref);
+    a.mode = mode;
+    /* one spoilt result: repeated, counted, and the same as undisturbed */
+    unsigned retries = la.stats.svd_retries;
+    nf_la_test_poison_svd = 1;
+    ck_assert_int_eq(nf_la_svd_right(&la, &X, &a, &V, &rank, NULL), NF_OK);
+    ck_assert_int_eq(nf_la_test_poison_svd, 0);
+    ck_assert_uint_eq(la.stats.svd_retries - retries, 1);
+    ck_assert_int_eq(V.rows, r);
+    ck_assert_msg(memcmp(nf_la_host(&la, &V), ref, sizeof(float) * r * n) == 0,
+                  "case %d: the repeated SVD differs from an undisturbed one", _i);
+    nf_la_free(&la, &V);
+    /* spoilt every time (--svd fast: its own result, then the precise path's twice): an
+     * error that says so, nothing returned */
+    nf_la_test_poison_svd = mode == NF_LA_SVD_FAST ? 3 : 2;
+    nf_error_clear(&err);
+    int rc = nf_la_svd_right(&la, &X, &a, &V, &rank, NULL);
+    ck_assert_int_eq(rc, NF_E_NUMERIC);
+    ck_assert_int_eq(nf_la_test_poison_svd, 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, "returned NaN or Inf twice"));
+    ck_assert_ptr_null(V.buf);
+    nf_la_free(&la, &X);
+    free(ref);
+    free(x);
+}
+END_TEST
+
 /* Loop index: bit 0 = wide (m < n), the rest the method (modes[]). */
 START_TEST(test_svd_rank_tolerance)
 {
@@ -610,6 +662,7 @@ int main(void)
                         (int)(sizeof lr_shapes / sizeof lr_shapes[0]));
     tcase_add_test(tc, test_adam_pytorch_semantics);
     tcase_add_test(tc, test_qr_dot_axpby);
+    tcase_add_loop_test(tc, test_svd_nonfinite_retry, 0, 4);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

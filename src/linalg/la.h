@@ -17,6 +17,7 @@ typedef struct nf_la_stats {
     double flops;      /* GEMM flops issued */
     unsigned fallbacks;/* operations that ran on the CPU for lack of a device slot */
     unsigned svd_precise; /* --svd fast: matrices handed to the double-precision Gram method */
+    unsigned svd_retries; /* host SVD results holding NaN or Inf, computed again (la_svd.c) */
 } nf_la_stats;
 
 typedef struct nf_la {
@@ -80,6 +81,11 @@ typedef struct nf_svd_args {
  * gram, fast; the rest 0). */
 int nf_la_svd_right(nf_la *la, const nf_mat *x, const nf_svd_args *a, nf_mat *vt, int *rank,
                     float *s);
+
+/* Test hook (tests/check_linalg.c): while positive, the next host SVD result that la_svd.c
+ * checks is overwritten with NaN before the check and the count goes down by one. Always 0
+ * outside that test. */
+extern int nf_la_test_poison_svd;
 
 /* The `--svd fast` method on its own, for a caller that already holds the Gram matrix:
  * the top right singular vectors of x (m x n) as the top eigenvectors of k = x^T x (n x n,

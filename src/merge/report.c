@@ -151,9 +151,10 @@ int nf_report_add_step(nf_report *r, const nf_run *run, const char *task, const 
     nf_sb_json_num(b, oa);
     nf_sb_printf(b,
                  ", \"seconds\": %.3f, \"svd_seconds\": %.3f, \"train_seconds\": %.3f, "
-                 "\"treated_tensor_seconds\": %.3f, \"gflop\": %.3f, \"svd_precise\": %u}\n    }",
+                 "\"treated_tensor_seconds\": %.3f, \"gflop\": %.3f, \"svd_precise\": %u, "
+                 "\"svd_retries\": %u}\n    }",
                  seconds, stats->svd_s, stats->train_s, tt, stats->flops * 1e-9,
-                 stats->svd_precise);
+                 stats->svd_precise, stats->svd_retries);
     if (b->oom)
         return nf_error_set(err, NF_E_NOMEM, "out of memory building the report");
     return NF_OK;

@@ -395,6 +395,7 @@ int nf_sched_pass(nf_run *run, int pass, nf_device **devs, int ndev, int cpu_wor
         stats->flops += ws[i].la.stats.flops;
         stats->fallbacks += ws[i].la.stats.fallbacks;
         stats->svd_precise += ws[i].la.stats.svd_precise;
+        stats->svd_retries += ws[i].la.stats.svd_retries;
     }
     free(ws);
     free(order);
