@@ -1,7 +1,11 @@
 /* NUFILT's closed-form gradients against finite differences of the objective evaluated
- * from its definition in double precision, and the first-step rules of both modes. */
+ * from its definition in double precision, the first-step rules of both modes, and a step
+ * whose SVD returns NaN. */
+#include <unistd.h>
+
 #include "backend/devices.h"
 #include "io/model.h"
+#include "linalg/la.h"
 #include "methods/nufilt.h"
 #include "testutil.h"
 
@@ -297,6 +301,63 @@ START_TEST(test_first_step_modes)
 }
 END_TEST
 
+/* A step whose SVD comes back with NaN (injected through nf_la_test_poison_svd, the fault of
+ * la_svd.c's comment): once, and the step repeats it and writes exactly what an undisturbed
+ * step writes; twice, and the step fails with a message naming the tensor, writing nothing. */
+START_TEST(test_step_svd_nonfinite)
+{
+    char *dir = tu_tmpdir();
+    enum { R3 = 12, C3 = 10 };
+    float base[R3 * C3], task[R3 * C3], task2[R3 * C3];
+    tu_fill(base, R3 * C3, 31, 1.0);
+    tu_fill(task, R3 * C3, 32, 1.0);
+    tu_fill(task2, R3 * C3, 33, 1.0);
+    for (int i = 0; i < R3 * C3; i++) {
+        task[i] = base[i] + 0.1f * task[i];
+        task2[i] = base[i] + 0.1f * task2[i];
+    }
+    const char *hdr = "{\"enc.attn.weight\":{\"dtype\":\"F32\",\"shape\":[12,10],"
+                      "\"data_offsets\":[0,480]}}";
+    char *pb = tu_path(dir, "base.safetensors"), *pt = tu_path(dir, "t1.safetensors");
+    char *pt2 = tu_path(dir, "t2.safetensors"), *p1 = tu_path(dir, "s1.safetensors");
+    char *pa = tu_path(dir, "clean.safetensors"), *pr = tu_path(dir, "retried.safetensors");
+    char *pf = tu_path(dir, "failed.safetensors");
+    tu_write_st(pb, hdr, base, sizeof base);
+    tu_write_st(pt, hdr, task, sizeof task);
+    tu_write_st(pt2, hdr, task2, sizeof task2);
+    nf_options o;
+    nf_options_init(&o);
+    o.null_rank = 3;
+    o.task_rank = 2;
+    o.lora_rank = 2;
+    o.threads = 1;
+    o.svd = NF_SVD_GESDD;
+    nf_error err = {0};
+    ck_assert_msg(nf_step(pb, pt, NULL, p1, &o, &err) == NF_OK, "%s", err.msg);
+    ck_assert_msg(nf_step(pb, pt2, p1, pa, &o, &err) == NF_OK, "%s", err.msg);
+    nf_la_test_poison_svd = 1;
+    ck_assert_msg(nf_step(pb, pt2, p1, pr, &o, &err) == NF_OK, "%s", err.msg);
+    ck_assert_int_eq(nf_la_test_poison_svd, 0);
+    nf_model *ma, *mr;
+    ck_assert_int_eq(nf_model_open(pa, &ma, &err), NF_OK);
+    ck_assert_int_eq(nf_model_open(pr, &mr, &err), NF_OK);
+    ck_assert(memcmp(ma->tensors[0].data, mr->tensors[0].data, sizeof base) == 0);
+    nf_model_close(ma);
+    nf_model_close(mr);
+    nf_la_test_poison_svd = 2;
+    ck_assert_int_eq(nf_step(pb, pt2, p1, pf, &o, &err), NF_E_NUMERIC);
+    ck_assert_int_eq(nf_la_test_poison_svd, 0);
+    ck_assert_msg(strstr(err.msg, "tensor \"enc.attn.weight\": SVD of a 12 x 10 matrix returned "
+                                  "NaN or Inf twice") != NULL,
+                  "%s", err.msg);
+    ck_assert_int_ne(access(pf, F_OK), 0);
+    char *all[] = {pb, pt, pt2, p1, pa, pr, pf};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        free(all[i]);
+    tu_rmdir(dir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("nufilt");
@@ -304,6 +365,7 @@ int main(void)
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, test_gradients_vs_finite_differences);
     tcase_add_test(tc, test_first_step_modes);
+    tcase_add_test(tc, test_step_svd_nonfinite);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -189,8 +189,17 @@ static int do_job(worker *w, size_t i)
     free(hbuf);
     if (rc == NF_OK && w->err.code)
         rc = w->err.code;
-    if (rc != NF_OK && w->err.code == NF_OK)
+    if (rc != NF_OK && w->err.code == NF_OK) {
         nf_error_set(&w->err, rc, "tensor \"%s\": %s", bt->name, nf_status_message(rc));
+    } else if (rc != NF_OK && !strstr(w->err.msg, bt->name)) {
+        /* a message from the linear algebra ("SVD of a 2048 x 2048 matrix ...") learns which
+         * tensor it was about */
+        char msg[sizeof w->err.msg];
+        memcpy(msg, w->err.msg, sizeof msg);
+        int code = w->err.code;
+        nf_error_clear(&w->err);
+        nf_error_set(&w->err, code, "tensor \"%s\": %s", bt->name, msg);
+    }
     if (last) {
         nf_tensor_release(bt);
         if (run->task)
