@@ -339,9 +339,67 @@ START_TEST(test_gemm_small)
                                   &st);
         printf("  %s: gemm small shapes: worst err/tol %.3f%s\n", dn, st.worst,
                strcmp(g_be->api, "cpu") != 0 ? ""
-               : nf_cpu_sgemm_available() ? " (own AVX2/FMA kernel)"
-                                          : " (OpenBLAS)");
+               : nf_cpu_sgemm_width() == 32 ? " (own AVX-512 kernel)"
+               : nf_cpu_sgemm_width() == 16 ? " (own AVX2/FMA kernel)"
+                                            : " (OpenBLAS)");
     }
+}
+END_TEST
+
+/* The CPU backend's own GEMM has two register tiles, 16 columns wide (AVX2) and 32 (AVX-512F,
+ * the default where the processor has it). test_gemm_small checks the default one against
+ * float64; here the two must give the same bits, for every shape, transpose, stride, alpha
+ * and beta above and a few that cross the 64-column and 256-deep blocks. */
+START_TEST(test_gemm_own_widths)
+{
+    if (strcmp(g_be->api, "cpu") != 0)
+        return;
+    if (!nf_cpu_sgemm_w(32, 0, 0, 1, 1, 1, 1.0f, (float[]){1}, 1, (float[]){1}, 1, 0.0f,
+                        (float[]){0}, 1)) {
+        printf("  cpu: own GEMM widths: SKIPPED, this processor has no AVX-512F (or AVX2)\n");
+        return;
+    }
+    static const int more[][3] = {{150, 130, 600}, {6, 32, 256}, {12, 96, 257}, {1, 65, 3}};
+    const int ns = (int)(sizeof small_shapes / sizeof small_shapes[0]), nm = 4;
+    int cases = 0;
+    srand(7);
+    for (int s = 0; s < ns + nm; s++) {
+        const int *sh = s < ns ? small_shapes[s] : more[s - ns];
+        int m = sh[0], n = sh[1], k = sh[2];
+        if (m <= 0 || n <= 0 || k <= 0)
+            continue;
+        for (int t = 0; t < 4; t++)
+            for (int a = 0; a < 4; a++) {
+                int ta = t & 1, tb = t >> 1, pad = a & 1 ? 3 : 0;
+                int ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+                int lda = ac + pad, ldb = bc + pad, ldc = n + pad;
+                float *A = malloc(sizeof(float) * (size_t)ar * lda);
+                float *B = malloc(sizeof(float) * (size_t)br * ldb);
+                float *C16 = malloc(sizeof(float) * (size_t)m * ldc);
+                float *C32 = malloc(sizeof(float) * (size_t)m * ldc);
+                ck_assert(A && B && C16 && C32);
+                for (size_t i = 0; i < (size_t)ar * lda; i++)
+                    A[i] = (float)rand() / RAND_MAX - 0.5f;
+                for (size_t i = 0; i < (size_t)br * ldb; i++)
+                    B[i] = (float)rand() / RAND_MAX - 0.5f;
+                for (size_t i = 0; i < (size_t)m * ldc; i++)
+                    C16[i] = C32[i] = (float)rand() / RAND_MAX - 0.5f;
+                ck_assert(nf_cpu_sgemm_w(16, ta, tb, m, n, k, ab[a][0], A, lda, B, ldb,
+                                         ab[a][1], C16, ldc));
+                ck_assert(nf_cpu_sgemm_w(32, ta, tb, m, n, k, ab[a][0], A, lda, B, ldb,
+                                         ab[a][1], C32, ldc));
+                ck_assert_msg(memcmp(C16, C32, sizeof(float) * (size_t)m * ldc) == 0,
+                              "own GEMM %c%c %dx%dx%d alpha %g beta %g lda+%d: the 16- and "
+                              "32-wide tiles differ",
+                              ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, ab[a][0], ab[a][1], pad);
+                free(A);
+                free(B);
+                free(C16);
+                free(C32);
+                cases++;
+            }
+    }
+    printf("  cpu: own GEMM widths: 16 and 32 bit-identical in %d cases\n", cases);
 }
 END_TEST
 
@@ -1309,6 +1367,7 @@ typedef struct test_def {
 static const test_def tests[] = {
     /* the first GEMM on PoCL spends 8-12 s compiling CLBlast kernels */
     {"gemm", "test_gemm_small", &test_gemm_small, 600},
+    {"gemm", "test_gemm_own_widths", &test_gemm_own_widths, 600},
     {"gemm", "test_gemm_gram", &test_gemm_gram, 600},
     {"gemm", "test_gemm_large", &test_gemm_large, 600},
     {"gemm", "test_gemm_throughput", &test_gemm_throughput, 600},

@@ -8,9 +8,11 @@
  *
  * Prints the machine, then per product the median GFLOP/s of OpenBLAS's cblas_sgemm and of
  * nf_cpu_sgemm, their ratio, the largest relative difference of the two results, and which
- * of the two nf_cpu_gemm (what nufilt calls) uses for that shape.
+ * of the two nf_cpu_gemm (what nufilt calls) uses for that shape. Where the own kernel runs
+ * its 32-wide AVX-512 tile, a third way times its 16-wide AVX2 tile (column "own/16").
  *
- * Build: cc -O2 -I src/include -I src bench/perf/gemm_bench.c build-perf/src/libnufilt.a
+ * Build: cc -O2 -I src/include -I build-perf/src/include -I src bench/perf/gemm_bench.c
+ *        build-perf/src/libnufilt.a
  *        -llapacke -lopenblas -lm -lpthread   (bench/perf/run.sh --rsvd does it)
  */
 #include <cblas.h>
@@ -87,10 +89,13 @@ int main(int argc, char **argv)
             }
         fclose(f);
     }
+    const int w = nf_cpu_sgemm_width();
     printf("gemm_bench: %s, one thread, %d rounds (medians); own kernel %s\n", model, rounds,
-           nf_cpu_sgemm_available() ? "available (AVX2 + FMA)" : "NOT available");
-    printf("%-42s %-16s %9s %9s %7s %9s  %s\n", "product", "shape", "OpenBLAS", "own", "ratio",
-           "max diff", "nufilt uses");
+           w == 32   ? "available (AVX-512F, 32-wide tile)"
+           : w == 16 ? "available (AVX2 + FMA, 16-wide tile)"
+                     : "NOT available");
+    printf("%-42s %-16s %9s %9s %7s %9s  %-11s %s\n", "product", "shape", "OpenBLAS", "own",
+           "ratio", "max diff", "nufilt uses", w == 32 ? "own/16" : "");
     unsigned seed = 7;
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const shape *p = &shapes[s];
@@ -102,6 +107,7 @@ int main(int argc, char **argv)
         double flop = 2.0 * p->m * p->n * p->k;
         int reps = (int)(2e10 / 100.0 / flop) + 1; /* about 0.2 s at 100 GFLOP/s */
         double *g0 = malloc(rounds * sizeof *g0), *g1 = malloc(rounds * sizeof *g1);
+        double *g2 = calloc(rounds, sizeof *g2);
         for (int r = 0; r < rounds; r++) {
             double t = now();
             for (int i = 0; i < reps; i++)
@@ -115,6 +121,13 @@ int main(int argc, char **argv)
                                   c1, p->n))
                     break;
             g1[r] = flop * reps / (now() - t) * 1e-9;
+            if (w != 32)
+                continue;
+            t = now();
+            for (int i = 0; i < reps; i++)
+                nf_cpu_sgemm_w(16, p->ta, p->tb, p->m, p->n, p->k, 1.0f, a, lda, b, ldb, 0.0f,
+                               c1, p->n);
+            g2[r] = flop * reps / (now() - t) * 1e-9;
         }
         double diff = 0, mag = 0;
         for (size_t i = 0; i < (size_t)p->m * p->n; i++) {
@@ -124,14 +137,15 @@ int main(int argc, char **argv)
         }
         qsort(g0, rounds, sizeof *g0, cmp_double);
         qsort(g1, rounds, sizeof *g1, cmp_double);
+        qsort(g2, rounds, sizeof *g2, cmp_double);
         char dims[32];
         snprintf(dims, sizeof dims, "%c%c %dx%dx%d", p->ta ? 'T' : 'N', p->tb ? 'T' : 'N', p->m,
                  p->n, p->k);
         int own = nf_cpu_sgemm_suits(p->m, p->n, p->k); /* nf_cpu_gemm's choice */
         if (nf_cpu_sgemm_available())
-            printf("%-42s %-16s %9.1f %9.1f %6.2fx %9.1e  %s\n", p->what, dims, g0[rounds / 2],
-                   g1[rounds / 2], g1[rounds / 2] / g0[rounds / 2], mag > 0 ? diff / mag : 0.0,
-                   own ? "own" : "OpenBLAS");
+            printf("%-42s %-16s %9.1f %9.1f %6.2fx %9.1e  %-11s %.1f\n", p->what, dims,
+                   g0[rounds / 2], g1[rounds / 2], g1[rounds / 2] / g0[rounds / 2],
+                   mag > 0 ? diff / mag : 0.0, own ? "own" : "OpenBLAS", g2[rounds / 2]);
         else
             printf("%-42s %-16s %9.1f %9s %7s %9s  OpenBLAS\n", p->what, dims, g0[rounds / 2], "-",
                    "-", "-");
@@ -141,6 +155,7 @@ int main(int argc, char **argv)
         free(c1);
         free(g0);
         free(g1);
+        free(g2);
     }
     printf("GFLOP/s; ratio = own / OpenBLAS; max diff relative to the largest |C| entry\n");
     return 0;

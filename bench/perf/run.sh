@@ -201,7 +201,7 @@ if [ "$DO_RSVD" = 1 ]; then
   "$SYSPY" "$HERE/rsvd_accuracy.py" --dir "$VIT" "${RL[@]}" --json "$RES/rsvd.json" > "$RES/rsvd.md"
   cat "$RES/rsvd.md" >&2
   say "micro-benchmarks (bench/perf/svd_bench.c, one thread)"
-  cc -O2 -I "$ROOT/src/include" -I "$ROOT/src" -o "$WORK/svd_bench" "$HERE/svd_bench.c" \
+  cc -O2 -I "$ROOT/src/include" -I "$BUILD/src/include" -I "$ROOT/src" -o "$WORK/svd_bench" "$HERE/svd_bench.c" \
     "$BUILD/src/libnufilt.a" -llapacke -lopenblas -lm -lpthread
   {
     for t in 1 2; do
@@ -216,7 +216,7 @@ if [ "$DO_RSVD" = 1 ]; then
     "$WORK/svd_bench" train "$WORK/fc1-2.f32" 3072 768 20
   } > "$RES/svd_bench.txt"
   cat "$RES/svd_bench.txt" >&2
-  cc -O2 -I "$ROOT/src/include" -I "$ROOT/src" -o "$WORK/gemm_bench" "$HERE/gemm_bench.c" \
+  cc -O2 -I "$ROOT/src/include" -I "$BUILD/src/include" -I "$ROOT/src" -o "$WORK/gemm_bench" "$HERE/gemm_bench.c" \
     "$BUILD/src/libnufilt.a" -llapacke -lopenblas -lm -lpthread
   "$WORK/gemm_bench" > "$RES/gemm_bench.txt"
   cat "$RES/gemm_bench.txt" >&2
