@@ -113,6 +113,18 @@ NF_AVX2 static void kernel_6x16(int kc, const float *a, const int *o, long cs, c
     }
 }
 
+/* The mr x nr corner of a scratch tile t (row stride w, already alpha-scaled) into C, the
+ * beta term fused like the full kernels' (so edges round as the 16- and 32-wide tiles do). */
+__attribute__((target("fma"))) static inline void store_edge(const float *t, int w, float beta,
+                                                             float *c, int ldc, int mr, int nr)
+{
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++) {
+            float *x = c + (size_t)i * ldc + j;
+            *x = beta == 0.0f ? t[i * w + j] : __builtin_fmaf(beta, *x, t[i * w + j]);
+        }
+}
+
 /* A tile at the right or bottom edge (mr rows, nr columns): through a 6 x 16 scratch tile.
  * The caller points A's missing rows at a real one, so nothing outside A is read. */
 NF_AVX2 static void kernel_edge(int kc, const float *a, const int *o, long cs, const float *bp,
@@ -120,11 +132,7 @@ NF_AVX2 static void kernel_edge(int kc, const float *a, const int *o, long cs, c
 {
     float t[MR * NR] __attribute__((aligned(32)));
     kernel_6x16(kc, a, o, cs, bp, alpha, 0.0f, t, NR);
-    for (int i = 0; i < mr; i++)
-        for (int j = 0; j < nr; j++) {
-            float *x = c + (size_t)i * ldc + j; /* fused like the kernel's beta term */
-            *x = beta == 0.0f ? t[i * NR + j] : __builtin_fmaf(beta, *x, t[i * NR + j]);
-        }
+    store_edge(t, NR, beta, c, ldc, mr, nr);
 }
 
 /* The same 6-row tile, 32 columns wide in zmm registers (AVX-512F). */
@@ -177,25 +185,33 @@ NF_AVX512 static void kernel_edge512(int kc, const float *a, const int *o, long 
 {
     float t[MR * NR512] __attribute__((aligned(64)));
     kernel_6x32(kc, a, o, cs, bp, alpha, 0.0f, t, NR512);
-    for (int i = 0; i < mr; i++)
-        for (int j = 0; j < nr; j++) {
-            float *x = c + (size_t)i * ldc + j;
-            *x = beta == 0.0f ? t[i * NR512 + j] : __builtin_fmaf(beta, *x, t[i * NR512 + j]);
-        }
+    store_edge(t, NR512, beta, c, ldc, mr, nr);
 }
 
-/* 32 with AVX-512F, 16 with AVX2 and FMA, 0 without them; NF_CPU_GEMM=avx2 caps it at 16
- * and NF_CPU_GEMM=openblas makes it 0 (every product on OpenBLAS), for comparisons. */
-static int width(void)
+/* The widest tile this processor runs: 32 with AVX-512F, 16 with AVX2 and FMA, else 0. */
+static int hw_width(void)
 {
     static int known = -1; /* every thread computes the same value: a benign race */
     int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
     if (v < 0) {
         __builtin_cpu_init();
-        const char *force = getenv("NF_CPU_GEMM");
         v = !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 0
-            : __builtin_cpu_supports("avx512f") ? NR512
-                                                : NR;
+            : __builtin_cpu_supports("avx512f")                                ? NR512
+                                                                               : NR;
+        __atomic_store_n(&known, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+/* The tile nf_cpu_sgemm uses: hw_width(), capped at 16 by NF_CPU_GEMM=avx2 and made 0 by
+ * NF_CPU_GEMM=openblas (every product on OpenBLAS), for comparisons. */
+static int width(void)
+{
+    static int known = -1;
+    int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *force = getenv("NF_CPU_GEMM");
+        v = hw_width();
         if (force && strcmp(force, "openblas") == 0)
             v = 0;
         else if (force && strcmp(force, "avx2") == 0 && v)
@@ -219,11 +235,7 @@ int nf_cpu_sgemm_suits(int m, int n, int k)
 int nf_cpu_sgemm_w(int w, int ta, int tb, int m, int n, int k, float alpha, const float *a,
                    int lda, const float *b, int ldb, float beta, float *c, int ldc)
 {
-    __builtin_cpu_init();
-    int ok = w == NR ? __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-             : w == NR512 ? __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2")
-                          : 0;
-    if (!ok || m <= 0 || n <= 0 || k <= 0)
+    if ((w != NR && w != NR512) || w > hw_width() || m <= 0 || n <= 0 || k <= 0)
         return 0;
     float bb[KC * NC] __attribute__((aligned(64)));
     /* op(A)(i, p) = a[i * rs + p * cs] */
@@ -276,8 +288,9 @@ int nf_cpu_sgemm_width(void) { return 0; }
 int nf_cpu_sgemm_w(int w, int ta, int tb, int m, int n, int k, float alpha, const float *a,
                    int lda, const float *b, int ldb, float beta, float *c, int ldc)
 {
-    (void)w;
-    return nf_cpu_sgemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    (void)w, (void)ta, (void)tb, (void)m, (void)n, (void)k, (void)alpha, (void)a, (void)lda;
+    (void)b, (void)ldb, (void)beta, (void)c, (void)ldc;
+    return 0;
 }
 
 int nf_cpu_sgemm_suits(int m, int n, int k)
